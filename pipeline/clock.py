@@ -32,6 +32,10 @@ class Clock(Protocol):
         """Wait ``seconds`` of this clock's time."""
         ...
 
+    async def wait_for(self, event: anyio.Event, seconds: float) -> bool:
+        """Wait until ``event`` is set or ``seconds`` pass; return whether it is set."""
+        ...
+
 
 class SystemClock:
     """The real clock."""
@@ -44,6 +48,11 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds))
+
+    async def wait_for(self, event: anyio.Event, seconds: float) -> bool:
+        with anyio.move_on_after(max(0.0, seconds)):
+            await event.wait()
+        return event.is_set()
 
 
 class FakeClock:
@@ -72,3 +81,10 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds))
         await anyio.lowlevel.checkpoint()
+
+    async def wait_for(self, event: anyio.Event, seconds: float) -> bool:
+        """Let other tasks run once; if the event is still unset, the whole wait passes."""
+        await anyio.lowlevel.checkpoint()
+        if not event.is_set():
+            self.advance(max(0.0, seconds))
+        return event.is_set()

@@ -5,7 +5,7 @@ so the command line has one catch point. Each class carries ``exit_code`` (the
 process status the CLI exits with, gallery-dl style) and ``retryable`` (whether
 doing the same thing again later may succeed). Foreign exceptions (aiohttp,
 asyncio timeouts, OSError, yaml) are mapped into this tree at one boundary per
-layer (``client._map_transport_errors``, the manifest loader) and chained with
+layer (``ApiClient._map_error``, the manifest loader, the downloader) and chained with
 ``from``.
 
 Tree::
@@ -22,8 +22,16 @@ Tree::
     │   │   └── ConflictError        retry   409: retry after the conflicting operation ends
     │   ├── ServerError              retry   5xx
     │   └── ProtocolError                    a 2xx whose body is not the documented envelope
-    └── TransportError               retry   no HTTP answer: connection refused/reset, DNS
-        └── RequestTimeoutError      retry   the request did not finish in time
+    │   └── TransportError           retry   no HTTP answer: connection refused/reset, DNS
+    │       └── RequestTimeoutError  retry   the request did not finish in time
+    ├── DownloadError                        an asset could not be fetched or did not verify
+    │   ├── AssetGoneError                   403/404/410 on the asset URL: re-read the job for a fresh URL
+    │   ├── IntegrityError           retry   short read, size mismatch, truncated body
+    │   ├── TransientDownloadError   retry   429/5xx or a dropped connection on the asset URL
+    │   └── UnsafeAssetError                 wrong file type (magic bytes), over the byte cap, unsafe URL
+    ├── StateError                   exit 2  the state file is unreadable, corrupt or of an unknown schema
+    │   └── LockedError              exit 4  another run holds the state file (names the holder)
+    └── InterruptedRunError          exit 130  stopped by a signal; the state is consistent
 
 Messages never contain the API key: errors are built from the NOK ``message``,
 the endpoint path and short, redacted excerpts only.
@@ -35,9 +43,14 @@ from dataclasses import dataclass
 
 __all__ = [
     "ApiError",
+    "AssetGoneError",
     "AuthError",
     "ConfigError",
     "ConflictError",
+    "DownloadError",
+    "IntegrityError",
+    "InterruptedRunError",
+    "LockedError",
     "ManifestError",
     "ManifestProblem",
     "NotFoundError",
@@ -48,7 +61,10 @@ __all__ = [
     "RejectedError",
     "RequestTimeoutError",
     "ServerError",
+    "StateError",
+    "TransientDownloadError",
     "TransportError",
+    "UnsafeAssetError",
 ]
 
 
@@ -174,3 +190,45 @@ class TransportError(ApiError):
 
 class RequestTimeoutError(TransportError):
     """The request did not complete within its timeout. For a POST the outcome is unknown."""
+
+
+class DownloadError(PipelineError):
+    """An asset could not be fetched, or what arrived is not what was promised."""
+
+
+class AssetGoneError(DownloadError):
+    """The asset URL answered 403/404/410: it expired. Read the job again; never pay again."""
+
+
+class IntegrityError(DownloadError):
+    """The body was cut short or does not match its Content-Length / Content-Range. Retry."""
+
+    retryable = True
+
+
+class TransientDownloadError(DownloadError):
+    """The asset host answered 429/5xx or dropped the connection: retry later, the part is kept."""
+
+    retryable = True
+
+
+class UnsafeAssetError(DownloadError):
+    """Refused: wrong file type by magic bytes, over the byte cap, or a URL we must not fetch."""
+
+
+class StateError(PipelineError):
+    """The state file cannot be used: unreadable, failed its integrity check, or an unknown schema."""
+
+    exit_code = 2
+
+
+class LockedError(StateError):
+    """Another run holds this state file. The message names the holder (pid, host, start time)."""
+
+    exit_code = 4
+
+
+class InterruptedRunError(PipelineError):
+    """The run was stopped by SIGINT/SIGTERM after saving its state; a rerun resumes."""
+
+    exit_code = 130

@@ -1,0 +1,107 @@
+"""Real, valid file bytes for every asset, unique per asset id, optionally padded.
+
+Downloaders must be tested against files a decoder accepts, so each format gets
+its id (and any padding) in a place the format reserves for comments: a JPEG COM
+segment, a PNG tEXt chunk, a WebP unknown chunk after a VP8X header, an MP4
+``free`` box. PNG is built here with zlib; the other formats start from tiny
+samples in ``assets/``, made once with Pillow and ffmpeg (no runtime dependency).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from functools import cache
+from importlib import resources
+
+__all__ = ["CONTENT_TYPES", "hls_playlist", "render"]
+
+CONTENT_TYPES: dict[str, str] = {
+    "jpeg": "image/jpeg",
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "heic": "image/heic",
+    "mp4": "video/mp4",
+    "m3u8": "application/vnd.apple.mpegurl",
+    "ts": "video/mp2t",
+}
+
+_TAG = b"photogpt-sim-asset:"
+
+
+@cache
+def _sample(name: str) -> bytes:
+    return resources.files(__package__).joinpath("assets", name).read_bytes()
+
+
+def render(fmt: str, asset_id: str, pad_to: int = 0) -> bytes:
+    """Asset ``asset_id`` as ``fmt`` (jpeg, png, webp, mp4, ts) bytes, at least ``pad_to`` long."""
+    build = {"jpeg": _jpeg, "jpg": _jpeg, "png": _png, "webp": _webp, "mp4": _mp4, "ts": _ts}[fmt]
+    return build(_TAG + asset_id.encode(), pad_to)
+
+
+def hls_playlist(asset_id: str) -> bytes:
+    """A one-segment HLS playlist whose segment is served beside it as ``<id>.ts``."""
+    return (
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:1.0,\n{asset_id}.ts\n#EXT-X-ENDLIST\n"
+    ).encode()
+
+
+def _jpeg(note: bytes, pad_to: int) -> bytes:
+    base = _sample("sample.jpeg")
+    at = 2
+    if base[2:4] == b"\xff\xe0":  # keep the JFIF APP0 segment right after SOI
+        at = 4 + int.from_bytes(base[4:6], "big")
+    room = pad_to - len(base)
+    payload = note + b" " * max(0, room - 4 * -(-room // 65537) - len(note))  # 4 header bytes per segment
+    chunks = [payload[i : i + 65533] for i in range(0, len(payload), 65533)]
+    segments = b"".join(b"\xff\xfe" + (len(c) + 2).to_bytes(2, "big") + c for c in chunks)
+    return base[:at] + segments + base[at:]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png(note: bytes, pad_to: int) -> bytes:
+    size = 32
+    r, g, b = hashlib.sha256(note).digest()[:3]
+    rows = b"".join(
+        b"\x00" + b"".join(bytes(((r + x * 8) % 256, (g + y * 8) % 256, b)) for x in range(size))
+        for y in range(size)
+    )
+    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
+    body = _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b"")
+    text = b"Comment\x00" + note
+    text += b" " * max(0, pad_to - len(head) - len(body) - len(text) - 12)
+    return head + _png_chunk(b"tEXt", text) + body
+
+
+def _riff_chunk(kind: bytes, data: bytes) -> bytes:
+    return kind + struct.pack("<I", len(data)) + data + (b"\x00" if len(data) % 2 else b"")
+
+
+def _webp(note: bytes, pad_to: int) -> bytes:
+    vp8 = _sample("sample.webp")[12:]  # the simple-format file's VP8 chunk, header included
+    width = int.from_bytes(vp8[14:16], "little") & 0x3FFF
+    height = int.from_bytes(vp8[16:18], "little") & 0x3FFF
+    header = _riff_chunk(
+        b"VP8X", b"\x00" * 4 + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    )
+    extra = note + b" " * max(0, pad_to - 12 - len(header) - len(vp8) - len(note) - 8)
+    body = b"WEBP" + header + vp8 + _riff_chunk(b"SIMI", extra)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _mp4(note: bytes, pad_to: int) -> bytes:
+    base = _sample("sample.mp4")  # faststart: ftyp, moov, mdat; a trailing box moves no offsets
+    data = note + b" " * max(0, pad_to - len(base) - len(note) - 8)
+    return base + struct.pack(">I", len(data) + 8) + b"free" + data
+
+
+def _ts(note: bytes, pad_to: int) -> bytes:
+    del note, pad_to  # segments are shared; uniqueness lives in the playlist and MP4
+    return _sample("sample.ts")

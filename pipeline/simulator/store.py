@@ -1,0 +1,369 @@
+"""All simulator state in memory: models, assets, jobs, downloads, and the ledger.
+
+Jobs and trainings are advanced lazily from the injected clock (or from the poll
+count) whenever someone looks, so the simulator needs no background tasks and a
+FakeClock fully controls it. Owners are key fingerprints: the key itself is never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import random
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pipeline.catalog import JOB_STATUSES_TERMINAL
+from pipeline.clock import Clock
+from pipeline.simulator.config import SimConfig
+from pipeline.simulator.rules import Trigger
+
+__all__ = ["Asset", "Download", "Job", "Model", "Store", "body_hash", "fingerprint", "rfc3339"]
+
+#: Share of a job's drawn duration spent ``created`` (when shown) and ``queued`` before ``running``.
+CREATED_SHARE = 0.1
+QUEUED_SHARE = 0.3
+
+
+def fingerprint(key: str) -> str:
+    """A short, non-reversible name for an API key, safe to log and to use as owner."""
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def body_hash(body: Any) -> str:
+    """sha256 of the canonical JSON of a request body: equal requests hash equal."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC timestamp with a ``Z``, millisecond precision."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Model:
+    """A trained-model record; ``training_ends`` is the monotonic time training completes."""
+
+    id: str
+    owner: str
+    fields: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    status: str = "new"
+    training_ends: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "status": self.status,
+            "modelType": self.fields.get("modelType", "person"),
+            **{k: v for k, v in self.fields.items() if k != "modelType"},
+            "createdAt": rfc3339(self.created_at),
+            "updatedAt": rfc3339(self.updated_at),
+        }
+
+
+@dataclass(slots=True)
+class Asset:
+    """An image or video: uploaded (``data`` holds its bytes) or a job output (bytes rendered on demand)."""
+
+    id: str
+    owner: str
+    kind: str  # "image" | "video"
+    fmt: str  # jpeg, png, webp, heic, mp4
+    type: str  # modelInput, auxiliaryType, output
+    model_id: str | None
+    created_at: datetime
+    job_id: str | None = None
+    data: bytes | None = None
+    hls: bool = False
+    upscaled_id: str | None = None
+    upscaled_path: str | None = None
+
+    def path(self) -> str:
+        """The file path (under the origin) the job and records hand out."""
+        return f"/files/{self.id}.{'m3u8' if self.hls else self.fmt}"
+
+    def record(self, origin: str) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "id": self.id,
+            "url": origin + self.path(),
+            "modelID": self.model_id,
+            "type": self.type,
+            "createdAt": rfc3339(self.created_at),
+            "updatedAt": rfc3339(self.created_at),
+            "folderID": None,
+            "liked": False,
+            "publicMediaID": None,
+            "data": {},
+        }
+        if self.kind == "video":
+            return {**base, "jobId": self.job_id}
+        url = origin + self.upscaled_path if self.upscaled_path else None
+        return {**base, "upscaledImageID": self.upscaled_id, "upscaledImageURL": url}
+
+
+@dataclass(slots=True)
+class Download:
+    """A video download being prepared: ready after enough calls or enough time."""
+
+    started: float
+    calls: int = 0
+
+
+@dataclass(slots=True)
+class Job:
+    """One generation or upscale job and the draws that decide its fate."""
+
+    id: str
+    kind: str  # "image" | "upscale" | "video"
+    owner: str
+    body_hash: str
+    model_id: str | None
+    count: int
+    fmt: str
+    created: float
+    created_at: datetime
+    duration: float
+    shows_created: bool
+    failure: str | None
+    credits: int
+    seq: int
+    source_id: str | None = None
+    status: str = "queued"
+    updated: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    polls: int = 0
+    outputs: list[str] = field(default_factory=list)
+
+    def wall(self, moment: float) -> datetime:
+        return self.created_at + timedelta(seconds=moment - self.created)
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in JOB_STATUSES_TERMINAL
+
+
+class Store:
+    """The in-memory world of one simulator run; replaced wholesale on reset."""
+
+    def __init__(self, config: SimConfig, clock: Clock) -> None:
+        self.config = config
+        self.clock = clock
+        self.rng = random.Random(f"{config.seed}:jobs")
+        self.credits = config.credits
+        self.models: dict[str, Model] = {}
+        self.assets: dict[str, Asset] = {}
+        self.jobs: dict[str, Job] = {}
+        self.downloads: dict[str, Download] = {}
+        self.requests: Counter[str] = Counter()
+        self.by_body: Counter[str] = Counter()
+        self.peak_active: dict[str, int] = {}
+        self.counts: Counter[str] = Counter()
+        self.active_jobs: Counter[str] = Counter()
+        self._due: list[tuple[float, int, str]] = []  # (finish time, seq, job id), time mode
+
+    def new_id(self) -> str:
+        """A UUIDv7-shaped id: clock milliseconds then seeded random bits, so ids sort by time."""
+        ms = int(self.clock.now().timestamp() * 1000) & (2**48 - 1)
+        bits = (ms << 80) | (0x7 << 76) | (self.rng.getrandbits(12) << 64) | (0b10 << 62)
+        return str(uuid.UUID(int=bits | self.rng.getrandbits(62)))
+
+    # Jobs ---------------------------------------------------------------------------------
+
+    def create_job(
+        self, kind: str, owner: str, body: Any, trigger: Trigger, credits: int, source_id: str = ""
+    ) -> Job:
+        """Register a job, drawing its duration, ``created`` display and fate from the seeded RNG."""
+        cfg = self.config
+        span = {"image": cfg.image_s, "upscale": cfg.upscale_s, "video": cfg.video_s}[kind]
+        failure = None
+        if cfg.failure_marker in trigger.prompt:
+            failure = "generation failed: the prompt was rejected by the content policy (simulated)"
+        elif cfg.failed_job_rate > 0 and self.rng.random() < cfg.failed_job_rate:
+            failure = "generation failed: internal error (simulated)"
+        now = self.clock.monotonic()
+        job = Job(
+            id=self.new_id(),
+            kind=kind,
+            owner=owner,
+            body_hash=body_hash(body),
+            model_id=trigger.model_id or None,
+            count=trigger.count,
+            fmt=trigger.fmt,
+            created=now,
+            created_at=self.clock.now(),
+            duration=self.rng.uniform(*span),
+            shows_created=self.rng.random() < cfg.created_probability,
+            failure=failure,
+            credits=credits,
+            seq=len(self.jobs),
+            source_id=source_id or None,
+            updated=now,
+        )
+        if self.credits is not None:
+            self.credits -= credits
+        self.jobs[job.id] = job
+        self.active_jobs[owner] += 1
+        heapq.heappush(self._due, (now + job.duration, job.seq, job.id))
+        self.by_body[job.body_hash] += 1
+        self.peak_active[owner] = max(self.peak_active.get(owner, 0), self.active(owner))
+        return job
+
+    def active(self, owner: str) -> int:
+        """Non-terminal jobs of ``owner`` right now."""
+        self._expire()
+        return self.active_jobs[owner]
+
+    def _expire(self) -> None:
+        """Finish every job whose time is up (time mode), cheapest first, without scanning all jobs."""
+        now = self.clock.monotonic()
+        while self.config.progress == "time" and self._due and self._due[0][0] <= now:
+            self.advance(self.jobs[heapq.heappop(self._due)[2]])
+
+    def advance(self, job: Job, *, poll: bool = False) -> None:
+        """Bring ``job`` up to date with the clock (time mode) or its poll count (poll mode)."""
+        if job.terminal:
+            return
+        now, d = self.clock.monotonic(), job.duration
+        if self.config.progress == "time":
+            elapsed = now - job.created
+            if elapsed >= d:
+                self._finish(job, job.created + d, job.created + QUEUED_SHARE * d)
+            elif elapsed >= QUEUED_SHARE * d:
+                self._move(job, "running", job.created + QUEUED_SHARE * d)
+                job.started = job.created + QUEUED_SHARE * d
+            elif job.shows_created and elapsed < CREATED_SHARE * d:
+                self._move(job, "created", job.created)
+            else:
+                self._move(job, "queued", job.created + (CREATED_SHARE * d if job.shows_created else 0.0))
+        elif poll:
+            if job.polls >= self.config.polls_to_finish:
+                self._finish(job, now, job.started if job.started is not None else now)
+            elif job.polls == 1:
+                self._move(job, "created" if job.shows_created else "queued", now)
+            else:
+                self._move(job, "running", now)
+                job.started = now if job.started is None else job.started
+
+    def _move(self, job: Job, status: str, at: float) -> None:
+        if job.status != status:
+            job.status, job.updated = status, at
+
+    def _finish(self, job: Job, at: float, started: float) -> None:
+        job.started = started if job.started is None else job.started
+        job.finished = at
+        self.active_jobs[job.owner] -= 1
+        if job.failure:
+            self._move(job, "failed", at)
+            if self.credits is not None:
+                self.credits += job.credits
+            job.credits = 0
+            return
+        self._move(job, "success", at)
+        source = self.assets.get(job.source_id or "")
+        for _ in range(job.count):
+            asset = Asset(
+                id=self.new_id(),
+                owner=job.owner,
+                kind="video" if job.kind == "video" else "image",
+                fmt=job.fmt,
+                type="output",
+                model_id=source.model_id if source else job.model_id,
+                created_at=job.wall(at),
+                job_id=job.id,
+                hls=job.kind == "video" and self.config.video_hls,
+            )
+            self.assets[asset.id] = asset
+            job.outputs.append(asset.id)
+        if source is not None:
+            source.upscaled_id = job.outputs[0]
+            source.upscaled_path = self.assets[job.outputs[0]].path()
+
+    def job_record(self, job: Job, origin: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"jobId": job.id, "status": job.status, "createdAt": rfc3339(job.created_at)}
+        if job.model_id and job.kind != "upscale":
+            out["modelId"] = job.model_id
+        if job.status == "success":
+            key = "videos" if job.kind == "video" else "images"
+            out[key] = [
+                {"id": a.id, "url": origin + a.path()} for a in map(self.assets.get, job.outputs) if a
+            ]
+        if job.status == "failed":
+            out["error"] = job.failure
+        return out
+
+    def job_item(self, job: Job) -> dict[str, Any]:
+        """The shape ``GET /jobs`` lists: ``errorMessage`` instead of ``error``, plus ``credits``."""
+        item: dict[str, Any] = {
+            "jobId": job.id,
+            "status": job.status,
+            "createdAt": rfc3339(job.created_at),
+            "updatedAt": rfc3339(job.wall(job.updated)),
+            "credits": job.credits,
+        }
+        if job.status == "failed":
+            item["errorMessage"] = job.failure
+        return item
+
+    # Models -------------------------------------------------------------------------------
+
+    def refresh_model(self, model: Model) -> None:
+        """Finish a training whose time is up."""
+        if model.status == "training" and model.training_ends is not None:
+            now = self.clock.monotonic()
+            if now >= model.training_ends:
+                model.status = "failed" if self.config.training_fails else "ready"
+                model.updated_at = self.clock.now() - timedelta(seconds=now - model.training_ends)
+
+    def trainings(self, owner: str) -> int:
+        """Trainings of ``owner`` still running."""
+        running = 0
+        for model in self.models.values():
+            self.refresh_model(model)
+            running += model.owner == owner and model.status == "training"
+        return running
+
+    # Ledger -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        self._expire()
+        return {
+            "requests": dict(sorted(self.requests.items())),
+            "jobs_created": len(self.jobs),
+            "jobs_by_body": dict(self.by_body),
+            "polls": sum(job.polls for job in self.jobs.values()),
+            "polls_by_job": {job.id: job.polls for job in self.jobs.values()},
+            "sent_429": self.counts["429"],
+            "sent_5xx": self.counts["5xx"],
+            "bytes_served": self.counts["bytes"],
+            "truncated_downloads": self.counts["truncated"],
+            "active_jobs": {k: v for k, v in self.active_jobs.items() if v},
+            "peak_active_jobs": dict(self.peak_active),
+            "credits": self.credits,
+        }
+
+    def ledger(self) -> list[dict[str, Any]]:
+        for job in self.jobs.values():
+            self.advance(job)
+        return [
+            {
+                "jobId": j.id,
+                "kind": j.kind,
+                "key": j.owner,
+                "bodyHash": j.body_hash,
+                "created": j.created,
+                "started": j.started,
+                "finished": j.finished,
+                "duration": j.duration,
+                "polls": j.polls,
+                "status": j.status,
+            }
+            for j in self.jobs.values()
+        ]

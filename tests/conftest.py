@@ -1,0 +1,84 @@
+"""Shared fixtures: the simulator in-process (fast, clock-driven) and as a real subprocess."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline import logs
+from pipeline.clock import FakeClock
+from pipeline.simulator import Sandbox, SimConfig
+
+TEST_KEY = "sk-test-7f3a9c-very-secret-key"
+OTHER_KEY = "sk-other-0b1d2e-another-secret"
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs() -> None:
+    """Each test starts from the default logging set-up (JSON to stderr, info)."""
+    logs.configure(fmt="json", level="info")
+
+
+@pytest.fixture(name="clock")
+def _clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(name="sim_config")
+def _sim_config() -> SimConfig:
+    return SimConfig.profile("fast", keys=(TEST_KEY, OTHER_KEY), seed=7)
+
+
+@pytest.fixture(name="sandbox")
+async def _sandbox(sim_config: SimConfig, clock: FakeClock) -> AsyncIterator[Sandbox]:
+    """A simulator on 127.0.0.1 driven by the test's fake clock."""
+    async with Sandbox(sim_config, host="127.0.0.1", port=0, clock=clock) as sb:
+        yield sb
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(name="sandbox_process", scope="session")
+def _sandbox_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``photogpt-pipeline sandbox`` as a real process; yields its base URL (key: ``sandbox``)."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
+    env = {k: v for k, v in os.environ.items() if k != "PHOTOGPT_API_KEY"}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "pipeline", "sandbox", "--port", str(port), "--seed", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    origin = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{origin}/_sim/stats", timeout=1):  # noqa: S310 - loopback
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"sandbox did not start: {Path(log).read_text()}") from None
+            time.sleep(0.05)
+    try:
+        yield f"{origin}/api"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
