@@ -118,8 +118,10 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
         "numImages": 2,
         "options": {"openai": {"imageSize": "1K", "outputFormat": "jpeg", "quality": "high"}},
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    import anyio
+
+    out = anyio.Path(args.out)
+    await out.mkdir(parents=True, exist_ok=True)
     async with Sandbox(SimConfig.profile("fast", keys=("sandbox",))) as sb:
         config = ApiConfig(base_url=sb.base_url, api_key=ApiKey("sandbox"))
         async with ApiClient(config) as api, aiohttp.ClientSession() as files:
@@ -135,7 +137,7 @@ async def _cmd_demo(args: argparse.Namespace) -> int:
                 async with files.get(image.url) as resp:
                     data = await resp.read()
                 path = out / f"image-{n}.jpeg"
-                path.write_bytes(data)
+                await path.write_bytes(data)
                 print(f"  wrote {path} ({len(data)} bytes)")
     return 0 if job.status == "success" else 1
 

@@ -28,7 +28,9 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 def test_plain_http_to_a_remote_host_is_refused_with_exit_2() -> None:
     """A non-loopback http:// base URL is refused before any connection, exit 2."""
-    result = _run("ping", env={"PHOTOGPT_BASE_URL": "http://api.example.com/api", "PHOTOGPT_API_KEY": "k-123456"})
+    result = _run(
+        "ping", env={"PHOTOGPT_BASE_URL": "http://api.example.com/api", "PHOTOGPT_API_KEY": "k-123456"}
+    )
     assert result.returncode == 2
     assert "https" in result.stderr
     assert "k-123456" not in result.stderr + result.stdout

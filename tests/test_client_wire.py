@@ -68,7 +68,9 @@ async def _fetch(api: ApiClient, url: str) -> bytes:
 
 
 class TestJobs:
-    async def test_seed_generation_reaches_success_with_a_jpeg(self, api: ApiClient, clock: FakeClock) -> None:
+    async def test_seed_generation_reaches_success_with_a_jpeg(
+        self, api: ApiClient, clock: FakeClock
+    ) -> None:
         """The issue's seed request: queued ticket, success after polls, a real JPEG behind the URL."""
         ticket = await api.generate_images(SEED_BODY)
         assert ticket.job_id
@@ -140,7 +142,9 @@ class TestJobs:
         made = {(await api.generate_images(SEED_BODY)).job_id for _ in range(5)}
         for job_id in made:
             await _finish(api, clock, job_id)
-        seen = [j.job_id async for j in api.iter_jobs(start=clock.now() - timedelta(hours=1), end=clock.now())]
+        seen = [
+            j.job_id async for j in api.iter_jobs(start=clock.now() - timedelta(hours=1), end=clock.now())
+        ]
         assert made <= set(seen) and len(seen) == len(set(seen))
         page = await api.list_jobs()
         assert page.jobs
@@ -184,7 +188,9 @@ class TestModelsAndImages:
     async def test_delete_image_then_get_is_404(self, api: ApiClient) -> None:
         """Deleted assets are gone."""
         model = await api.save_model(name="Cy")
-        image = await api.upload_image(model_id=model.id, image_type="auxiliaryType", data=PNG, filename="r.png")
+        image = await api.upload_image(
+            model_id=model.id, image_type="auxiliaryType", data=PNG, filename="r.png"
+        )
         await api.delete_image(image.id)
         with pytest.raises(NotFoundError):
             await api.get_image(image.id)
@@ -204,7 +210,9 @@ class TestErrors:
         assert info.value.status == 401 and info.value.exit_code == 3
         assert "sk-wrong-123456789" not in repr(info.value) + str(info.value)
 
-    async def test_foreign_ids_are_not_found(self, sandbox: Sandbox, api: ApiClient, clock: FakeClock) -> None:
+    async def test_foreign_ids_are_not_found(
+        self, sandbox: Sandbox, api: ApiClient, clock: FakeClock
+    ) -> None:
         """Another key's job is a 404 for us, like the real API's ownership rule."""
         async with ApiClient(_config(sandbox, OTHER_KEY), clock=clock) as other:
             ticket = await other.generate_images(SEED_BODY)
@@ -221,7 +229,9 @@ class TestErrors:
             ({"modelID": "nanobanana", "prompt": "x", "referenceImageURLs": ["https://a/1"] * 4}, "3"),
         ],
     )
-    async def test_bad_generation_requests_are_rejected(self, api: ApiClient, body: dict, fragment: str) -> None:
+    async def test_bad_generation_requests_are_rejected(
+        self, api: ApiClient, body: dict, fragment: str
+    ) -> None:
         """Validation failures are RejectedError carrying the server's message and the endpoint."""
         with pytest.raises(RejectedError) as info:
             await api.generate_images(body)
@@ -233,7 +243,9 @@ class TestErrors:
     async def test_veo_duration_rules(self, api: ApiClient) -> None:
         """Veo: duration must be 4/6/8, and 8 with a reference_image."""
         with pytest.raises(RejectedError):
-            await api.generate_videos({"modelID": "veo-3.1", "prompt": "x", "options": {"veo": {"duration": 5}}})
+            await api.generate_videos(
+                {"modelID": "veo-3.1", "prompt": "x", "options": {"veo": {"duration": 5}}}
+            )
         with pytest.raises(RejectedError):
             await api.generate_videos(
                 {
@@ -244,7 +256,9 @@ class TestErrors:
                 }
             )
 
-    async def test_rate_limit_is_retryable_with_the_servers_hint(self, sandbox: Sandbox, api: ApiClient) -> None:
+    async def test_rate_limit_is_retryable_with_the_servers_hint(
+        self, sandbox: Sandbox, api: ApiClient
+    ) -> None:
         """A 429 is RateLimitedError, retryable, and creates no job."""
         sandbox.control(next_n_429=1)
         before = sandbox.stats()["jobs_created"]
@@ -260,7 +274,9 @@ class TestErrors:
             await api.list_presets()
         assert info.value.retryable and info.value.status is not None and info.value.status >= 500
 
-    async def test_insufficient_credits_stops_instead_of_retrying(self, sandbox: Sandbox, api: ApiClient) -> None:
+    async def test_insufficient_credits_stops_instead_of_retrying(
+        self, sandbox: Sandbox, api: ApiClient
+    ) -> None:
         """An empty account is QuotaExhaustedError (exit 5), not a rate limit."""
         sandbox.control(credits=0)
         with pytest.raises(QuotaExhaustedError) as info:

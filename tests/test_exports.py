@@ -10,9 +10,7 @@ import pytest
 import pipeline
 
 MODULES = sorted(
-    m.name
-    for m in pkgutil.walk_packages(pipeline.__path__, "pipeline.")
-    if m.name != "pipeline.__main__"
+    m.name for m in pkgutil.walk_packages(pipeline.__path__, "pipeline.") if m.name != "pipeline.__main__"
 )
 
 
