@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from pipeline import logs
-from pipeline.errors import PipelineError
+from pipeline.errors import ConfigError, PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.scheduler import RunSummary
 
 __all__ = ["main"]
 
@@ -56,9 +61,56 @@ def _build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--key-file", type=Path, default=None, help="file holding the API key (mode 600)")
     _add_logging_flags(ping)
 
-    demo = sub.add_parser("demo", help="generate two images against an in-process sandbox")
-    demo.add_argument("--out", default="outputs/demo")
-    _add_logging_flags(demo)
+    run = sub.add_parser("run", help="run a manifest: submit, poll, download; resumes where it stopped")
+    run.add_argument("manifest", type=Path)
+    run.add_argument("--out", type=Path, default=None, help="output folder (default outputs/<manifest name>)")
+    run.add_argument("--state", type=Path, default=None, help="state file (default <out>/.state/state.db)")
+    run.add_argument("--sandbox", action="store_true", help="run against an in-process simulator")
+    run.add_argument("--sandbox-profile", choices=("fast", "realistic", "chaos"), default="fast")
+    run.add_argument(
+        "--base-url", default=None, help="API base URL (default $PHOTOGPT_BASE_URL or the real API)"
+    )
+    run.add_argument("--key-file", type=Path, default=None, help="file holding the API key (mode 600)")
+    run.add_argument("--max-active", type=int, default=32, help="most jobs running on the server at once")
+    run.add_argument("--rate", type=float, default=None, help="most submissions per second")
+    run.add_argument(
+        "--max-runtime",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop submitting after this long; rerun to continue",
+    )
+    run.add_argument(
+        "--poll-profile",
+        choices=("auto", "fast", "standard"),
+        default="auto",
+        help="fast: sub-second polls for a local simulator; auto: fast on loopback URLs only",
+    )
+    run.add_argument("--retry-failed", action="store_true", help="try permanently failed units again (pays)")
+    run.add_argument(
+        "--resubmit-unknown",
+        action="store_true",
+        help="submit units whose earlier submission has an unknown outcome again (may pay twice)",
+    )
+    _add_logging_flags(run)
+
+    status = sub.add_parser("status", help="what the state file holds (read-only; safe during a run)")
+    status.add_argument("manifest", type=Path, nargs="?")
+    status.add_argument("--out", type=Path, default=None)
+    status.add_argument("--state", type=Path, default=None)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_logging_flags(status)
+
+    validate = sub.add_parser("validate", help="check a manifest; exit 0 or 2 with every problem")
+    validate.add_argument("manifest", type=Path)
+    _add_logging_flags(validate)
+
+    plan = sub.add_parser("plan", help="what a run would do and cost; sends no paid request")
+    plan.add_argument("manifest", type=Path)
+    plan.add_argument("--out", type=Path, default=None)
+    plan.add_argument("--state", type=Path, default=None)
+    _add_logging_flags(plan)
+
     return parser
 
 
@@ -103,46 +155,138 @@ async def _cmd_ping(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _cmd_demo(args: argparse.Namespace) -> int:
-    """The seed request end to end against an in-process sandbox (until `run` lands)."""
-    import aiohttp
+async def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.runner import RunRequest, execute
+    from pipeline.scheduler import RunOptions
 
-    from pipeline.client import ApiClient
-    from pipeline.config import ApiConfig, ApiKey
-    from pipeline.simulator import Sandbox, SimConfig
-
-    body = {
-        "modelID": "gpt-image-2",
-        "prompt": "A cinematic product photo of a silver perfume bottle",
-        "aspectRatio": "1:1",
-        "numImages": 2,
-        "options": {"openai": {"imageSize": "1K", "outputFormat": "jpeg", "quality": "high"}},
-    }
-    import anyio
-
-    out = anyio.Path(args.out)
-    await out.mkdir(parents=True, exist_ok=True)
-    async with Sandbox(SimConfig.profile("fast", keys=("sandbox",))) as sb:
-        config = ApiConfig(base_url=sb.base_url, api_key=ApiKey("sandbox"))
-        async with ApiClient(config) as api, aiohttp.ClientSession() as files:
-            await api.ping()
-            ticket = await api.generate_images(body)
-            print(f"submitted job {ticket.job_id}")
-            job = await api.get_job(ticket.job_id)
-            while not job.is_terminal:
-                await asyncio.sleep(0.2)
-                job = await api.get_job(ticket.job_id)
-            print(f"job {job.job_id}: {job.status}")
-            for n, image in enumerate(job.images, 1):
-                async with files.get(image.url) as resp:
-                    data = await resp.read()
-                path = out / f"image-{n}.jpeg"
-                await path.write_bytes(data)
-                print(f"  wrote {path} ({len(data)} bytes)")
-    return 0 if job.status == "success" else 1
+    if args.max_active < 1:
+        raise ConfigError("--max-active must be at least 1")
+    options = RunOptions(max_active=args.max_active, submit_rate=args.rate, max_runtime_s=args.max_runtime)
+    request = RunRequest(
+        manifest=args.manifest,
+        out=args.out,
+        state=args.state,
+        sandbox=args.sandbox,
+        sandbox_profile=args.sandbox_profile,
+        base_url=args.base_url,
+        key_file=args.key_file,
+        options=options,
+        retry_failed=args.retry_failed,
+        resubmit_unknown=args.resubmit_unknown,
+        poll_profile=args.poll_profile,
+    )
+    summary = await execute(request)
+    print(_render_summary(summary), file=sys.stderr)
+    return summary.exit_code
 
 
-_COMMANDS = {"sandbox": _cmd_sandbox, "ping": _cmd_ping, "demo": _cmd_demo}
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _render_summary(summary: RunSummary) -> str:
+    counts = ", ".join(f"{n} {phase}" for phase, n in sorted(summary.counts.items()) if n)
+    lines = [
+        f"run finished in {summary.elapsed_s:.1f}s: {counts or 'nothing to do'}; "
+        f"{summary.submitted} submitted, {summary.rate_limited} rate-limited, "
+        f"{_size(summary.downloaded_bytes)} downloaded"
+    ]
+    if summary.stopped:
+        lines.append(f"stopped early: {summary.stopped} (rerun the same command to continue)")
+    if summary.stale:
+        lines.append(f"{summary.stale} unit(s) in the state are no longer in the manifest (stale, kept)")
+    for f in summary.failures[:50]:
+        lines.append(f"  {f.item_id} {f.step}#{f.index} [{f.phase}]: {f.reason}")
+    if len(summary.failures) > 50:
+        lines.append(f"  … and {len(summary.failures) - 50} more (see the run record)")
+    return "\n".join(lines)
+
+
+def _state_path(args: argparse.Namespace) -> Path:
+    from pipeline.manifest import load_manifest
+    from pipeline.runner import default_out, default_state
+
+    if args.state:
+        return Path(args.state)
+    if args.out:
+        return default_state(Path(args.out))
+    if args.manifest:
+        return default_state(default_out(load_manifest(args.manifest)))
+    raise ConfigError("say which run: give MANIFEST, --out DIR or --state PATH")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.state import open_readonly
+
+    path = _state_path(args)
+    if not path.exists():
+        raise ConfigError(f"{path}: no state file yet (nothing has run for this output folder)")
+    view = open_readonly(path)
+    try:
+        counts = {str(phase): n for phase, n in view.counts().items()}
+        units = [
+            {
+                "key": r.key,
+                "item": r.item_id,
+                "step": r.step,
+                "index": r.index,
+                "phase": str(r.phase),
+                "jobId": r.job_id,
+                "error": r.last_error,
+            }
+            for r in view.units()
+        ]
+    finally:
+        view.close()
+    if args.json:
+        print(json.dumps({"counts": counts, "units": units}, indent=1))
+    else:
+        print(f"{path}: " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items()) if n))
+        for u in units:
+            if u["phase"] in ("failed", "unknown"):
+                print(f"  {u['item']} {u['step']}#{u['index']} [{u['phase']}]: {u['error']}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pipeline.manifest import describe, load_manifest
+
+    print(describe(load_manifest(args.manifest)))
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline import plan
+    from pipeline.manifest import load_manifest
+    from pipeline.runner import default_out, default_state
+    from pipeline.state import open_readonly
+
+    manifest = load_manifest(args.manifest)
+    path = args.state or default_state(args.out or default_out(manifest))
+    phases: dict[str, str] | None = None
+    if Path(path).exists():
+        view = open_readonly(path)
+        try:
+            phases = {k: str(v) for k, v in view.phases().items()}
+        finally:
+            view.close()
+    print(plan.render(plan.summarize(manifest, phases)))
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
+    "sandbox": _cmd_sandbox,
+    "ping": _cmd_ping,
+    "run": _cmd_run,
+    "status": _cmd_status,
+    "validate": _cmd_validate,
+    "plan": _cmd_plan,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,7 +294,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     logs.configure(fmt=args.log_format, level=args.log_level)
     try:
-        return asyncio.run(_COMMANDS[args.command](args))
+        command = _COMMANDS[args.command]
+        if inspect.iscoroutinefunction(command):
+            return int(asyncio.run(command(args)))
+        return int(command(args))
     except PipelineError as exc:
         print(f"photogpt-pipeline: error: {logs.redact(str(exc))}", file=sys.stderr)
         return exc.exit_code

@@ -211,6 +211,10 @@ class TransientDownloadError(DownloadError):
 
     retryable = True
 
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
 
 class UnsafeAssetError(DownloadError):
     """Refused: wrong file type by magic bytes, over the byte cap, or a URL we must not fetch."""

@@ -23,8 +23,8 @@ OTHER_KEY = "sk-other-0b1d2e-another-secret"
 
 @pytest.fixture(autouse=True)
 def _quiet_logs() -> None:
-    """Each test starts from the default logging set-up (JSON to stderr, info)."""
-    logs.configure(fmt="json", level="info")
+    """Each test starts from JSON logs to stderr at warning level."""
+    logs.configure(fmt="json", level="warning")
 
 
 @pytest.fixture(name="clock")
@@ -44,7 +44,7 @@ async def _sandbox(sim_config: SimConfig, clock: FakeClock) -> AsyncIterator[San
         yield sb
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -53,7 +53,7 @@ def _free_port() -> int:
 @pytest.fixture(name="sandbox_process", scope="session")
 def _sandbox_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``photogpt-pipeline sandbox`` as a real process; yields its base URL (key: ``sandbox``)."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
     env = {k: v for k, v in os.environ.items() if k != "PHOTOGPT_API_KEY"}
     with log.open("wb") as out:

@@ -1,0 +1,432 @@
+"""Fetch one asset URL into a ``.part`` file (checked, bounded, resumable), then publish it atomically.
+
+This is plan §2.2: the URL and every redirect hop pass :meth:`Downloader.check_url`
+before a connection is made; the body streams to ``<final>.part`` while a byte
+counter (hard cap) and a sha256 run; the magic bytes decide the type; the size is
+checked against ``Content-Length``/``Content-Range``; the part is fsynced. A later
+call resumes a kept part with ``Range`` (206 appended after re-hashing what is
+there; 200 or a bad 206 or 416 restart from zero, the curl test 38 lesson).
+:meth:`Downloader.publish` is ``os.replace`` plus a directory fsync, so a final
+name only ever holds a whole file. This module is the one boundary where aiohttp
+and ``OSError`` failures of a download become :class:`~pipeline.errors.DownloadError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import ipaddress
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+import aiofiles
+import aiohttp
+import anyio.to_thread
+from aiofiles.base import AiofilesContextManager
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
+from aiohttp import hdrs
+from yarl import URL
+
+from pipeline.errors import (
+    AssetGoneError,
+    DownloadError,
+    IntegrityError,
+    TransientDownloadError,
+    UnsafeAssetError,
+)
+from pipeline.layout import check_inside, fsync_dir, make_dirs_inside
+from pipeline.sidecar import strip_query
+
+__all__ = ["LOOPBACK_HOSTS", "Downloader", "Fetched", "Kind", "TransientDownloadError", "sniff"]
+
+Kind = Literal["jpeg", "png", "webp", "mp4"]
+
+#: Hosts that may be fetched over plain http by default: loopback only (tests, the sandbox).
+LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+
+_GiB = 1024**3
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_GONE = frozenset({403, 404, 410})
+_HEAD = 12  # bytes needed to tell the four formats apart
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_NUMERIC_HOST = re.compile(r"(?i)(0x[0-9a-f]*|[0-9]+)")  # '2130706433', '0x7f': resolvers read these as IPs
+# ISO-BMFF brands of HEIF/AVIF stills: an 'ftyp' box that is not a video we keep.
+_HEIF_BRANDS = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fetched:
+    """A complete, fsynced ``.part`` file, ready for :meth:`Downloader.publish`."""
+
+    part_path: Path
+    #: Size of the whole file (resumed bytes included).
+    bytes: int
+    #: sha256 of the whole file, hex.
+    sha256: str
+    #: The type by magic bytes, never by the server's name or Content-Type.
+    kind: Kind
+    #: The extension to publish under (the same word as ``kind``).
+    ext: str
+    #: What the server claimed, for the record only.
+    content_type: str
+    #: Bytes kept from an earlier attempt (0 when the download started from zero).
+    resumed_from: int
+
+
+def sniff(head: bytes) -> Kind | None:
+    """The asset type from the first bytes of a file, or ``None`` when it is not one we keep."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[4:8] == b"ftyp" and len(head) >= _HEAD and head[8:12] not in _HEIF_BRANDS:
+        return "mp4"
+    return None
+
+
+def _require_kind(head: bytes, where: str) -> Kind:
+    kind = sniff(head)
+    if kind is None:
+        raise UnsafeAssetError(f"{where}: not an image or video: starts with {head[:16]!r}")
+    return kind
+
+
+async def _strip_credentials(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    """Remove Authorization and Cookie however they got in (session defaults, auth=, netrc, cookie jar)."""
+    request.headers.popall(hdrs.AUTHORIZATION, None)
+    request.headers.popall(hdrs.COOKIE, None)
+    return await handler(request)
+
+
+def _nofollow(path: str, flags: int) -> int:
+    """``open()`` opener that refuses a symlink as the final component."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+
+
+def _open_part(part: Path, *, resume: bool) -> AiofilesContextManager[AsyncBufferedIOBase]:
+    if resume:
+        return aiofiles.open(part, "r+b", opener=_nofollow)
+    return aiofiles.open(part, "wb", opener=_nofollow)
+
+
+def _discard(part: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(part)
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP-date: the caller's backoff applies
+
+
+class Downloader:
+    """Downloads asset URLs with a session that carries no credentials.
+
+    ``root`` (the output root) turns on the tree checks of :mod:`pipeline.layout`
+    for part and final paths; without it only the final component is guarded
+    (``O_NOFOLLOW``). ``allow_http_hosts`` are the only hosts allowed over plain
+    http and the only IP literals or loopback names allowed at all.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        max_bytes: int = 2 * _GiB,
+        allow_http_hosts: frozenset[str] = LOOPBACK_HOSTS,
+        chunk_bytes: int = 256 * 1024,
+        max_redirects: int = 5,
+        root: Path | None = None,
+    ) -> None:
+        if max_bytes <= 0 or chunk_bytes <= 0 or max_redirects < 0:
+            raise ValueError("max_bytes and chunk_bytes must be positive, max_redirects not negative")
+        self._session = session
+        self._max_bytes = max_bytes
+        self._allow = frozenset(h.lower().strip("[]") for h in allow_http_hosts)
+        self._chunk = chunk_bytes
+        self._max_redirects = max_redirects
+        self._root = root
+
+    def check_url(self, url: str | URL) -> URL:
+        """``url`` parsed, if we may fetch it: https (or http to an allowed host), no userinfo, no IP literal.
+
+        Raises:
+            UnsafeAssetError: anything else, before any connection is made.
+        """
+        try:
+            parsed = url if isinstance(url, URL) else URL(url)
+            host = (parsed.host or "").lower().rstrip(".")
+        except (ValueError, TypeError):
+            raise UnsafeAssetError(f"not a URL: {strip_query(str(url))!r}") from None
+        where = strip_query(str(url))
+        if not parsed.is_absolute() or not host:
+            raise UnsafeAssetError(f"{where}: not an absolute URL with a host")
+        if parsed.raw_user is not None or parsed.raw_password is not None:
+            raise UnsafeAssetError(f"{parsed.scheme}://{host}/…: credentials in the URL are refused")
+        if host in self._allow:
+            if parsed.scheme not in ("http", "https"):
+                raise UnsafeAssetError(f"{where}: scheme {parsed.scheme!r} is refused")
+            return parsed
+        if parsed.scheme != "https":
+            raise UnsafeAssetError(f"{where}: only https is allowed for {host!r}")
+        if _is_ip_literal(host) or host == "localhost" or host.endswith(".localhost"):
+            raise UnsafeAssetError(f"{where}: IP literals and loopback names are refused")
+        return parsed
+
+    async def fetch(self, url: str, part_path: Path) -> Fetched:
+        """Stream ``url`` into ``part_path``, resuming a part already there; see the module docstring.
+
+        Raises:
+            UnsafeAssetError: refused URL or redirect, too many redirects, over ``max_bytes``, not a
+                JPEG/PNG/WebP/MP4 by its magic bytes, or a symlink in the way (the part is removed).
+            AssetGoneError: 403/404/410: the URL expired; the part is kept.
+            TransientDownloadError: 429/5xx or no connection; the part is kept.
+            IntegrityError: the body stopped short or its length disagrees; the part is kept.
+            DownloadError: any other status, or the part cannot be written (the part is removed).
+        """
+        self.check_url(url)
+        offset, kind = await anyio.to_thread.run_sync(self._prepare, part_path)
+        if offset:
+            fetched = await self._attempt(url, part_path, offset, kind)
+            if fetched is not None:
+                return fetched
+        fetched = await self._attempt(url, part_path, 0, None)
+        if fetched is None:  # pragma: no cover - _status() never restarts a request sent without Range
+            raise DownloadError(f"{strip_query(url)}: no usable answer")
+        return fetched
+
+    async def publish(self, fetched: Fetched, final_path: Path) -> Path:
+        """Move the part onto ``final_path`` atomically and durably; refuses a symlink there.
+
+        Raises:
+            UnsafeAssetError: ``final_path`` is a symlink or not a regular file, or outside the root.
+            IntegrityError: the part is missing or no longer the size that was fetched.
+            DownloadError: the rename failed (the part is kept).
+        """
+        return await anyio.to_thread.run_sync(self._publish, fetched, final_path)
+
+    # -- file system (run in a worker thread) --------------------------------------------------
+
+    def _prepare(self, part: Path) -> tuple[int, Kind | None]:
+        """Make the part's directory; return how many bytes of it can be resumed, and their type."""
+        try:
+            if self._root is not None:
+                check_inside(self._root, part)
+                make_dirs_inside(self._root, part.parent)
+            else:
+                part.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                st = os.lstat(part)
+            except FileNotFoundError:
+                return 0, None
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsafeAssetError(f"{part} exists and is not a regular file (symlink?)")
+            if st.st_size < _HEAD or st.st_size > self._max_bytes:
+                return 0, None  # too small to be worth a Range request, or already over the cap
+            fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as f:
+                kind = sniff(f.read(_HEAD))
+        except OSError as exc:
+            raise DownloadError(f"{part}: cannot prepare the part file: {exc.strerror}") from exc
+        if kind is None:
+            _discard(part)  # never build on a part that is not an asset
+            return 0, None
+        return st.st_size, kind
+
+    def _publish(self, fetched: Fetched, final: Path) -> Path:
+        part = fetched.part_path
+        try:
+            if self._root is not None:
+                check_inside(self._root, final)
+                make_dirs_inside(self._root, final.parent)
+            else:
+                final.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISREG(os.lstat(final).st_mode):
+                    raise UnsafeAssetError(f"{final} exists and is a symlink or not a regular file")
+            try:
+                st = os.lstat(part)
+            except FileNotFoundError:
+                raise IntegrityError(f"{part}: the part file is gone") from None
+            if not stat.S_ISREG(st.st_mode) or st.st_size != fetched.bytes:
+                raise IntegrityError(f"{part}: expected {fetched.bytes} bytes, found {st.st_size}")
+            os.replace(part, final)
+            fsync_dir(final.parent)
+            if part.parent != final.parent:
+                fsync_dir(part.parent)
+        except OSError as exc:
+            raise DownloadError(f"{final}: cannot publish: {exc.strerror}") from exc
+        return final
+
+    # -- network -------------------------------------------------------------------------------
+
+    async def _attempt(self, url: str, part: Path, offset: int, kind: Kind | None) -> Fetched | None:
+        """One request (plus redirects); ``None`` means "the resume was refused: start from zero"."""
+        response = await self._get(url, offset)
+        async with response:
+            expected = self._status(response, offset)
+            if expected is None:
+                return None
+            start, total = expected
+            return await self._stream(response, part, start, kind if start else None, total)
+
+    async def _get(self, url: str, offset: int) -> aiohttp.ClientResponse:
+        """GET with redirects followed by hand, each hop checked; no credentials ever sent."""
+        headers = {hdrs.ACCEPT_ENCODING: "identity"}
+        if offset:
+            headers[hdrs.RANGE] = f"bytes={offset}-"
+        current: URL | str = url
+        for _hop in range(self._max_redirects + 1):
+            target = self.check_url(current)
+            try:
+                response = await self._session.get(
+                    target,
+                    headers=headers,
+                    allow_redirects=False,
+                    raise_for_status=False,  # statuses are mapped in _status, whatever the session says
+                    auto_decompress=True,  # a server that gzips anyway still yields the real bytes
+                    middlewares=(_strip_credentials,),
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise TransientDownloadError(
+                    f"{strip_query(str(target))}: no answer ({type(exc).__name__})"
+                ) from exc
+            if response.status not in _REDIRECTS:
+                return response
+            location = response.headers.get(hdrs.LOCATION, "")
+            response.release()
+            if not location:
+                raise DownloadError(f"{strip_query(str(target))}: HTTP {response.status} without Location")
+            try:
+                current = target.join(URL(location))
+            except ValueError:
+                raise UnsafeAssetError(f"{strip_query(str(target))}: unusable redirect") from None
+        raise UnsafeAssetError(f"{strip_query(url)}: more than {self._max_redirects} redirects")
+
+    def _status(self, response: aiohttp.ClientResponse, offset: int) -> tuple[int, int | None] | None:
+        """(Where the body starts, the whole size if known); an error; or ``None``: restart from zero."""
+        status = response.status
+        where = strip_query(str(response.url))
+        if status in _GONE:
+            raise AssetGoneError(
+                f"{where}: HTTP {status}: the asset URL expired or was revoked; read the job again"
+            )
+        if status == 429 or status >= 500:
+            retry_after = _retry_after(response.headers.get(hdrs.RETRY_AFTER))
+            raise TransientDownloadError(f"{where}: HTTP {status}", retry_after_s=retry_after)
+        encoded = response.headers.get(hdrs.CONTENT_ENCODING, "identity").lower() not in ("", "identity")
+        if status == 200:  # without a Range, or a server that ignored it: the whole file, from zero
+            return 0, None if encoded else response.content_length
+        if status == 206 and offset and not encoded:
+            match = _CONTENT_RANGE.fullmatch(response.headers.get(hdrs.CONTENT_RANGE, "").strip())
+            if match and int(match[1]) == offset and int(match[2]) >= offset:
+                end = int(match[2])
+                total = None if match[3] == "*" else int(match[3])
+                length = response.content_length
+                if (total is None or total == end + 1) and (length is None or length == end - offset + 1):
+                    return offset, end + 1
+        if status in (206, 416) and offset:
+            return None  # a range we did not ask for, or none at all: start over
+        raise DownloadError(f"{where}: unexpected HTTP {status}")
+
+    async def _stream(
+        self, response: aiohttp.ClientResponse, part: Path, offset: int, kind: Kind | None, total: int | None
+    ) -> Fetched:
+        where = strip_query(str(response.url))
+        if total is not None and total > self._max_bytes:
+            await anyio.to_thread.run_sync(_discard, part)
+            raise UnsafeAssetError(f"{where}: {total} bytes declared, over the {self._max_bytes}-byte cap")
+        hasher = hashlib.sha256()
+        try:
+            async with _open_part(part, resume=offset > 0) as f:
+                if offset and await self._hash_existing(f, hasher) != offset:
+                    raise IntegrityError(f"{part}: the part changed size while resuming")
+                size, kind = await self._copy(response, f, hasher, offset, kind, where)
+                await f.flush()
+                await anyio.to_thread.run_sync(os.fsync, f.fileno())
+        except DownloadError as exc:  # unsafe content goes; a short body stays for the resume
+            if not exc.retryable:
+                await anyio.to_thread.run_sync(_discard, part)
+            raise
+        except OSError as exc:
+            await anyio.to_thread.run_sync(_discard, part)
+            if exc.errno == errno.ELOOP:
+                raise UnsafeAssetError(f"{part} is a symlink; refusing to write through it") from exc
+            raise DownloadError(f"{part}: cannot write: {exc.strerror}") from exc
+        if total is not None and size != total:
+            raise IntegrityError(f"{where}: got {size} of {total} bytes; the part is kept for a resume")
+        return Fetched(
+            part_path=part,
+            bytes=size,
+            sha256=hasher.hexdigest(),
+            kind=kind,
+            ext=kind,
+            content_type=response.headers.get(hdrs.CONTENT_TYPE, ""),
+            resumed_from=offset,
+        )
+
+    async def _hash_existing(self, f: AsyncBufferedIOBase, hasher: hashlib._Hash) -> int:
+        """Feed the bytes already in the part to ``hasher``; leaves the file positioned at its end."""
+        seen = 0
+        while chunk := await f.read(self._chunk):
+            hasher.update(chunk)
+            seen += len(chunk)
+        return seen
+
+    async def _copy(
+        self,
+        response: aiohttp.ClientResponse,
+        f: AsyncBufferedIOBase,
+        hasher: hashlib._Hash,
+        offset: int,
+        kind: Kind | None,
+        where: str,
+    ) -> tuple[int, Kind]:
+        """Body → file, chunk by chunk: cap, magic, hash. Returns the file's size and type."""
+        size = offset
+        head = b""  # the first bytes, held back until the magic is known (at most _HEAD + one chunk)
+        try:
+            async for chunk in response.content.iter_chunked(self._chunk):
+                size += len(chunk)
+                if size > self._max_bytes:
+                    raise UnsafeAssetError(f"{where}: more than the {self._max_bytes}-byte cap; aborted")
+                if kind is None:
+                    head += chunk
+                    if len(head) < _HEAD:
+                        continue
+                    kind, chunk, head = _require_kind(head, where), head, b""
+                hasher.update(chunk)
+                await f.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:  # ClientPayloadError, reset, sock_read timeout
+            await f.flush()
+            await anyio.to_thread.run_sync(os.fsync, f.fileno())  # a resume must build on bytes that exist
+            raise IntegrityError(
+                f"{where}: connection lost after {size - len(head)} bytes ({type(exc).__name__}); "
+                "the part is kept for a resume"
+            ) from exc
+        if kind is None:  # the whole body was shorter than the magic window
+            kind = _require_kind(head, where)
+            hasher.update(head)
+            await f.write(head)
+        return size, kind
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return bool(_NUMERIC_HOST.fullmatch(host.rsplit(".", 1)[-1]))
+    return True

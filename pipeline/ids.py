@@ -1,0 +1,65 @@
+"""Identities: item ids that are safe path segments everywhere, matrix slugs, and stable unit keys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["MAX_ID_LENGTH", "RESERVED_IDS", "slug", "unit_key", "unsafe_segment"]
+
+#: Ids longer than this are refused: they become folder names, and file systems cap names at 255 bytes.
+MAX_ID_LENGTH = 120
+#: Names the output layout keeps at the top of the output folder, so no item may take them.
+RESERVED_IDS = frozenset({"runs", "index.jsonl"})
+
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_ .+=@,-]{0,119}\Z")
+_WINDOWS_FORBIDDEN = set('<>:"|?*')
+_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+)
+
+
+def unsafe_segment(text: str) -> str | None:
+    """Why ``text`` cannot be a single path segment on every platform, or ``None`` when it can."""
+    if _SAFE_ID.match(text) and not text.endswith((".", " ")) and text.split(".")[0].upper() not in _RESERVED:
+        return None
+    if not text:
+        return "must not be empty"
+    if len(text) > MAX_ID_LENGTH:
+        return f"is {len(text)} characters long; the limit is {MAX_ID_LENGTH}"
+    if text in (".", ".."):
+        return "is a relative path component"
+    if "/" in text or "\\" in text:
+        return "contains a path separator"
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")), None)
+    if bad is not None:
+        return f"contains the control or invisible character U+{ord(bad):04X}"
+    bad = next((c for c in text if c in _WINDOWS_FORBIDDEN), None)
+    if bad is not None:
+        return f"contains {bad!r}, which Windows does not allow in file names"
+    if text.startswith("."):
+        return "starts with a dot (a hidden file)"
+    if text != text.strip() or text.endswith("."):
+        return "starts or ends with a space, or ends with a dot (Windows drops them)"
+    if text.split(".")[0].rstrip().upper() in _RESERVED:
+        return f"is a reserved device name on Windows ({text.split('.')[0]})"
+    return None
+
+
+def slug(value: object) -> str:
+    """A matrix value as an id fragment: ``"1:1"`` → ``1x1``, ``"Veo 3.1"`` → ``veo-3.1``."""
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    text = re.sub(r"[^a-z0-9._]+", "-", text.casefold().replace(":", "x")).strip("-._")
+    return text or "x"
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def unit_key(payload: Mapping[str, Any]) -> str:
+    """The stable key of a unit: SHA-256 of canonical JSON (sorted keys, no spaces), 32 hex digits."""
+    return hashlib.sha256(_CANONICAL.encode(payload).encode()).hexdigest()[:32]

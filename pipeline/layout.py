@@ -1,0 +1,284 @@
+"""Where every output file goes, and the guarantee that it stays inside the output root.
+
+Paths are computed from the output template (the syntax of :mod:`pipeline.template`);
+unsafe values are rejected, never rewritten, so two different ids can never be
+folded onto one file. Containment is checked on the real file system: no component
+under the root may be a symlink, so nothing planted in the tree can send a write
+outside it (plan §6.4 M8–M10).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.errors import ConfigError, UnsafeAssetError
+from pipeline.template import DEFAULT_OUTPUT_TEMPLATE, Template, compile_template
+
+__all__ = [
+    "PLACEHOLDERS",
+    "OutputLayout",
+    "check_inside",
+    "fsync_dir",
+    "make_dirs_inside",
+    "slug",
+]
+
+#: Placeholders an output template may use: the manifest's fields plus ``model``.
+PLACEHOLDERS = frozenset({"item", "step", "n", "index", "ext", "key", "model", "name"})
+
+#: Names the layout itself uses at the top of the root; an item may not take them.
+_RESERVED_TOP = frozenset({"index.jsonl", "runs"})
+_WINDOWS_DEVICE = re.compile(r"(?i)(con|prn|aux|nul|com[1-9]|lpt[1-9])(\..*)?")
+_EXT = re.compile(r"[a-z0-9]{1,10}")
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_NAME_MAX = 255
+
+
+def slug(text: str) -> str:
+    """A lower-case ``[a-z0-9._-]`` form of ``text`` (model ids, names), possibly empty."""
+    folded = unicodedata.normalize("NFKC", text).lower()
+    return re.sub(r"[^a-z0-9._-]+", "-", folded).strip("-._")[:64]
+
+
+def _check_value(name: str, value: str) -> str:
+    """Refuse a placeholder value that could change the shape of the path."""
+    if not value:
+        raise UnsafeAssetError(f"output path: {{{name}}} is empty")
+    if value in (".", "..") or "/" in value or "\\" in value:
+        raise UnsafeAssetError(f"output path: {{{name}}} = {value!r} is not a single path segment")
+    if any(unicodedata.category(c) in _BAD_CATEGORIES for c in value):
+        raise UnsafeAssetError(f"output path: {{{name}}} = {value!r} holds control or format characters")
+    return value
+
+
+def _check_segment(segment: str) -> None:
+    """Refuse a rendered path segment that is hidden, special, or too long."""
+    if not segment or segment in (".", ".."):
+        raise UnsafeAssetError(f"output path: empty or relative segment {segment!r}")
+    if segment.startswith(".") or segment[0] == " " or segment[-1] in ". ":
+        raise UnsafeAssetError(f"output path: {segment!r} starts with a dot or ends with a dot or space")
+    if any(unicodedata.category(c) in _BAD_CATEGORIES for c in segment):
+        raise UnsafeAssetError(f"output path: {segment!r} holds control or format characters")
+    if _WINDOWS_DEVICE.fullmatch(segment):
+        raise UnsafeAssetError(f"output path: {segment!r} is a reserved device name")
+    if len(segment.encode("utf-8")) > _NAME_MAX:
+        raise UnsafeAssetError(f"output path: segment longer than {_NAME_MAX} bytes: {segment[:40]!r}…")
+
+
+def _relative(root: Path, path: Path) -> Path:
+    """``path`` relative to ``root``, lexically: no ``..`` and no escape."""
+    if ".." in path.parts:
+        raise UnsafeAssetError(f"{path}: '..' in an output path")
+    absolute = Path(os.path.abspath(path))
+    for base in (Path(os.path.abspath(root)), Path(os.path.realpath(root))):
+        if absolute.is_relative_to(base):
+            return absolute.relative_to(base)
+    raise UnsafeAssetError(f"{path} is outside the output root {root}")
+
+
+def check_inside(root: Path, path: Path) -> Path:
+    """``path`` (spelled under ``root``) after proving no existing component under ``root`` is a symlink.
+
+    The root itself may be a symlink (the user's choice of disk); below it we
+    follow nothing, so ``realpath(path)`` stays inside ``realpath(root)``.
+
+    Raises:
+        UnsafeAssetError: ``..``, outside the root, or a symlink or file where a directory must be.
+    """
+    rel = _relative(root, path)
+    real_root = Path(os.path.realpath(root))
+    current = real_root
+    for part in rel.parts:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            break  # nothing deeper exists, so nothing deeper is a symlink
+        except NotADirectoryError:
+            raise UnsafeAssetError(f"{root / rel}: a file stands where a directory must be") from None
+        if stat.S_ISLNK(mode):
+            raise UnsafeAssetError(f"{current} is a symlink; refusing to follow it out of the output tree")
+    if not Path(os.path.realpath(real_root / rel)).is_relative_to(real_root):  # belt and braces
+        raise UnsafeAssetError(f"{path} resolves outside the output root {root}")
+    return root / rel
+
+
+def make_dirs_inside(root: Path, directory: Path) -> Path:
+    """Create ``directory`` and missing parents under ``root`` (mode per umask), following no symlink.
+
+    Raises:
+        UnsafeAssetError: as :func:`check_inside`, or a component exists as a symlink or a file.
+    """
+    rel = _relative(root, directory)
+    root.mkdir(parents=True, exist_ok=True)
+    current = Path(os.path.realpath(root))
+    for part in rel.parts:
+        current = current / part
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            mode = os.lstat(current).st_mode
+            if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+                raise UnsafeAssetError(
+                    f"{current} is not a real directory; refusing to write through it"
+                ) from None
+    return root / rel
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in ``directory`` durable (a rename is atomic, not durable)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLayout:
+    """The output tree: ``root`` plus a template such as ``{item}/{step}-{n}.{ext}``.
+
+    The template must end in ``.{ext}`` (the type is known only after the magic
+    bytes are read, so the part file and the sidecar are named from the rest) and
+    must tell outputs apart: it needs ``{n}``, and ``{item}`` and ``{step}`` unless
+    ``{key}`` is there. A bad template is a :class:`ConfigError`; a bad value or an
+    unsafe tree is an :class:`UnsafeAssetError`.
+
+    Usage::
+
+        layout = OutputLayout(Path("outputs"))
+        final = layout.asset_path("sku-1", "image", 1, "jpeg")   # outputs/sku-1/image-1.jpeg
+        part = layout.part_path("sku-1", "image", 1, key=unit_key)  # outputs/sku-1/image-1.<key8>.part
+    """
+
+    root: Path
+    template: str = DEFAULT_OUTPUT_TEMPLATE
+    _stem: Template = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        object.__setattr__(self, "_stem", _compile_stem(self.template))
+
+    @property
+    def index_path(self) -> Path:
+        """The run-spanning ``index.jsonl`` (one line per published asset)."""
+        return self.root / "index.jsonl"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Where per-run reports go."""
+        return self.root / "runs"
+
+    def asset_path(
+        self,
+        item_id: str,
+        step: str,
+        n: int,
+        ext: str,
+        *,
+        key: str = "",
+        model: str = "",
+        index: int | None = None,
+        name: str = "",
+    ) -> Path:
+        """The final file of output ``n`` of ``step`` for ``item_id``, with extension ``ext``."""
+        if not _EXT.fullmatch(ext):
+            raise UnsafeAssetError(f"output path: extension {ext!r} is not [a-z0-9]{{1,10}}")
+        stem = self._render(item_id, step, n, key=key, model=model, index=index, name=name)
+        return self._finish(f"{stem}.{ext}")
+
+    def part_path(
+        self,
+        item_id: str,
+        step: str,
+        n: int,
+        *,
+        key: str = "",
+        model: str = "",
+        index: int | None = None,
+        name: str = "",
+    ) -> Path:
+        """The ``.part`` file beside the final one, named before the type is known.
+
+        ``<stem>.<key8>.part``, where key8 is the first 8 hex digits of
+        sha256(key): a part left by a unit whose request changed is never resumed
+        into the new one, and any key text yields a safe name.
+        """
+        stem = self._render(item_id, step, n, key=key, model=model, index=index, name=name)
+        tag = f".{hashlib.sha256(key.encode()).hexdigest()[:8]}" if key else ""
+        return self._finish(f"{stem}{tag}.part")
+
+    def sidecar_path(self, asset_path: Path) -> Path:
+        """The JSON sidecar of an asset: the same stem, ``.json`` (the same for every extension)."""
+        if asset_path.suffix == ".json":
+            raise UnsafeAssetError(f"{asset_path}: an asset may not be a .json file")
+        return self.check(asset_path.with_suffix(".json"))
+
+    def check(self, path: Path) -> Path:
+        """``path`` after the containment check of :func:`check_inside`."""
+        return check_inside(self.root, path)
+
+    def ensure_dir(self, path: Path) -> Path:
+        """Create directory ``path`` under the root, refusing symlinked components."""
+        return make_dirs_inside(self.root, path)
+
+    def _render(
+        self, item_id: str, step: str, n: int, *, key: str, model: str, index: int | None, name: str
+    ) -> str:
+        if n < 0 or (index is not None and index < 0):
+            raise UnsafeAssetError("output path: n and index must not be negative")
+        values = {
+            "item": item_id,
+            "step": step,
+            "n": str(n),
+            "index": "" if index is None else str(index),
+            "key": key,
+            "model": slug(model),
+            "name": slug(name),
+        }
+        return self._stem.render(lambda field_name: _check_value(field_name, values[field_name]))
+
+    def _finish(self, relative: str) -> Path:
+        segments = relative.split("/")
+        for segment in segments:
+            _check_segment(segment)
+        if segments[0] in _RESERVED_TOP:
+            raise UnsafeAssetError(f"output path: {segments[0]!r} is reserved at the top of the output tree")
+        return self.check(self.root.joinpath(*segments))
+
+
+def _compile_stem(template: str) -> Template:
+    """The template without its trailing ``.{ext}``, after checking it can only make safe, distinct paths."""
+    compiled = compile_template(template)
+    if isinstance(compiled, str):
+        raise ConfigError(f"output template {template!r}: {compiled}")
+    if (
+        compiled is None
+        or compiled.names[-1] != "ext"
+        or compiled.parts[-1]
+        or not compiled.parts[-2].endswith(".")
+    ):
+        raise ConfigError(f"output template {template!r} must end with '.{{ext}}'")
+    names = set(compiled.names)
+    if unknown := names - PLACEHOLDERS:
+        raise ConfigError(f"output template {template!r}: unknown placeholder(s) {sorted(unknown)}")
+    if compiled.names.count("ext") != 1:
+        raise ConfigError(f"output template {template!r}: {{ext}} may appear only at the end")
+    if "n" not in names or not ({"item", "step"} <= names or "key" in names):
+        raise ConfigError(f"output template {template!r} needs {{n}}, and {{item}} and {{step}} or {{key}}")
+    stem = Template((*compiled.parts[:-2], compiled.parts[-2][:-1]), compiled.names[:-1])
+    sample = stem.render(lambda _name: "x") + ".jpeg"
+    if template.startswith("/") or "\\" in template:
+        raise ConfigError(f"output template {template!r} must be a relative path with '/' separators")
+    try:
+        for segment in sample.split("/"):
+            _check_segment(segment)
+    except UnsafeAssetError as exc:
+        raise ConfigError(f"output template {template!r}: {exc}") from None
+    return stem

@@ -1,0 +1,214 @@
+"""Wiring for one ``run``: manifest, lock, state, sandbox or real API, sessions, signals.
+
+The scheduler knows nothing of files on the command line, processes or
+signals; this module owns those, so that the scheduler stays testable with
+plain objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import anyio
+import structlog
+
+from pipeline.client import ApiClient
+from pipeline.clock import Clock, SystemClock
+from pipeline.config import ApiConfig, ApiKey
+from pipeline.downloader import Downloader
+from pipeline.errors import ApiError, AuthError, InterruptedRunError, PipelineError
+from pipeline.layout import OutputLayout
+from pipeline.lock import RunLock
+from pipeline.manifest import Manifest, load_manifest
+from pipeline.poller import PollPolicy
+from pipeline.retry import retrying
+from pipeline.scheduler import RunOptions, RunSummary, run_pipeline
+from pipeline.state import Phase, StateStore
+
+__all__ = ["PreflightError", "RunRequest", "default_out", "default_state", "execute"]
+
+_log = structlog.get_logger("pipeline.runner")
+
+#: The key the embedded sandbox accepts; it is not a secret.
+SANDBOX_KEY = "sandbox"
+
+
+class PreflightError(PipelineError):
+    """The API did not answer the preflight ping: nothing was submitted."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunRequest:
+    """What the user asked ``run`` to do."""
+
+    manifest: Path
+    out: Path | None = None
+    state: Path | None = None
+    sandbox: bool = False
+    sandbox_profile: str = "fast"
+    base_url: str | None = None
+    key_file: Path | None = None
+    options: RunOptions = field(default_factory=RunOptions)
+    retry_failed: bool = False
+    resubmit_unknown: bool = False
+    #: ``auto``: sub-second polling against a loopback API (a local simulator), the
+    #: reference's patient polling anywhere else.
+    poll_profile: str = "auto"
+
+
+def _is_loopback(base_url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(base_url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def default_out(manifest: Manifest) -> Path:
+    """``outputs/<manifest name>``, relative to the working directory."""
+    return Path("outputs") / manifest.name
+
+
+def default_state(out: Path) -> Path:
+    """The state file lives inside the run's output folder, out of the way of item folders."""
+    return out / ".state" / "state.db"
+
+
+@asynccontextmanager
+async def _api_config(request: RunRequest) -> AsyncIterator[tuple[ApiConfig, bool]]:
+    """The API to talk to: an in-process sandbox on a free loopback port, or the configured one."""
+    if request.sandbox:
+        from pipeline.simulator import Sandbox, SimConfig
+
+        async with Sandbox(SimConfig.profile(request.sandbox_profile, keys=(SANDBOX_KEY,))) as sb:
+            yield ApiConfig(base_url=sb.base_url, api_key=ApiKey(SANDBOX_KEY)), True
+        return
+    env = dict(os.environ)
+    if request.base_url:
+        env["PHOTOGPT_BASE_URL"] = request.base_url
+    yield ApiConfig.from_env(env, key_file=request.key_file), False
+
+
+async def _watch_signals(scope: anyio.CancelScope, interrupted: list[int]) -> None:
+    """First SIGINT/SIGTERM: cancel the run (state writes are shielded). Second: leave at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if interrupted:
+                os._exit(130)  # WAL keeps the state file consistent even now
+            interrupted.append(signum)
+            _log.warning("interrupted", signal=signal.Signals(signum).name)
+            scope.cancel()
+
+
+async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSummary:
+    """Run a manifest to the end, or until stopped; raise PipelineError for what stops it early."""
+    clock = clock or SystemClock()
+    manifest = load_manifest(request.manifest)
+    out = request.out or default_out(manifest)
+    state_path = request.state or default_state(out)
+    layout = OutputLayout(out, manifest.output_template)
+    lock = RunLock(state_path.with_name(state_path.name + ".lock"))
+    state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock.acquire()
+    try:
+        async with _api_config(request) as (config, is_sandbox):
+            options = request.options
+            fast = request.poll_profile == "fast" or (
+                request.poll_profile == "auto" and (is_sandbox or _is_loopback(config.base_url))
+            )
+            if fast and options.poll == RunOptions().poll:
+                options = _with_poll(options, PollPolicy.fast())
+            async with StateStore.open(state_path, clock=clock) as store:
+                if request.retry_failed:
+                    await store.reset(Phase.FAILED)
+                if request.resubmit_unknown:
+                    await store.reset(Phase.UNKNOWN)
+                return await _run(manifest, config, store, layout, options, clock)
+    finally:
+        lock.release()
+
+
+def _with_poll(options: RunOptions, poll: PollPolicy) -> RunOptions:
+    from dataclasses import replace
+
+    return replace(options, poll=poll)
+
+
+async def _run(
+    manifest: Manifest,
+    config: ApiConfig,
+    store: StateStore,
+    layout: OutputLayout,
+    options: RunOptions,
+    clock: Clock,
+) -> RunSummary:
+    interrupted: list[int] = []
+    summary: RunSummary | None = None
+    async with ApiClient(config, clock=clock) as api, aiohttp.ClientSession() as files:
+
+        async def preflight() -> None:
+            try:
+                await retrying(api.ping, policy=options.retry, clock=clock, rng=random.Random(options.seed))
+            except AuthError:
+                raise
+            except ApiError as exc:
+                raise PreflightError(f"preflight ping to {config.base_url} failed: {exc}") from exc
+
+        downloader = Downloader(files, root=layout.root)
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_watch_signals, scope, interrupted)
+                summary = await run_pipeline(
+                    manifest.units,
+                    api=api,
+                    store=store,
+                    layout=layout,
+                    downloader=downloader,
+                    options=options,
+                    clock=clock,
+                    preflight=preflight,
+                )
+                tg.cancel_scope.cancel()
+    if interrupted or summary is None:
+        raise InterruptedRunError("interrupted: the state is saved; run the same command again to resume")
+    await anyio.to_thread.run_sync(_write_run_record, layout, summary, clock)
+    return summary
+
+
+def _write_run_record(layout: OutputLayout, summary: RunSummary, clock: Clock) -> None:
+    """``runs/<timestamp>.json``: the run's facts for scripts, written atomically."""
+    from pipeline.sidecar import write_sidecar
+
+    stamp = clock.now().strftime("%Y%m%dT%H%M%S%fZ")
+    record = {
+        "counts": dict(summary.counts),
+        "stopped": summary.stopped,
+        "submitted": summary.submitted,
+        "rateLimited": summary.rate_limited,
+        "downloadedBytes": summary.downloaded_bytes,
+        "elapsedSeconds": round(summary.elapsed_s, 3),
+        "stale": summary.stale,
+        "exitCode": summary.exit_code,
+        "failures": [
+            {
+                "item": f.item_id,
+                "key": f.key,
+                "step": f.step,
+                "index": f.index,
+                "phase": f.phase,
+                "reason": f.reason,
+            }
+            for f in summary.failures
+        ],
+    }
+    layout.runs_dir.mkdir(parents=True, exist_ok=True)
+    write_sidecar(layout.runs_dir / f"{stamp}.json", json.loads(json.dumps(record)))

@@ -1,0 +1,850 @@
+"""The run: every unit of the manifest through submit → poll → download, concurrently and resumably.
+
+This is the only module that opens task groups. Its shape:
+
+- **submit workers** take ready units from a stream, hold an active-job slot
+  (the adaptive cap of :mod:`pipeline.ratelimit`), record the intent durably,
+  POST, and record the job id durably before doing anything else;
+- **one poll loop** takes due jobs from a single due-time queue
+  (:mod:`pipeline.poller`) and asks about each at most once per due time;
+- **download workers** fetch every output as soon as its job succeeds (hosted
+  URLs expire), verify it, publish it atomically, then write its sidecar and
+  the state.
+
+Money rules: a unit is POSTed only from ``pending``; an answer that proves
+nothing was created (429, 4xx, connection refused) sends it back to ``pending``;
+an answer that cannot (timeout, reset, 5xx, garbled 2xx) makes it *uncertain*,
+resolved by :mod:`pipeline.reconcile` from the job list, at most once. A job
+that outlives its deadline stays ``submitted`` for the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import anyio
+import structlog
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from pipeline import sidecar
+from pipeline.client import ApiClient
+from pipeline.clock import Clock
+from pipeline.downloader import Downloader, Fetched
+from pipeline.errors import (
+    ApiError,
+    AssetGoneError,
+    AuthError,
+    ConflictError,
+    DownloadError,
+    NotFoundError,
+    PipelineError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RejectedError,
+    ServerError,
+)
+from pipeline.layout import OutputLayout
+from pipeline.poller import DueQueue, DurationEstimator, PollPolicy
+from pipeline.ratelimit import ActiveJobLimit, RateLimiter
+from pipeline.reconcile import Uncertain, Verdict, decide, window_of
+from pipeline.records import Job, JobStatus
+from pipeline.retry import RetryPolicy, outcome_is_known, retrying
+from pipeline.spec import thaw
+from pipeline.state import Phase, StateStore, UnitRecord
+
+__all__ = ["RunOptions", "RunSummary", "UnitLike", "run_pipeline"]
+
+_log = structlog.get_logger("pipeline.scheduler")
+
+
+class UnitLike(Protocol):
+    """What the scheduler reads from a manifest unit (see :class:`pipeline.spec.Unit`)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def step(self) -> str: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def request(self) -> Mapping[str, Any]: ...
+    @property
+    def upstream(self) -> str | None: ...
+    @property
+    def expected_outputs(self) -> int: ...
+    @property
+    def model_id(self) -> str | None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Knobs of one run. Rates are requests per second (``None``: unlimited)."""
+
+    max_active: int = 32
+    submit_rate: float | None = None
+    poll_rate: float | None = None
+    download_rate: float | None = None
+    submit_workers: int = 16
+    download_workers: int = 8
+    poll_concurrency: int = 32
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll: PollPolicy = field(default_factory=PollPolicy)
+    max_runtime_s: float | None = None
+    #: How long uncertain submissions may wait for a quiet moment before being reconciled.
+    reconcile_slack_s: float = 60.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failure:
+    """A unit that did not finish, with what to do about it."""
+
+    key: str
+    item_id: str
+    step: str
+    index: int
+    phase: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunSummary:
+    """What a run did: counts per phase at the end, failures, and why it stopped early (if it did)."""
+
+    counts: Mapping[str, int]
+    failures: tuple[Failure, ...]
+    stopped: str | None
+    submitted: int
+    rate_limited: int
+    downloaded_bytes: int
+    elapsed_s: float
+    stale: int
+
+    @property
+    def exit_code(self) -> int:
+        """0 all done, 5 out of credits, 1 anything left failed/unknown/unfinished."""
+        if self.stopped == "quota":
+            return 5
+        if self.failures:
+            return 1
+        return 0
+
+
+#: Fault injection for the crash tests (reliability plan S1–S4): the process kills itself with
+#: SIGKILL at the named point, exactly as an OOM killer or a power cut would. Unset in normal use.
+_CRASH_AT = os.environ.get("PHOTOGPT_PIPELINE_CRASH_AT", "")
+
+
+def _crash_point(name: str) -> None:
+    if name == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _file_number(unit: UnitLike, n: int) -> int:
+    """Number files per item and step: unit ``index`` i of a step with k outputs owns (i-1)·k+1 … i·k."""
+    return (unit.index - 1) * max(1, unit.expected_outputs) + n
+
+
+def _is_hls(url: str) -> bool:
+    return urlsplit(url).path.lower().endswith(".m3u8")
+
+
+class _Run:
+    """One run's moving parts. Private: :func:`run_pipeline` is the entry point."""
+
+    def __init__(
+        self,
+        units: Sequence[UnitLike],
+        *,
+        api: ApiClient,
+        store: StateStore,
+        layout: OutputLayout,
+        downloader: Downloader,
+        options: RunOptions,
+        clock: Clock,
+    ) -> None:
+        self.units = {u.key: u for u in units}
+        self.order = [u.key for u in units]
+        self.children: dict[str, list[str]] = {}
+        for u in units:
+            if u.upstream:
+                self.children.setdefault(u.upstream, []).append(u.key)
+        self.api, self.store, self.layout, self.downloader = api, store, layout, downloader
+        self.options, self.clock = options, clock
+        self.rng = random.Random(options.seed)
+        self.active = ActiveJobLimit(options.max_active, clock=clock)
+        self.submit_limiter = RateLimiter(options.submit_rate, clock=clock)
+        self.poll_limiter = RateLimiter(options.poll_rate, clock=clock)
+        self.download_limiter = RateLimiter(options.download_rate, clock=clock)
+        self.due: DueQueue[str] = DueQueue(clock)
+        self.estimator = DurationEstimator(options.poll)
+        self.started: dict[str, tuple[float, int]] = {}  # key -> (monotonic submit time, polls)
+        self.known_jobs: set[str] = set()
+        self.holding: set[str] = set()
+        self.queued: set[str] = set()  # in the ready stream or being submitted: never twice
+        self.requeued: set[str] = set()
+        self.uncertain: list[Uncertain] = []
+        self.posts_in_flight = 0
+        self.remaining = len(units)
+        self.settled: dict[str, str] = {}
+        self.finished = anyio.Event()
+        self.stop_reason: str | None = None
+        self.submitted = 0
+        self.rate_limited = 0
+        self.downloaded_bytes = 0
+        self.outputs_left: dict[str, set[int]] = {}
+        ready_send, ready_recv = anyio.create_memory_object_stream[str](max_buffer_size=len(units) + 1)
+        dl_send, dl_recv = anyio.create_memory_object_stream[tuple[str, int]](max_buffer_size=10**9)
+        self.ready_send: MemoryObjectSendStream[str] = ready_send
+        self.ready_recv: MemoryObjectReceiveStream[str] = ready_recv
+        self.dl_send: MemoryObjectSendStream[tuple[str, int]] = dl_send
+        self.dl_recv: MemoryObjectReceiveStream[tuple[str, int]] = dl_recv
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def settle(self, key: str, how: str) -> None:
+        """Mark ``key`` finished for this run; children that can no longer run settle too."""
+        if key in self.settled:
+            return
+        self.settled[key] = how
+        self.remaining -= 1
+        if how not in ("done", "succeeded"):
+            for child in self.children.get(key, ()):
+                self.settle(child, "blocked")
+        if self.remaining <= 0:
+            self.finished.set()
+
+    def stop_submitting(self, reason: str) -> None:
+        """No new POSTs from now on; in-flight jobs are still polled and downloaded."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            _log.warning("submissions_stopped", reason=reason)
+
+    def enqueue(self, key: str) -> None:
+        """Put ``key`` in the ready stream unless it is there already or being submitted."""
+        if key not in self.settled and key not in self.queued:
+            self.queued.add(key)
+            self.ready_send.send_nowait(key)
+
+    def _requeue(self, key: str) -> None:
+        """Back into the ready stream from the worker that holds it (it leaves ``queued`` after)."""
+        self.ready_send.send_nowait(key)
+        self.requeued.add(key)
+
+    def release_children(self, key: str) -> None:
+        for child in self.children.get(key, ()):
+            self.enqueue(child)
+
+    # -- start-up --------------------------------------------------------------------------------
+
+    async def prepare(self) -> list[UnitRecord]:
+        """Sort every unit by its recorded phase into the right queue."""
+        records = {r.key: r for r in self.store.units()}
+        self.known_jobs.update(r.job_id for r in records.values() if r.job_id)
+        leftovers: list[UnitRecord] = []
+        now = self.clock.monotonic()
+        for key in self.order:
+            rec = records.get(key)
+            phase = rec.phase if rec else Phase.PENDING
+            if phase == Phase.DONE and rec is not None:
+                missing = self._missing_outputs(rec)
+                if not missing:
+                    self.settle(key, "done")
+                    continue
+                await self.store.reopen(key, missing)
+                rec = self.store.get(key)
+                phase = Phase.SUCCEEDED
+            if phase == Phase.SUCCEEDED and rec is not None:
+                self._queue_downloads(rec)
+            elif phase == Phase.SUBMITTED and rec is not None:
+                self.started[key] = (now, 0)
+                self.due.push(key, now)
+            elif phase == Phase.SUBMITTING and rec is not None:
+                leftovers.append(rec)
+            elif phase == Phase.FAILED:
+                self.settle(key, "failed")
+            elif phase == Phase.UNKNOWN:
+                self.settle(key, "unknown")
+        for key in self.order:
+            if key in self.settled:
+                continue
+            rec = records.get(key)
+            if rec is not None and rec.phase != Phase.PENDING:
+                continue
+            upstream = self.units[key].upstream
+            up_phase = records[upstream].phase if upstream and upstream in records else None
+            if upstream is None or up_phase in (Phase.SUCCEEDED, Phase.DONE):
+                self.enqueue(key)
+            elif upstream in self.settled and self.settled[upstream] != "done":
+                self.settle(key, "blocked")
+        if self.remaining <= 0:
+            self.finished.set()
+        return leftovers
+
+    def _missing_outputs(self, rec: UnitRecord) -> list[int]:
+        """Outputs of a unit whose file is gone or has another size than recorded (cheap: one stat)."""
+        return [o.n for o in rec.outputs if not (o.path and self._output_present(o.path, o.bytes))]
+
+    def _queue_downloads(self, rec: UnitRecord) -> None:
+        left = {o.n for o in rec.outputs if not o.downloaded}
+        self.outputs_left[rec.key] = left
+        self.release_children(rec.key)
+        if not left:
+            self.dl_send.send_nowait((rec.key, 0))  # 0: nothing to fetch, just finish the unit
+        for n in sorted(left):
+            self.dl_send.send_nowait((rec.key, n))
+
+    def _output_present(self, rel: str, size: int | None) -> bool:
+        try:
+            return (self.layout.root / rel).stat().st_size == size
+        except OSError:
+            return False
+
+    # -- submission --------------------------------------------------------------------------------
+
+    def _body(self, unit: UnitLike) -> dict[str, Any]:
+        """The request to send: the manifest's, plus what the upstream unit produced."""
+        body: dict[str, Any] = thaw(unit.request)
+        if not unit.upstream:
+            return body
+        up = self.store.get(unit.upstream)
+        up_unit = self.units[unit.upstream]
+        if up is None or not up.outputs:
+            raise RejectedError(f"upstream {unit.upstream} has no outputs", endpoint="(chain)")
+        n = 1 if up_unit.expected_outputs <= 1 else unit.index
+        source = up.outputs[min(n, len(up.outputs)) - 1]
+        if unit.step == "upscale":
+            body["imageID"] = source.asset_id
+        elif unit.step == "video":
+            refs = [r for r in body.get("referenceImages", []) if r.get("role") != "first_frame"]
+            body["referenceImages"] = [{"url": source.url, "role": "first_frame"}, *refs]
+        return body
+
+    async def _post(self, unit: UnitLike, body: dict[str, Any]) -> str:
+        if unit.step == "upscale":
+            ticket = await self.api.upscale_image(str(body["imageID"]))
+        elif unit.step == "video":
+            ticket = await self.api.generate_videos(body)
+        else:
+            ticket = await self.api.generate_images(body)
+        return ticket.job_id
+
+    async def submit_worker(self) -> None:
+        async for key in self.ready_recv:
+            try:
+                if key in self.settled:
+                    continue
+                if self.stop_reason is not None:
+                    self.settle(key, "not_started")
+                    continue
+                await self.submit_one(key)
+            finally:
+                if key in self.requeued:
+                    self.requeued.discard(key)  # back in the stream: still queued
+                else:
+                    self.queued.discard(key)
+
+    async def submit_one(self, key: str) -> None:
+        unit = self.units[key]
+        log = _log.bind(item=unit.item_id, unit=key, step=unit.step, index=unit.index)
+        try:
+            body = self._body(unit)
+        except PipelineError as exc:
+            await self.store.mark_failed(key, str(exc), "chain")
+            self.settle(key, "failed")
+            return
+        await self._take_slot(key)
+        job_id: str | None = None
+        intent_at = self.clock.now()
+        try:
+            await self.submit_limiter.acquire()
+            if self.stop_reason is not None:
+                self.settle(key, "not_started")
+                return
+            if self.active.release_if_over_target():
+                # The target shrank while we waited: hand the slot back instead of earning a 429.
+                self.holding.discard(key)
+                self._requeue(key)
+                return
+            await self.store.mark_submitting(key)
+            _crash_point("after_intent_commit")
+            intent_at = self.clock.now()
+            self.posts_in_flight += 1
+            try:
+                job_id = await self._post(unit, body)
+            finally:
+                self.posts_in_flight -= 1
+            _crash_point("after_post_before_record")
+        except RateLimitedError as exc:
+            self.rate_limited += 1
+            self.active.on_rate_limited()
+            pause = exc.retry_after_s if exc.retry_after_s is not None else self._backoff(1)
+            self.submit_limiter.defer(pause)
+            log.info("rate_limited", retry_after_s=exc.retry_after_s, target=self.active.target)
+            await self._back_to_pending(key, "429 rate limited")
+            self._requeue(key)
+            return
+        except QuotaExhaustedError as exc:
+            self.stop_submitting("quota")
+            await self._back_to_pending(key, exc.message)
+            self.settle(key, "not_started")
+            return
+        except ConflictError as exc:
+            await self._back_to_pending(key, exc.message)
+            self.submit_limiter.defer(self._backoff(2))
+            self._requeue(key)
+            return
+        except AuthError:
+            raise
+        except RejectedError as exc:
+            log.warning("job_rejected", status=exc.status, reason=exc.message)
+            await self.store.mark_failed(key, exc.message, "rejected")
+            self.settle(key, "failed")
+            return
+        except ApiError as exc:
+            if outcome_is_known(exc) and not isinstance(exc, ServerError):
+                await self._back_to_pending(key, str(exc))
+                self.submit_limiter.defer(self._backoff(1))
+                self._requeue(key)
+                return
+            log.warning("submission_uncertain", error=str(exc))
+            self.uncertain.append(Uncertain(key, intent_at))
+            return
+        finally:
+            if job_id is None:
+                self._drop_slot(key)
+        # The job exists and costs money from here on: its id must be on disk whatever happens.
+        with anyio.CancelScope(shield=True):
+            await self.store.mark_submitted(key, job_id, self.clock.now())
+        self.known_jobs.add(job_id)
+        self.submitted += 1
+        self.active.on_accepted()
+        now = self.clock.monotonic()
+        self.started[key] = (now, 0)
+        self.due.push(key, now + self.estimator.first_delay(unit.step))
+        log.info("job_submitted", job_id=job_id)
+
+    async def _take_slot(self, key: str) -> None:
+        await self.active.acquire()
+        self.holding.add(key)
+
+    def _drop_slot(self, key: str) -> None:
+        """Give back ``key``'s active-job slot, if it holds one (resumed jobs do not)."""
+        if key in self.holding:
+            self.holding.discard(key)
+            self.active.release()
+
+    async def _back_to_pending(self, key: str, reason: str) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.store.mark_pending(key, reason)
+
+    def _backoff(self, attempt: int) -> float:
+        policy = self.options.retry
+        return self.rng.uniform(0, min(policy.cap_s, policy.base_s * 2**attempt))
+
+    # -- reconciliation ------------------------------------------------------------------------------
+
+    async def reconcile(self, uncertain: list[Uncertain], *, final: bool) -> None:
+        """Settle uncertain submissions from the job list (see :mod:`pipeline.reconcile`)."""
+        if not uncertain:
+            return
+        slack = timedelta(seconds=self.options.reconcile_slack_s)
+        start, end = window_of(uncertain, self.clock.now(), slack)
+        try:
+            listed = [j async for j in self.api.iter_jobs(start=start, end=end + slack)]
+        except ApiError as exc:
+            _log.warning("reconcile_failed", error=str(exc))
+            for u in uncertain:
+                await self.store.mark_unknown(u.key, f"could not read the job list: {exc}")
+                self.settle(u.key, "unknown")
+            return
+        for decision in decide(uncertain, listed, self.known_jobs, slack=slack):
+            unit = self.units.get(decision.key)
+            log = _log.bind(unit=decision.key, item=unit.item_id if unit else None)
+            if decision.verdict is Verdict.RESUBMIT and not final:
+                await self._back_to_pending(decision.key, decision.reason)
+                self.enqueue(decision.key)
+                log.info("submission_resent", reason=decision.reason)
+            elif decision.verdict is Verdict.RESUBMIT:
+                await self._back_to_pending(decision.key, decision.reason)
+                self.settle(decision.key, "not_started")
+            elif decision.verdict is Verdict.ADOPT and decision.job_id:
+                with anyio.CancelScope(shield=True):
+                    await self.store.mark_submitted(decision.key, decision.job_id, self.clock.now())
+                self.known_jobs.add(decision.job_id)
+                now = self.clock.monotonic()
+                self.started[decision.key] = (now, 0)
+                self.due.push(decision.key, now)
+                log.info("job_adopted", job_id=decision.job_id)
+            else:
+                await self.store.mark_unknown(decision.key, decision.reason)
+                self.settle(decision.key, "unknown")
+                log.warning("submission_unknown", reason=decision.reason)
+
+    async def reconcile_loop(self) -> None:
+        """Reconcile uncertain submissions whenever no POST of ours is in flight."""
+        while not self.finished.is_set():
+            await self.clock.sleep(0.5)
+            if self.uncertain and self.posts_in_flight == 0:
+                batch, self.uncertain = self.uncertain, []
+                await self.reconcile(batch, final=self.stop_reason is not None)
+
+    # -- polling -----------------------------------------------------------------------------------
+
+    async def poll_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        limiter = anyio.CapacityLimiter(self.options.poll_concurrency)
+        while not self.finished.is_set():
+            for key in await self.due.pop_due(idle_s=0.5):
+                tg.start_soon(self._poll_guarded, key, limiter)
+
+    async def _poll_guarded(self, key: str, limiter: anyio.CapacityLimiter) -> None:
+        async with limiter:
+            await self.poll_one(key)
+
+    async def poll_one(self, key: str) -> None:
+        unit = self.units[key]
+        rec = self.store.get(key)
+        if rec is None or not rec.job_id:
+            return
+        job_id = rec.job_id
+        submitted_at, polls = self.started.get(key, (self.clock.monotonic(), 0))
+        log = _log.bind(item=unit.item_id, unit=key, job_id=job_id)
+
+        async def get() -> Job:
+            await self.poll_limiter.acquire()
+            return await self.api.get_job(job_id)
+
+        try:
+            job = await retrying(get, policy=self.options.retry, clock=self.clock, rng=self.rng)
+        except AuthError:
+            raise
+        except NotFoundError:
+            self._drop_slot(key)
+            await self.store.mark_unknown(key, f"job {job_id} is not found on the server")
+            self.settle(key, "unknown")
+            return
+        except PipelineError as exc:
+            log.warning("poll_failed", error=str(exc))
+            self.due.push(key, self.clock.monotonic() + self.options.poll.max_interval_s)
+            return
+        now = self.clock.monotonic()
+        elapsed = now - submitted_at
+        polls += 1
+        self.started[key] = (submitted_at, polls)
+        if job.status is JobStatus.SUCCESS:
+            self._drop_slot(key)
+            self.estimator.observe(unit.step, elapsed)
+            outputs = [(o.id, o.url) for o in (*job.images, *job.videos)]
+            if not outputs:
+                await self.store.mark_failed(key, "the job succeeded without outputs", "job_failed")
+                self.settle(key, "failed")
+                return
+            await self.store.mark_succeeded(key, outputs)
+            log.info("job_succeeded", outputs=len(outputs), polls=polls)
+            rec = self.store.get(key)
+            if rec is not None:
+                self._queue_downloads(rec)
+        elif job.status is JobStatus.FAILED:
+            self._drop_slot(key)
+            reason = job.error or "the job failed without a reason"
+            await self.store.mark_failed(key, reason, "job_failed")
+            self.settle(key, "failed")
+            log.warning("job_failed", reason=reason)
+        elif elapsed > self.options.poll.deadline_s.get(unit.step, 900.0):
+            self._drop_slot(key)
+            self.settle(key, "deadline")
+            log.warning("job_deadline", elapsed_s=round(elapsed, 1), status=job.status_raw)
+        else:
+            self.due.push(key, now + self.estimator.next_delay(unit.step, elapsed, polls))
+
+    # -- downloads -----------------------------------------------------------------------------------
+
+    async def download_worker(self) -> None:
+        async for key, n in self.dl_recv:
+            if key in self.settled:
+                continue
+            try:
+                if n:
+                    await self.download_one(key, n)
+                    self.outputs_left.get(key, set()).discard(n)
+            except AuthError:
+                raise
+            except PipelineError as exc:
+                _log.warning("download_failed", unit=key, n=n, error=str(exc))
+                await self.store.mark_failed(key, f"output {n}: {exc}", "download")
+                self.settle(key, "failed")
+                continue
+            if not self.outputs_left.get(key) and key not in self.settled:
+                await self.store.mark_done(key)
+                self.settle(key, "done")
+
+    async def download_one(self, key: str, n: int) -> None:
+        unit = self.units[key]
+        rec = self.store.get(key)
+        if rec is None:
+            return
+        out = next(o for o in rec.outputs if o.n == n)
+        number = _file_number(unit, n)
+        part = self.layout.part_path(unit.item_id, unit.step, number, key=key)
+        adopted = await anyio.to_thread.run_sync(self._adopt_published, unit, n)
+        if adopted is not None:
+            path, size, digest = adopted
+            await self.store.record_download(
+                key, n, path=path, bytes=size, sha256=digest, at=self.clock.now()
+            )
+            return
+        url = out.url
+        if _is_hls(url):
+            url = await self._prepare_video(out.asset_id)
+        refreshed = False
+        while True:
+            try:
+                fetched = await retrying(
+                    lambda u=url: self._fetch(u, part),  # type: ignore[misc]
+                    policy=self.options.retry,
+                    clock=self.clock,
+                    rng=self.rng,
+                )
+                break
+            except AssetGoneError:
+                if refreshed or not rec.job_id:
+                    raise
+                refreshed = True
+                url = await self._refresh_url(key, rec.job_id, n)
+        final = self.layout.asset_path(
+            unit.item_id, unit.step, number, fetched.ext, key=key, model=unit.model_id or ""
+        )
+        await anyio.to_thread.run_sync(self._set_aside_stale, final, key)
+        record = self._sidecar_record(unit, rec, n, out.asset_id, out.url, fetched)
+        record["path"] = final.relative_to(self.layout.root).as_posix()
+        await anyio.to_thread.run_sync(self._write_sidecar, final, record)
+        await self.downloader.publish(fetched, final)
+        _crash_point("after_replace_before_record")
+        rel = final.relative_to(self.layout.root).as_posix()
+        self.downloaded_bytes += fetched.bytes
+        await self.store.record_download(
+            key, n, path=rel, bytes=fetched.bytes, sha256=fetched.sha256, at=self.clock.now()
+        )
+        _log.info("asset_downloaded", item=unit.item_id, unit=key, n=n, path=rel, bytes=fetched.bytes)
+
+    async def _fetch(self, url: str, part: Path) -> Fetched:
+        await self.download_limiter.acquire()
+        return await self.downloader.fetch(url, part)
+
+    async def _refresh_url(self, key: str, job_id: str, n: int) -> str:
+        """An expired asset URL: read the job again for fresh URLs. Never pay for the job again."""
+        job = await self.api.get_job(job_id)
+        outputs = [(o.id, o.url) for o in (*job.images, *job.videos)]
+        if len(outputs) < n:
+            raise AssetGoneError(f"job {job_id} no longer lists output {n}")
+        await self.store.update_urls(key, outputs)
+        return outputs[n - 1][1]
+
+    async def _prepare_video(self, video_id: str) -> str:
+        """A playlist URL: ask the API for a downloadable MP4 and wait until it is ready."""
+        await self.api.create_video_download(video_id)
+        delay = self.options.poll.min_interval_s
+        for _ in range(600):
+            state = await self.api.get_video_download(video_id)
+            if state.is_ready and state.url:
+                return state.url
+            await self.clock.sleep(delay)
+            delay = min(self.options.poll.max_interval_s, delay * 1.5)
+        raise DownloadError(f"video {video_id}: the download was never ready")
+
+    def _sidecar_record(
+        self, unit: UnitLike, rec: UnitRecord, n: int, asset_id: str, url: str, fetched: Fetched
+    ) -> dict[str, Any]:
+        return {
+            "item": unit.item_id,
+            "key": unit.key,
+            "step": unit.step,
+            "index": unit.index,
+            "n": n,
+            "request": self._sent_body(unit),
+            "model": unit.model_id,
+            "jobId": rec.job_id,
+            "assetId": asset_id,
+            "url": sidecar.strip_query(url),
+            "bytes": fetched.bytes,
+            "sha256": fetched.sha256,
+            "submittedAt": rec.submitted_at,
+            "downloadedAt": self.clock.now().isoformat().replace("+00:00", "Z"),
+        }
+
+    def _sent_body(self, unit: UnitLike) -> dict[str, Any]:
+        """The request as it was sent: the manifest's, completed from the upstream outputs."""
+        try:
+            return self._body(unit)
+        except PipelineError:
+            body: dict[str, Any] = thaw(unit.request)
+            return body
+
+    def _write_sidecar(self, final: Path, record: dict[str, Any]) -> None:
+        sidecar.write_sidecar(self.layout.sidecar_path(final), record)
+        sidecar.append_index(self.layout.index_path, record)
+
+    def _adopt_published(self, unit: UnitLike, n: int) -> tuple[str, int, str] | None:
+        """A file published before a crash but never recorded: verify it and keep it."""
+        for ext in ("jpeg", "png", "webp", "mp4"):
+            final = self.layout.asset_path(
+                unit.item_id, unit.step, _file_number(unit, n), ext, key=unit.key, model=unit.model_id or ""
+            )
+            side = self.layout.sidecar_path(final)
+            if not (final.exists() and side.exists()):
+                continue
+            try:
+                import json
+
+                data = json.loads(side.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if data.get("key") == unit.key and data.get("n", n) == n and sidecar.verify_asset(final, data):
+                return final.relative_to(self.layout.root).as_posix(), int(data["bytes"]), str(data["sha256"])
+        return None
+
+    def _set_aside_stale(self, final: Path, key: str) -> None:
+        """A file of older work (another unit key) is in the way: move it aside, never overwrite it."""
+        side = self.layout.sidecar_path(final)
+        if not final.exists():
+            return
+        import json
+
+        try:
+            old_key = str(json.loads(side.read_text(encoding="utf-8")).get("key", "unknown"))
+        except (OSError, ValueError):
+            old_key = "unknown"
+        if old_key == key:
+            return
+        stale_dir = self.layout.root / ".stale" / final.parent.relative_to(self.layout.root)
+        stale_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(final, stale_dir / f"{final.stem}.{old_key[:12]}{final.suffix}")
+        if side.exists():
+            os.replace(side, stale_dir / f"{side.stem}.{old_key[:12]}{side.suffix}")
+        _log.warning("stale_output_moved", path=str(final), old_key=old_key, to=str(stale_dir))
+
+    # -- the whole run -------------------------------------------------------------------------------
+
+    async def run(self, preflight: Callable[[], Awaitable[None]] | None) -> None:
+        leftovers = await self.prepare()
+        if self.finished.is_set():
+            return  # everything is done: not a single request
+        if preflight is not None:
+            await preflight()
+        if leftovers:
+            await self.reconcile(
+                [Uncertain(r.key, _parse_time(r.updated_at, self.clock)) for r in leftovers], final=False
+            )
+        if self.finished.is_set():
+            return
+        async with anyio.create_task_group() as tg:
+            for _ in range(max(1, self.options.submit_workers)):
+                tg.start_soon(self.submit_worker)
+            for _ in range(max(1, self.options.download_workers)):
+                tg.start_soon(self.download_worker)
+            tg.start_soon(self.poll_loop, tg)
+            tg.start_soon(self.reconcile_loop)
+            if self.options.max_runtime_s is not None:
+                tg.start_soon(self._runtime_guard, self.options.max_runtime_s)
+            await self.finished.wait()
+            tg.cancel_scope.cancel()
+
+    def close(self) -> None:
+        for stream in (self.ready_send, self.ready_recv, self.dl_send, self.dl_recv):
+            stream.close()
+
+    async def _runtime_guard(self, seconds: float) -> None:
+        await self.clock.sleep(seconds)
+        self.stop_submitting("max_runtime")
+        # Units still waiting in the ready stream settle as not started when a worker reaches them;
+        # units whose upstream has not finished yet settle when it does.
+
+    def summary(self, elapsed_s: float, stale: int) -> RunSummary:
+        failures: list[Failure] = []
+        for key in self.order:
+            how = self.settled.get(key, "unfinished")
+            if how in ("done",):
+                continue
+            if how == "not_started" and self.stop_reason in ("quota", "max_runtime"):
+                continue
+            unit = self.units[key]
+            rec = self.store.get(key)
+            reason = (rec.last_error if rec and rec.last_error else "") or _EXPLAIN.get(how, how)
+            failures.append(
+                Failure(
+                    key=key,
+                    item_id=unit.item_id,
+                    step=unit.step,
+                    index=unit.index,
+                    phase=str(rec.phase) if rec else how,
+                    reason=reason if how != "blocked" else "its upstream step did not finish",
+                )
+            )
+        return RunSummary(
+            counts={str(k): v for k, v in self.store.counts().items()},
+            failures=tuple(failures),
+            stopped=self.stop_reason,
+            submitted=self.submitted,
+            rate_limited=self.rate_limited,
+            downloaded_bytes=self.downloaded_bytes,
+            elapsed_s=elapsed_s,
+            stale=stale,
+        )
+
+
+_EXPLAIN = {
+    "unknown": "the submission's outcome is unknown; rerun with --resubmit-unknown to pay for it again",
+    "deadline": "the job is still running on the server; rerun later to pick it up",
+    "failed": "failed; rerun with --retry-failed to try again",
+    "not_started": "not submitted",
+    "unfinished": "did not finish",
+}
+
+
+def _parse_time(text: str | None, clock: Clock) -> Any:
+    from datetime import datetime
+
+    if not text:
+        return clock.now()
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return clock.now()
+
+
+async def run_pipeline(
+    units: Sequence[UnitLike],
+    *,
+    api: ApiClient,
+    store: StateStore,
+    layout: OutputLayout,
+    downloader: Downloader,
+    options: RunOptions,
+    clock: Clock,
+    preflight: Callable[[], Awaitable[None]] | None = None,
+) -> RunSummary:
+    """Run every unit to the end (or until stopped) and say what happened."""
+    started = clock.monotonic()
+    await store.sync_units(units)
+    stale = len(store.stale_keys({u.key for u in units}))
+    run = _Run(
+        units, api=api, store=store, layout=layout, downloader=downloader, options=options, clock=clock
+    )
+    try:
+        await run.run(preflight)
+    finally:
+        run.close()
+        # Whatever stopped us, the final state flush must not be cancelled half-way.
+        with anyio.CancelScope(shield=True):
+            await store.flush()
+    return run.summary(clock.monotonic() - started, stale)

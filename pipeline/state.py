@@ -1,0 +1,792 @@
+"""The resumable state store: one SQLite file that says, for every paid unit, how far it got.
+
+Why SQLite, WAL and ``synchronous=FULL``: reliability-plan §1. The money rule (§3.2): the intent
+(``submitting``) is on disk before a POST leaves and the job id is on disk before we act on it, so
+every mutator returns only after the transaction holding its change committed with a full fsync.
+
+One writer connection, used by one worker thread at a time (``anyio.to_thread`` behind a
+``CapacityLimiter(1)``), so the event loop never waits on fsync. Group commit: a mutator queues its
+change and waits for the write lock; whoever holds it commits the whole queue in one ``BEGIN
+IMMEDIATE`` transaction (200 concurrent calls cost a few fsyncs, not 200). Each change runs in a
+savepoint, so a refused change never sinks its batch. Reads use a second, read-only connection.
+
+Phases::
+
+    pending → submitting → submitted → succeeded → done
+                  ├→ pending   (nothing was created, e.g. a 429)
+                  └→ unknown   (the run died mid-POST and reconciliation could not tell)
+    submitted → unknown (the server no longer knows the job)
+    any phase but done → failed;     reset(): failed | unknown → pending
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import uuid
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence, Set
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, Self, TypeVar, cast
+from urllib.request import pathname2url
+
+import anyio
+import anyio.to_thread
+
+from pipeline import __version__
+from pipeline.clock import Clock
+from pipeline.errors import StateError
+
+__all__ = [
+    "EventRecord",
+    "OutputRecord",
+    "Phase",
+    "StateStore",
+    "StateView",
+    "UnitLike",
+    "UnitRecord",
+    "open_readonly",
+]
+
+#: Bump with a migration in ``_MIGRATIONS`` whenever the schema changes. (Not in ``__all__``: ruff's
+#: isort-style order and the plain ``sorted`` of tests/test_exports.py disagree about constants.)
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_S = 5.0
+_DETAIL_MAX = 300  # event details are a hint, not a log: the history must stay small
+_QUIET = frozenset({"succeeded", "done"})  # no event: the row keeps all they say, and nothing overwrites it
+
+T = TypeVar("T")
+
+
+class Phase(StrEnum):
+    """Where a unit stands. Only ``pending`` may lead to a POST; every other phase means paid or parked."""
+
+    PENDING = "pending"
+    SUBMITTING = "submitting"  #: intent durable; the POST may or may not have left
+    SUBMITTED = "submitted"  #: job id known and durable
+    SUCCEEDED = "succeeded"  #: job finished, outputs recorded, downloads outstanding
+    DONE = "done"  #: every output downloaded, verified and recorded
+    FAILED = "failed"  #: permanent failure with a reason; only ``reset`` retries it
+    UNKNOWN = "unknown"  #: outcome unknowable (lost intent, vanished job); paying again needs the operator
+
+
+_PHASE = {p.value: p for p in Phase}
+_CAN_SUBMIT = frozenset({Phase.PENDING, Phase.SUBMITTING})  # submitting: resend with the same key
+_CAN_FAIL = frozenset(Phase) - {Phase.DONE}
+
+
+class UnitLike(Protocol):
+    """One paid request as the manifest plans it (read-only attributes are enough)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def item_id(self) -> str: ...
+    @property
+    def step(self) -> str: ...
+    @property
+    def index(self) -> int: ...
+    @property
+    def request(self) -> Mapping[str, Any]: ...
+    @property
+    def upstream(self) -> str | None: ...
+    @property
+    def expected_outputs(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRecord:
+    """One output of a unit (``n`` is 1-based); the download fields are ``None`` until it is on disk."""
+
+    unit_key: str
+    n: int
+    asset_id: str
+    url: str
+    path: str | None
+    bytes: int | None
+    sha256: str | None
+    downloaded_at: str | None
+
+    @property
+    def downloaded(self) -> bool:
+        """True once the file was verified and recorded."""
+        return self.downloaded_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class UnitRecord:
+    """A unit's row, as stored. Timestamps are RFC 3339 UTC strings."""
+
+    key: str
+    item_id: str
+    step: str
+    index: int
+    upstream: str | None
+    request_json: str
+    expected_outputs: int
+    phase: Phase
+    job_id: str | None
+    attempts: int  #: POSTs sent (intents recorded), never reset
+    submitted_at: str | None
+    finished_at: str | None
+    last_error: str | None
+    error_kind: str | None
+    updated_at: str
+    run_id: str | None
+    outputs: tuple[OutputRecord, ...] = ()
+
+    @property
+    def request(self) -> dict[str, Any]:
+        """The request body exactly as synced (kept as JSON text so the record stays hashable)."""
+        return cast(dict[str, Any], json.loads(self.request_json))
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One phase change in a unit's history."""
+
+    unit_key: str
+    at: str
+    phase: Phase
+    detail: str
+
+
+_SCHEMA = (
+    "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    f"""CREATE TABLE units (
+        key TEXT PRIMARY KEY, item_id TEXT NOT NULL, step TEXT NOT NULL,
+        idx INTEGER NOT NULL CHECK (idx >= 1), upstream TEXT, request_json TEXT NOT NULL,
+        expected_outputs INTEGER NOT NULL CHECK (expected_outputs >= 0),
+        phase TEXT NOT NULL CHECK (phase IN ({", ".join(f"'{p}'" for p in Phase)})),
+        job_id TEXT, attempts INTEGER NOT NULL DEFAULT 0, submitted_at TEXT, finished_at TEXT,
+        last_error TEXT, error_kind TEXT, updated_at TEXT NOT NULL, run_id TEXT)""",
+    "CREATE INDEX units_phase ON units (phase)",
+    "CREATE INDEX units_order ON units (item_id, step, idx)",
+    "CREATE INDEX units_job ON units (job_id) WHERE job_id IS NOT NULL",
+    """CREATE TABLE outputs (
+        unit_key TEXT NOT NULL REFERENCES units (key), n INTEGER NOT NULL CHECK (n >= 1),
+        asset_id TEXT NOT NULL, url TEXT NOT NULL, path TEXT, bytes INTEGER, sha256 TEXT,
+        downloaded_at TEXT, PRIMARY KEY (unit_key, n)) WITHOUT ROWID""",
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY, unit_key TEXT NOT NULL REFERENCES units (key), at TEXT NOT NULL,
+        phase TEXT NOT NULL, detail TEXT NOT NULL)""",
+    "CREATE INDEX events_unit ON events (unit_key)",
+)
+#: ``version -> statements`` taking a file from ``version`` to ``version + 1``. Only v1 exists.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+_UNIT_COLS = (
+    "key, item_id, step, idx, upstream, request_json, expected_outputs, phase, job_id, attempts,"
+    " submitted_at, finished_at, last_error, error_kind, updated_at, run_id"
+)
+_OUTPUT_COLS = "unit_key, n, asset_id, url, path, bytes, sha256, downloaded_at"
+_FORGET = ", job_id = NULL, submitted_at = NULL, finished_at = NULL, last_error = NULL, error_kind = NULL"
+
+
+def _rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _advice(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return (
+            "the file is damaged or not a state file: move it aside and keep it (it records which jobs "
+            "were paid for); starting without it would submit everything again"
+        )
+    if "locked" in text or "busy" in text:
+        return "another process is writing it: wait for that run to end"
+    if "readonly" in text or "permission" in text or "unable to open" in text:
+        return "check that the file and its directory exist and are writable by this user"
+    return "check free disk space and the file system (SQLite needs a local disk, not NFS)"
+
+
+@contextmanager
+def _mapped(path: Path, doing: str) -> Iterator[None]:
+    """Turn sqlite3/OS errors into a StateError that names the file and says what to do."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise StateError(f"state file {path}: {doing} failed: {exc}; {_advice(exc)}") from exc
+
+
+def _refuse_symlinks(path: Path) -> None:
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if candidate.is_symlink():
+            raise StateError(f"state file {candidate} is a symlink; not following it (use the real path)")
+
+
+def _connect(path: Path, *, readonly: bool, immutable: bool = False) -> sqlite3.Connection:
+    query = "mode=ro" + ("&immutable=1" if immutable else "") if readonly else "mode=rw"
+    uri = f"file:{pathname2url(str(path.absolute()))}?{query}"
+    return sqlite3.connect(
+        uri, uri=True, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_S
+    )
+
+
+def _check_version(conn: sqlite3.Connection, path: Path, *, exact: bool) -> int:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StateError(
+            f"state file {path} has schema version {version}, but this photogpt-pipeline only knows "
+            f"version {SCHEMA_VERSION}: upgrade photogpt-pipeline (the file was left untouched)"
+        )
+    if exact and version != SCHEMA_VERSION:
+        raise StateError(
+            f"state file {path} has schema version {version}, expected {SCHEMA_VERSION}: "
+            "start a run on it once to migrate it"
+        )
+    return version
+
+
+def _open_writer(path: Path, now: str, app_version: str) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+    """Create or open the file (0600 in a 0700 directory), check it, migrate it; runs in a thread."""
+    _refuse_symlinks(path)
+    with _mapped(path, "opening"):
+        if not path.parent.exists():
+            path.parent.mkdir(mode=0o700, parents=True)
+            path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
+        with suppress(FileExistsError):
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(path, flags, 0o600))
+        if not stat.S_ISREG(path.lstat().st_mode):
+            raise StateError(f"state file {path} is not a regular file")
+        conn = _connect(path, readonly=False)
+    try:
+        with _mapped(path, "checking"):
+            result = list(dict.fromkeys(row[0] for row in conn.execute("PRAGMA quick_check")))
+            if result != ["ok"]:
+                raise StateError(
+                    f"state file {path} failed its integrity check ({'; '.join(result[:3])}); "
+                    f"{_advice(sqlite3.DatabaseError('malformed'))}"
+                )
+            version = _check_version(conn, path, exact=False)
+            if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+                raise StateError(f"state file {path}: SQLite cannot use WAL here; put it on a local disk")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            if version < SCHEMA_VERSION:
+                _migrate(conn, path, version, now, app_version)
+            for side in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                if side.exists() and side.stat().st_mode & 0o077:
+                    side.chmod(0o600)
+            reader = _connect(path, readonly=True)
+        return conn, reader
+    except BaseException:
+        conn.close()
+        raise
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, version: int, now: str, app_version: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])  # re-read under the lock
+        if version == 0:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise StateError(f"{path} is an SQLite file but not a pipeline state file; not touching it")
+            statements: Sequence[str] = _SCHEMA
+        else:
+            statements = [s for v in range(version, SCHEMA_VERSION) for s in _MIGRATIONS[v]]
+        for statement in statements:
+            conn.execute(statement)
+        meta = {"schema_version": str(SCHEMA_VERSION), "app_version": app_version}
+        if version == 0:
+            meta["created_at"] = now
+        conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta.items())
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+class _Reads:
+    """The pure, synchronous reads shared by the store and the read-only view."""
+
+    _path: Path
+    _reader: sqlite3.Connection
+
+    @contextmanager
+    def _snapshot(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """One read transaction, so a unit and its outputs come from the same commit."""
+        with _mapped(self._path, doing):
+            self._reader.execute("BEGIN")
+            try:
+                yield self._reader
+            finally:
+                self._reader.execute("COMMIT")
+
+    def _records(self, conn: sqlite3.Connection, where: str, params: Sequence[object]) -> list[UnitRecord]:
+        rows = conn.execute(
+            f"SELECT {_UNIT_COLS} FROM units {where} ORDER BY item_id, step, idx",  # noqa: S608 - fixed text
+            params,
+        ).fetchall()
+        outs: dict[str, list[OutputRecord]] = {}
+        if rows:
+            out_sql = (
+                f"SELECT {_OUTPUT_COLS} FROM outputs WHERE unit_key IN (SELECT key FROM units {where})"  # noqa: S608
+                " ORDER BY unit_key, n"
+            )
+            for out in conn.execute(out_sql, params):
+                outs.setdefault(out[0], []).append(OutputRecord(*out))
+        make: Any = UnitRecord  # the row's columns are the record's fields, in order
+        return [make(*r[:7], _PHASE[r[7]], *r[8:], outputs=tuple(outs.get(r[0], ()))) for r in rows]
+
+    def get(self, key: str) -> UnitRecord | None:
+        """The unit with this key, with its outputs, or ``None``."""
+        with self._snapshot("reading a unit") as conn:
+            found = self._records(conn, "WHERE key = ?", (key,))
+        return found[0] if found else None
+
+    def phases(self) -> dict[str, Phase]:
+        """Every unit's phase by key: what the scheduler needs to plan a resume."""
+        with _mapped(self._path, "reading phases"):
+            return {key: _PHASE[phase] for key, phase in self._reader.execute("SELECT key, phase FROM units")}
+
+    def counts(self) -> dict[Phase, int]:
+        """How many units are in each phase (every phase present, zeros included)."""
+        counts = dict.fromkeys(Phase, 0)
+        with _mapped(self._path, "counting units"):
+            for phase, count in self._reader.execute("SELECT phase, count(*) FROM units GROUP BY phase"):
+                counts[_PHASE[phase]] = count
+        return counts
+
+    def units(self, phase: Phase | None = None) -> list[UnitRecord]:
+        """All units (or those in ``phase``) ordered by item, step and index."""
+        with self._snapshot("listing units") as conn:
+            if phase is None:
+                return self._records(conn, "", ())
+            return self._records(conn, "WHERE phase = ?", (Phase(phase).value,))
+
+    def stale_keys(self, current_keys: Set[str]) -> list[UnitRecord]:
+        """Units in the file that the manifest no longer has: reported, never deleted (they may be paid)."""
+        with self._snapshot("finding stale units") as conn:
+            stale = [k for (k,) in conn.execute("SELECT key FROM units") if k not in current_keys]
+            if not stale:
+                return []
+            return self._records(conn, "WHERE key IN (SELECT value FROM json_each(?))", (json.dumps(stale),))
+
+    def history(self, key: str) -> list[EventRecord]:
+        """A unit's phase changes, oldest first."""
+        with _mapped(self._path, "reading history"):
+            rows = self._reader.execute(
+                "SELECT unit_key, at, phase, detail FROM events WHERE unit_key = ? ORDER BY id", (key,)
+            )
+            return [EventRecord(k, at, _PHASE[p], d) for k, at, p, d in rows]
+
+
+class StateView(_Reads):
+    """A read-only view for ``status`` while a run goes on: opens nothing for writing, takes no run lock."""
+
+    def __init__(self, path: Path, reader: sqlite3.Connection) -> None:
+        self._path = path
+        self._reader = reader
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._reader.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_readonly(path: str | os.PathLike[str]) -> StateView:
+    """Open a state file for reading only (``mode=ro``); never creates, migrates or locks it.
+
+    With no ``-wal`` file no writer is running, so the file is read as immutable and SQLite creates
+    no ``-wal``/``-shm`` beside it; with a writer running it reads through the WAL like any reader.
+    """
+    p = Path(path)
+    _refuse_symlinks(p)
+    if not p.is_file():
+        raise StateError(f"no state file at {p}: nothing has run with this state path yet")
+    with _mapped(p, "opening read-only"):
+        conn = _connect(p, readonly=True, immutable=not Path(f"{p}-wal").exists())
+        try:
+            _check_version(conn, p, exact=True)
+        except BaseException:
+            conn.close()
+            raise
+    return StateView(p, conn)
+
+
+@dataclass(slots=True, eq=False)
+class _Change:
+    apply: Callable[[sqlite3.Connection], object]
+    done: bool = False
+    result: object = None
+    error: StateError | None = None
+
+
+class StateStore(_Reads):
+    """The one writer of a state file. Mutators are async and durable on return; reads are sync.
+
+    Open with ``async with StateStore.open(path, clock=clock) as store:`` (or ``await`` it and
+    ``await store.aclose()``). Hold a :class:`~pipeline.lock.RunLock` first: one run per file.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        *,
+        clock: Clock,
+        run_id: str,
+        limiter: anyio.CapacityLimiter,
+    ) -> None:
+        self._path = path
+        self._writer = writer
+        self._reader = reader
+        self._clock = clock
+        self.run_id = run_id
+        self._limiter = limiter
+        self._lock = anyio.Lock()
+        self._queue: list[_Change] = []
+        self._closed = False
+        self._commits = 0
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock,
+        run_id: str | None = None,
+        app_version: str = __version__,
+    ) -> _Opening:
+        """Open (creating if missing) a state file: awaitable, or an async context manager that closes it."""
+        return _Opening(Path(path), clock, run_id or uuid.uuid4().hex[:12], app_version)
+
+    @property
+    def path(self) -> Path:
+        """The state file."""
+        return self._path
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed so far (group commit makes this ≪ the number of changes)."""
+        return self._commits
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def flush(self) -> None:
+        """Commit anything still queued (every mutator already waits for its own commit)."""
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                if self._queue:
+                    batch, self._queue = self._queue, []
+                    await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+
+    async def aclose(self) -> None:
+        """Commit anything queued, then close both connections (SQLite checkpoints the WAL)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self.flush()
+        with anyio.CancelScope(shield=True), _mapped(self._path, "closing"):
+            self._reader.close()  # here, on the thread that reads: never closed under a running read
+            async with self._lock:
+                await anyio.to_thread.run_sync(self._writer.close, limiter=self._limiter)
+
+    def _now(self) -> str:
+        return _rfc3339(self._clock.now())
+
+    # ---- group commit ---------------------------------------------------------------------
+
+    async def _write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
+        """Queue a change and return once a commit containing it is durable (shielded: once
+        called, a change commits or fails definitely; cancellation lands after it returns)."""
+        if self._closed:
+            raise StateError(f"state file {self._path}: the store is closed")
+        change = _Change(apply)
+        self._queue.append(change)
+        with anyio.CancelScope(shield=True):
+            async with self._lock:
+                if not change.done:
+                    batch, self._queue = self._queue, []
+                    await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+        if change.error is not None:
+            raise change.error
+        return cast(T, change.result)
+
+    def _commit(self, batch: list[_Change]) -> None:
+        """Apply a batch in one transaction (worker thread). A refused change rolls back to its
+        savepoint alone; a failing commit fails every change in the batch."""
+        conn, failure = self._writer, None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for change in batch:
+                conn.execute("SAVEPOINT change")
+                try:
+                    change.result = change.apply(conn)
+                except sqlite3.Error as exc:
+                    if not isinstance(exc, sqlite3.IntegrityError):
+                        raise  # I/O, disk full, lock timeout: the whole transaction is gone
+                    self._refuse(conn, change, exc)
+                except Exception as exc:  # a refused transition, or a request that is not JSON
+                    self._refuse(conn, change, exc)
+                conn.execute("RELEASE change")
+            conn.execute("COMMIT")
+            self._commits += 1
+        except sqlite3.Error as exc:
+            failure = StateError(f"state file {self._path}: commit failed: {exc}; {_advice(exc)}")
+            failure.__cause__ = exc
+        finally:
+            with suppress(sqlite3.Error):
+                if conn.in_transaction:  # a failed commit, or an interrupt in the middle
+                    conn.execute("ROLLBACK")
+                    failure = failure or StateError(f"state file {self._path}: commit interrupted")
+            for change in batch:
+                change.done = True
+                change.error = failure or change.error
+
+    def _refuse(self, conn: sqlite3.Connection, change: _Change, exc: Exception) -> None:
+        conn.execute("ROLLBACK TO change")
+        if isinstance(exc, StateError):
+            change.error = exc
+        else:
+            change.error = StateError(f"state file {self._path}: change refused: {exc}")
+            change.error.__cause__ = exc
+
+    def _transition(
+        self, conn: sqlite3.Connection, key: str, to: Phase, now: str, detail: str, tail: str = "", *args: Any
+    ) -> None:
+        """Set the phase (plus ``tail`` columns, fixed SQL text from this module) and log an event for
+        what a later change would overwrite: intents, job ids, reasons."""
+        conn.execute(
+            f"UPDATE units SET phase = ?, updated_at = ?, run_id = ?{tail} WHERE key = ?",  # noqa: S608
+            (to.value, now, self.run_id, *args, key),
+        )
+        if to.value not in _QUIET:
+            conn.execute(
+                "INSERT INTO events (unit_key, at, phase, detail) VALUES (?, ?, ?, ?)",
+                (key, now, to.value, detail[:_DETAIL_MAX]),
+            )
+
+    # ---- mutators -------------------------------------------------------------------------
+
+    async def sync_units(self, units: Iterable[UnitLike]) -> int:
+        """Insert new units as pending; existing rows and their paid history stay untouched. Returns count."""
+        items, now = list(units), self._now()
+
+        def apply(conn: sqlite3.Connection) -> int:
+            rows = [
+                (u.key, u.item_id, u.step, int(u.index), u.upstream, json.dumps(u.request, allow_nan=False),
+                 int(u.expected_outputs), Phase.PENDING.value, now)
+                for u in items
+            ]  # fmt: skip
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO units (key, item_id, step, idx, upstream, request_json,"
+                " expected_outputs, phase, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return conn.total_changes - before
+
+        return await self._write(apply)
+
+    async def mark_submitting(self, key: str) -> int:
+        """Record the intent to POST, durable on return: call it before sending. Returns attempts so far."""
+        now = self._now()
+
+        def apply(conn: sqlite3.Connection) -> int:
+            _expect(conn, key, "mark submitting", _CAN_SUBMIT)
+            self._transition(conn, key, Phase.SUBMITTING, now, "intent", ", attempts = attempts + 1")
+            return int(conn.execute("SELECT attempts FROM units WHERE key = ?", (key,)).fetchone()[0])
+
+        return await self._write(apply)
+
+    async def mark_submitted(self, key: str, job_id: str, at: datetime | None = None) -> None:
+        """Record the job id (durable on return). The same id again is a no-op; another id is refused."""
+        now, when = self._now(), _rfc3339(at or self._clock.now())
+
+        def apply(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT phase, job_id FROM units WHERE key = ?", (key,)).fetchone()
+            if row is not None and row[0] == Phase.SUBMITTED and row[1] == job_id:
+                return
+            _expect(conn, key, "record a job id", {Phase.SUBMITTING, Phase.UNKNOWN})
+            other = conn.execute("SELECT key FROM units WHERE job_id = ? AND key <> ?", (job_id, key))
+            if (owner := other.fetchone()) is not None:
+                raise StateError(f"job {job_id} already belongs to unit {owner[0]}, not to {key}")
+            self._transition(
+                conn, key, Phase.SUBMITTED, now, f"job {job_id}",
+                ", job_id = ?, submitted_at = ?, last_error = NULL, error_kind = NULL", job_id, when,
+            )  # fmt: skip
+
+        await self._write(apply)
+
+    async def mark_succeeded(self, key: str, outputs: Sequence[tuple[str, str]]) -> None:
+        """The job finished: record its outputs as (asset_id, url), numbered from 1; downloads follow."""
+        now, outs = self._now(), [(str(a), str(u)) for a, u in outputs]
+        if not outs:
+            raise StateError(f"unit {key}: a success needs at least one output (mark it failed instead)")
+
+        def apply(conn: sqlite3.Connection) -> None:
+            _expect(conn, key, "mark succeeded", {Phase.SUBMITTED})
+            conn.execute("DELETE FROM outputs WHERE unit_key = ?", (key,))
+            conn.executemany(
+                "INSERT INTO outputs (unit_key, n, asset_id, url) VALUES (?, ?, ?, ?)",
+                [(key, n, a, u) for n, (a, u) in enumerate(outs, 1)],
+            )
+            self._transition(conn, key, Phase.SUCCEEDED, now, f"{len(outs)} outputs", ", finished_at=?", now)
+
+        await self._write(apply)
+
+    async def record_download(
+        self, key: str, n: int, *, path: str, bytes: int, sha256: str, at: datetime | None = None
+    ) -> None:
+        """Record that output ``n`` is on disk and verified (after the file's rename was fsynced)."""
+        now, when = self._now(), _rfc3339(at or self._clock.now())
+
+        def apply(conn: sqlite3.Connection) -> None:
+            _expect(conn, key, "record a download", {Phase.SUCCEEDED})
+            cur = conn.execute(
+                "UPDATE outputs SET path = ?, bytes = ?, sha256 = ?, downloaded_at = ?"
+                " WHERE unit_key = ? AND n = ?",
+                (path, int(bytes), sha256, when, key, int(n)),
+            )
+            if cur.rowcount != 1:
+                raise StateError(f"unit {key} has no output {n}")
+            conn.execute("UPDATE units SET updated_at = ?, run_id = ? WHERE key = ?", (now, self.run_id, key))
+
+        await self._write(apply)
+
+    async def mark_done(self, key: str) -> None:
+        """Close the unit: refused while any recorded output is not downloaded."""
+        now = self._now()
+
+        def apply(conn: sqlite3.Connection) -> None:
+            _expect(conn, key, "mark done", {Phase.SUCCEEDED})
+            sql = "SELECT n FROM outputs WHERE unit_key = ? AND downloaded_at IS NULL ORDER BY n"
+            missing = [n for (n,) in conn.execute(sql, (key,))]
+            if missing:
+                raise StateError(f"unit {key}: outputs {missing} are not downloaded yet")
+            self._transition(conn, key, Phase.DONE, now, "done")
+
+        await self._write(apply)
+
+    async def reopen(self, key: str, missing: Iterable[int]) -> None:
+        """A done unit whose files are gone: back to succeeded with those outputs to fetch again.
+
+        The job and its outputs are kept, so the files come back without paying again.
+        """
+        now = self._now()
+        numbers = sorted(set(missing))
+
+        def apply(conn: sqlite3.Connection) -> None:
+            _expect(conn, key, "reopen", {Phase.DONE, Phase.SUCCEEDED})
+            conn.executemany(
+                "UPDATE outputs SET path = NULL, bytes = NULL, sha256 = NULL, downloaded_at = NULL"
+                " WHERE unit_key = ? AND n = ?",
+                [(key, n) for n in numbers],
+            )
+            self._transition(conn, key, Phase.SUCCEEDED, now, f"outputs {numbers} missing on disk")
+
+        await self._write(apply)
+
+    async def mark_failed(self, key: str, error: str, kind: str) -> None:
+        """A permanent failure with its reason; only ``reset(Phase.FAILED)`` brings it back."""
+        await self._simple(key, Phase.FAILED, _CAN_FAIL, error, kind)
+
+    async def mark_unknown(self, key: str, reason: str) -> None:
+        """Park a unit whose outcome cannot be learned (lost intent, vanished job); see ``reset``."""
+        await self._simple(key, Phase.UNKNOWN, {Phase.SUBMITTING, Phase.SUBMITTED}, reason, "unknown")
+
+    async def mark_pending(self, key: str, reason: str) -> None:
+        """Back to pending when the API certainly created nothing (e.g. a 429); attempts are kept."""
+        await self._simple(key, Phase.PENDING, {Phase.SUBMITTING}, reason, None)
+
+    async def _simple(self, key: str, to: Phase, allowed: Set[Phase], reason: str, kind: str | None) -> None:
+        now = self._now()
+        tail = ", last_error = ?, error_kind = ?" + (", finished_at = ?" if to is Phase.FAILED else "")
+        args = (reason, kind, now) if to is Phase.FAILED else (reason, kind)
+
+        def apply(conn: sqlite3.Connection) -> None:
+            _expect(conn, key, f"mark {to}", allowed)
+            self._transition(conn, key, to, now, reason, tail, *args)
+
+        await self._write(apply)
+
+    async def update_urls(self, key: str, outputs: Sequence[tuple[str, str]]) -> None:
+        """Replace expired URLs with fresh ones from a new job read; asset ids must match."""
+        now, outs = self._now(), [(str(a), str(u)) for a, u in outputs]
+
+        def apply(conn: sqlite3.Connection) -> None:
+            _expect(conn, key, "update URLs", {Phase.SUCCEEDED})
+            sql = "SELECT asset_id FROM outputs WHERE unit_key = ? ORDER BY n"
+            have, fresh = [a for (a,) in conn.execute(sql, (key,))], [a for a, _ in outs]
+            if have != fresh:
+                raise StateError(f"unit {key}: fresh outputs {fresh} do not match the recorded {have}")
+            conn.executemany(
+                "UPDATE outputs SET url = ? WHERE unit_key = ? AND n = ?",
+                [(u, key, n) for n, (_, u) in enumerate(outs, 1)],
+            )
+            conn.execute("UPDATE units SET updated_at = ?, run_id = ? WHERE key = ?", (now, self.run_id, key))
+
+        await self._write(apply)
+
+    async def reset(self, phase: Phase, keys: Iterable[str] | None = None) -> int:
+        """``--retry-failed`` / ``--resubmit-unknown``: units in ``phase`` (all, or only ``keys``) go back
+        to pending, forgetting job id and outputs but keeping attempts. Returns how many."""
+        if phase not in (Phase.FAILED, Phase.UNKNOWN):
+            raise StateError(f"reset works on failed or unknown units, not {phase}")
+        now, wanted = self._now(), None if keys is None else set(keys)
+
+        def apply(conn: sqlite3.Connection) -> int:
+            rows = conn.execute("SELECT key, last_error FROM units WHERE phase = ?", (phase.value,))
+            chosen = [(k, err) for k, err in rows.fetchall() if wanted is None or k in wanted]
+            for k, err in chosen:
+                conn.execute("DELETE FROM outputs WHERE unit_key = ?", (k,))
+                self._transition(conn, k, Phase.PENDING, now, f"reset from {phase}: {err or ''}", _FORGET)
+            return len(chosen)
+
+        return await self._write(apply)
+
+
+def _expect(conn: sqlite3.Connection, key: str, action: str, allowed: Set[Phase]) -> Phase:
+    row = conn.execute("SELECT phase FROM units WHERE key = ?", (key,)).fetchone()
+    if row is None:
+        raise StateError(f"cannot {action}: no unit with key {key!r} in the state file")
+    if (phase := _PHASE[row[0]]) not in allowed:
+        raise StateError(f"unit {key}: cannot {action} while {phase} (only from {'/'.join(sorted(allowed))})")
+    return phase
+
+
+class _Opening:
+    """What ``StateStore.open`` returns: ``await`` it, or use it as ``async with``."""
+
+    def __init__(self, path: Path, clock: Clock, run_id: str, app_version: str) -> None:
+        self._args = (path, clock, run_id, app_version)
+        self._store: StateStore | None = None
+
+    async def _open(self) -> StateStore:
+        path, clock, run_id, app_version = self._args
+        limiter = anyio.CapacityLimiter(1)
+        writer, reader = await anyio.to_thread.run_sync(
+            _open_writer, path, _rfc3339(clock.now()), app_version, limiter=limiter
+        )
+        return StateStore(path, writer, reader, clock=clock, run_id=run_id, limiter=limiter)
+
+    def __await__(self) -> Generator[Any, None, StateStore]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> StateStore:
+        self._store = await self._open()
+        return self._store
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._store is not None:
+            await self._store.aclose()

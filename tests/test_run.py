@@ -1,0 +1,253 @@
+"""The whole run against the simulator on 127.0.0.1: files, resume, faults, exit codes.
+
+Each test writes a manifest, runs the real pipeline (client, scheduler, state,
+downloader) against an in-process sandbox whose ledger says how many jobs were
+created for each request body: the proof that nothing was paid for twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.errors import LockedError
+from pipeline.lock import RunLock
+from pipeline.poller import PollPolicy
+from pipeline.retry import RetryPolicy
+from pipeline.runner import RunRequest, execute
+from pipeline.scheduler import RunOptions, RunSummary
+from pipeline.sidecar import file_sha256, read_index
+from pipeline.simulator import Sandbox, SimConfig
+from pipeline.state import Phase, open_readonly
+from tests.conftest import TEST_KEY
+
+FAST = PollPolicy.fast()
+#: Retries on a sub-second scale: the simulator's faults are short, and tests should be too.
+QUICK = RetryPolicy(base_s=0.02, cap_s=0.25, max_attempts=200, deadline_s=60)
+
+
+def options(**kw: Any) -> RunOptions:
+    return RunOptions(**{"max_active": 64, "poll": FAST, "retry": QUICK, "seed": 1, **kw})
+
+
+def write_manifest(tmp: Path, items: list[dict[str, Any]], **top: Any) -> Path:
+    doc = {
+        "version": 1,
+        "name": "t",
+        "defaults": {
+            "image": {
+                "modelID": "gpt-image-2",
+                "numImages": 1,
+                "options": {"openai": {"outputFormat": "jpeg"}},
+            },
+            "video": {"modelID": "veo-3.1", "options": {"veo": {"duration": 4}}},
+        },
+        "items": items,
+        **top,
+    }
+    path = tmp / "manifest.yaml"
+    path.write_text(json.dumps(doc), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+def catalog(n: int, *, upscale_every: int = 4, video_every: int = 10) -> list[dict[str, Any]]:
+    """``n`` items with distinct prompts; some upscaled, some animated."""
+    items: list[dict[str, Any]] = []
+    for i in range(n):
+        item: dict[str, Any] = {"id": f"sku-{i:04d}", "prompt": f"product photo number {i}"}
+        if i % upscale_every == 0:
+            item["upscale"] = True
+        if i % video_every == 0:
+            item["video"] = {"prompt": f"slow orbit {i}"}
+        items.append(item)
+    return items
+
+
+@pytest.fixture(name="sim")
+async def _sim() -> AsyncIterator[Sandbox]:
+    """A real-time simulator (fast profile): the run under test uses the system clock."""
+    async with Sandbox(SimConfig.profile("fast", keys=(TEST_KEY,), seed=3)) as sb:
+        yield sb
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHOTOGPT_API_KEY", TEST_KEY)
+    monkeypatch.delenv("PHOTOGPT_API_KEY_FILE", raising=False)
+
+
+async def run(sim: Sandbox, manifest: Path, out: Path, **kw: Any) -> RunSummary:
+    opts = kw.pop("options", options())
+    return await execute(RunRequest(manifest=manifest, out=out, base_url=sim.base_url, options=opts, **kw))
+
+
+def assert_outputs_verify(out: Path) -> list[dict[str, Any]]:
+    """Every asset in index.jsonl exists, matches its sidecar, and no partial file is left."""
+    index = read_index(out / "index.jsonl")
+    for record in index:
+        asset = out / record["path"]
+        side = json.loads(asset.with_suffix(".json").read_text())
+        assert side["key"] == record["key"] and side["sha256"] == record["sha256"]
+        assert file_sha256(asset) == side["sha256"]
+        assert asset.stat().st_size == side["bytes"]
+    leftovers = [p for p in out.rglob("*") if p.suffix in (".part", ".tmp") or ".tmp" in p.name]
+    assert leftovers == []
+    return index
+
+
+def jobs_per_body(sim: Sandbox) -> dict[str, int]:
+    return dict(sim.stats()["jobs_by_body"])
+
+
+class TestHappyPath:
+    async def test_two_hundred_units_complete_and_verify(self, sim: Sandbox, tmp_path: Path) -> None:
+        """A 200-unit catalog with upscales and videos finishes; each file matches its sidecar."""
+        manifest = write_manifest(tmp_path, catalog(150, upscale_every=4, video_every=12))
+        out = tmp_path / "out"
+        summary = await run(sim, manifest, out)
+        assert summary.exit_code == 0, summary.failures
+        total = summary.counts["done"]
+        assert total >= 200
+        assert summary.submitted == total
+        index = assert_outputs_verify(out)
+        assert len(index) == total  # numImages 1 everywhere: one asset per unit
+        assert sim.stats()["jobs_created"] == total
+        assert max(jobs_per_body(sim).values()) == 1
+
+    async def test_rerun_of_a_finished_manifest_sends_no_request(self, sim: Sandbox, tmp_path: Path) -> None:
+        """Done work whose files verify is skipped without a single HTTP request."""
+        manifest = write_manifest(tmp_path, catalog(12))
+        out = tmp_path / "out"
+        await run(sim, manifest, out)
+        before = sum(sim.stats()["requests"].values())
+        again = await run(sim, manifest, out)
+        assert again.exit_code == 0 and again.submitted == 0
+        assert sum(sim.stats()["requests"].values()) == before
+
+    async def test_a_deleted_file_is_downloaded_again_without_paying(
+        self, sim: Sandbox, tmp_path: Path
+    ) -> None:
+        """A missing output is fetched again from the recorded job; no job is created."""
+        manifest = write_manifest(tmp_path, catalog(3))
+        out = tmp_path / "out"
+        await run(sim, manifest, out)
+        victim = next(out.glob("sku-0001/image-1.*[gf]"))
+        victim.unlink()
+        created = sim.stats()["jobs_created"]
+        again = await run(sim, manifest, out)
+        assert again.exit_code == 0 and victim.exists()
+        assert sim.stats()["jobs_created"] == created
+
+    async def test_edited_prompt_is_new_work_and_old_output_is_kept(
+        self, sim: Sandbox, tmp_path: Path
+    ) -> None:
+        """Changing a prompt makes new work; the old file is moved aside, never overwritten."""
+        out = tmp_path / "out"
+        await run(sim, write_manifest(tmp_path, [{"id": "a", "prompt": "first"}]), out)
+        old = (out / "a" / "image-1.jpeg").read_bytes()
+        summary = await run(sim, write_manifest(tmp_path, [{"id": "a", "prompt": "second"}]), out)
+        assert summary.exit_code == 0 and summary.stale == 1
+        assert (out / "a" / "image-1.jpeg").read_bytes() != old
+        assert [p.read_bytes() for p in (out / ".stale").rglob("*.jpeg")] == [old]
+
+    async def test_hls_videos_go_through_the_download_flow(self, sim: Sandbox, tmp_path: Path) -> None:
+        """A playlist URL is never saved: create-download gives the MP4 that is stored."""
+        sim.control(video_hls=True)
+        out = tmp_path / "out"
+        summary = await run(sim, write_manifest(tmp_path, [{"id": "v", "video": {"prompt": "waves"}}]), out)
+        assert summary.exit_code == 0
+        data = (out / "v" / "video-1.mp4").read_bytes()
+        assert data[4:8] == b"ftyp"
+
+
+class TestFaults:
+    async def test_429_storm_without_retry_after(self, sim: Sandbox, tmp_path: Path) -> None:
+        """Forty 429s in a row: the run waits them out, finishes, pays once per unit."""
+        sim.control(next_n_429=40)
+        summary = await run(sim, write_manifest(tmp_path, catalog(20)), tmp_path / "out")
+        assert summary.exit_code == 0
+        assert max(jobs_per_body(sim).values()) == 1
+
+    async def test_hidden_active_cap_with_retry_after(self, sim: Sandbox, tmp_path: Path) -> None:
+        """The server allows 4 active jobs; the client asked for 64: it adapts and finishes."""
+        sim.control(max_active_jobs=4, retry_after="seconds")
+        summary = await run(sim, write_manifest(tmp_path, catalog(12)), tmp_path / "out")
+        assert summary.exit_code == 0
+        assert max(sim.stats()["peak_active_jobs"].values()) <= 4
+        assert max(jobs_per_body(sim).values()) == 1
+
+    async def test_5xx_burst_on_submissions_and_polls(self, sim: Sandbox, tmp_path: Path) -> None:
+        """Server errors are retried (POSTs only once the job list shows nothing was created)."""
+        sim.control(next_n_5xx=15)
+        summary = await run(sim, write_manifest(tmp_path, catalog(15)), tmp_path / "out")
+        assert summary.exit_code == 0, summary.failures
+        assert max(jobs_per_body(sim).values()) == 1
+
+    async def test_truncated_downloads_resume(self, sim: Sandbox, tmp_path: Path) -> None:
+        """Cut-off bodies are resumed or refetched until the file verifies."""
+        sim.control(truncated_download_rate=0.4, file_size=200_000)
+        out = tmp_path / "out"
+        summary = await run(sim, write_manifest(tmp_path, catalog(10)), out)
+        assert summary.exit_code == 0
+        assert sim.stats()["truncated_downloads"] > 0
+        assert_outputs_verify(out)
+
+    async def test_failed_job_is_reported_and_blocks_its_chain(self, sim: Sandbox, tmp_path: Path) -> None:
+        """A failed job is listed with the API's reason, its downstream steps do not run: exit 1."""
+        items = [{"id": "ok", "prompt": "fine"}, {"id": "bad", "prompt": "broken [[fail]]", "upscale": True}]
+        out = tmp_path / "out"
+        summary = await run(sim, write_manifest(tmp_path, items), out)
+        assert summary.exit_code == 1
+        reasons = {(f.item_id, f.step): f.reason for f in summary.failures}
+        assert reasons[("bad", "image")]
+        assert "upstream" in reasons[("bad", "upscale")]
+        assert ("ok", "image") not in reasons
+        with open_readonly(out / ".state" / "state.db") as view:
+            assert view.counts()[Phase.FAILED] == 1
+
+    async def test_never_finishing_job_stays_submitted_for_the_next_run(
+        self, sim: Sandbox, tmp_path: Path
+    ) -> None:
+        """A job past its deadline is not resubmitted: it stays submitted and a later run collects it."""
+        sim.control(image_s=(3.0, 3.0))
+        poll = PollPolicy(
+            first_s={"image": 0.2}, min_interval_s=0.05, max_interval_s=0.2, deadline_s={"image": 0.5}
+        )
+        manifest = write_manifest(tmp_path, [{"id": "slow", "prompt": "takes long"}])
+        out = tmp_path / "out"
+        first = await run(sim, manifest, out, options=options(poll=poll))
+        assert first.exit_code == 1
+        assert first.failures[0].phase == "submitted"
+        sim.control(image_s=(0.1, 0.1))
+        second = await run(sim, manifest, out)
+        assert second.exit_code == 0
+        assert sim.stats()["jobs_created"] == 1
+
+    async def test_out_of_credits_stops_submitting_and_exits_5(self, sim: Sandbox, tmp_path: Path) -> None:
+        """An empty account stops new submissions at once; what was submitted is still downloaded."""
+        sim.control(credits=5)
+        out = tmp_path / "out"
+        summary = await run(
+            sim,
+            write_manifest(tmp_path, catalog(20)),
+            out,
+            options=options(max_active=2),
+        )
+        assert summary.exit_code == 5 and summary.stopped == "quota"
+        assert summary.counts["done"] == 5
+        assert len(read_index(out / "index.jsonl")) == 5
+
+    async def test_a_second_run_on_the_same_state_is_refused(self, sim: Sandbox, tmp_path: Path) -> None:
+        """One run at a time per state file: the second names the holder and exits 4."""
+        manifest = write_manifest(tmp_path, catalog(2))
+        out = tmp_path / "out"
+        state = out / ".state" / "state.db"
+        state.parent.mkdir(parents=True)
+        with RunLock(state.with_name("state.db.lock")), pytest.raises(LockedError) as info:
+            await run(sim, manifest, out)
+        assert info.value.exit_code == 4
+        assert "pid" in str(info.value)

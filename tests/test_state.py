@@ -1,0 +1,615 @@
+"""The state store: phases, group commit, durability across crashes, and refusal of bad files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.clock import FakeClock
+from pipeline.errors import StateError
+from pipeline.state import SCHEMA_VERSION, Phase, StateStore, UnitLike, open_readonly
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    key: str
+    item_id: str
+    step: str
+    index: int
+    request: dict[str, Any] = field(default_factory=dict)
+    upstream: str | None = None
+    expected_outputs: int = 1
+
+
+def unit(i: int, *, step: str = "image", index: int = 1, item: str | None = None) -> Unit:
+    return Unit(f"{i:032x}", item or f"item-{i:04d}", step, index, {"prompt": f"photo {i}", "n": 1})
+
+
+def key(i: int) -> str:
+    return f"{i:032x}"
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file's mtime and bytes: what "nothing was written" means."""
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in directory.iterdir()}
+
+
+def raw(path: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """Read with a separate connection, as a second process would."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(name="path")
+def _path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "run.db"
+
+
+@pytest.fixture(name="store")
+async def _store(path: Path, clock: FakeClock) -> AsyncIterator[StateStore]:
+    async with StateStore.open(path, clock=clock, run_id="run-1") as store:
+        await store.sync_units([unit(i) for i in range(5)])
+        yield store
+
+
+def _unit_protocol_accepts_frozen_dataclasses(u: Unit) -> UnitLike:
+    return u  # type-checked: a frozen dataclass is a UnitLike
+
+
+class TestLifecycle:
+    async def test_every_phase_in_order(self, store: StateStore, clock: FakeClock) -> None:
+        """pending → submitting → submitted → succeeded → done, with clock timestamps and outputs."""
+        k = key(0)
+        assert store.get(k) is not None and store.get(k).phase is Phase.PENDING  # type: ignore[union-attr]
+        clock.advance(1)
+        assert await store.mark_submitting(k) == 1
+        clock.advance(1)
+        await store.mark_submitted(k, "job-1")
+        clock.advance(60)
+        await store.mark_succeeded(k, [("asset-a", "https://cdn/a.png"), ("asset-b", "https://cdn/b.png")])
+        mid = store.get(k)
+        assert mid is not None and mid.phase is Phase.SUCCEEDED
+        assert [(o.n, o.asset_id, o.downloaded) for o in mid.outputs] == [
+            (1, "asset-a", False), (2, "asset-b", False),
+        ]  # fmt: skip
+        for n in (1, 2):
+            await store.record_download(k, n, path=f"out/{n}.png", bytes=100 + n, sha256="ab" * 32)
+        clock.advance(1)
+        await store.mark_done(k)
+        rec = store.get(k)
+        assert rec is not None
+        assert (rec.phase, rec.job_id, rec.attempts, rec.run_id) == (Phase.DONE, "job-1", 1, "run-1")
+        assert rec.submitted_at == "2026-01-01T00:00:02.000Z"
+        assert rec.finished_at == "2026-01-01T00:01:02.000Z"
+        assert rec.updated_at == "2026-01-01T00:01:03.000Z"
+        assert [o.bytes for o in rec.outputs] == [101, 102] and all(o.downloaded for o in rec.outputs)
+        assert rec.request == {"prompt": "photo 0", "n": 1}
+        assert [(e.phase, e.detail) for e in store.history(k)] == [
+            (Phase.SUBMITTING, "intent"), (Phase.SUBMITTED, "job job-1"),
+        ]  # fmt: skip
+
+    async def test_rate_limited_goes_back_to_pending_keeping_attempts(self, store: StateStore) -> None:
+        """A 429 created nothing: back to pending with the reason; attempts still count the POST."""
+        await store.mark_submitting(key(1))
+        await store.mark_pending(key(1), "429 too many active jobs")
+        rec = store.get(key(1))
+        assert rec is not None and (rec.phase, rec.attempts, rec.last_error) == (
+            Phase.PENDING, 1, "429 too many active jobs",
+        )  # fmt: skip
+        assert await store.mark_submitting(key(1)) == 2
+
+    async def test_resend_with_the_same_key_counts_attempts(self, store: StateStore) -> None:
+        """Resuming an intent (same idempotency key) is allowed from submitting and counted."""
+        assert await store.mark_submitting(key(1)) == 1
+        assert await store.mark_submitting(key(1)) == 2
+
+    @pytest.mark.parametrize("phase", sorted(set(Phase) - {Phase.PENDING, Phase.SUBMITTING}))
+    async def test_never_submits_twice(self, store: StateStore, phase: Phase) -> None:
+        """Once a job id exists, or the unit is parked, a new intent is refused: that would pay twice."""
+        k = key(2)
+        await store.mark_submitting(k)
+        if phase is Phase.UNKNOWN:
+            await store.mark_unknown(k, "died mid-POST")
+        else:
+            await store.mark_submitted(k, "job-2")
+        if phase in (Phase.SUCCEEDED, Phase.DONE):
+            await store.mark_succeeded(k, [("a", "https://cdn/a")])
+        if phase is Phase.DONE:
+            await store.record_download(k, 1, path="a", bytes=1, sha256="00" * 32)
+            await store.mark_done(k)
+        if phase is Phase.FAILED:
+            await store.mark_failed(k, "job failed remotely", "remote")
+        with pytest.raises(StateError, match=f"cannot mark submitting while {phase}"):
+            await store.mark_submitting(k)
+        rec = store.get(k)
+        assert rec is not None and rec.phase is phase and rec.attempts == 1
+
+    async def test_job_id_is_recorded_once(self, store: StateStore) -> None:
+        """The same job id again is a no-op; another id, or an id owned by another unit, is refused."""
+        await store.mark_submitting(key(0))
+        await store.mark_submitted(key(0), "job-0")
+        await store.mark_submitted(key(0), "job-0")
+        with pytest.raises(StateError, match="cannot record a job id while submitted"):
+            await store.mark_submitted(key(0), "job-other")
+        await store.mark_submitting(key(1))
+        with pytest.raises(StateError, match="already belongs to unit"):
+            await store.mark_submitted(key(1), "job-0")
+        assert [e.phase for e in store.history(key(0))] == [Phase.SUBMITTING, Phase.SUBMITTED]
+
+    async def test_done_needs_every_download(self, store: StateStore) -> None:
+        """A unit cannot be closed while an output is missing; unknown outputs are refused."""
+        await store.mark_submitting(key(3))
+        await store.mark_submitted(key(3), "job-3")
+        await store.mark_succeeded(key(3), [("a", "https://cdn/a"), ("b", "https://cdn/b")])
+        await store.record_download(key(3), 1, path="a", bytes=1, sha256="00" * 32)
+        with pytest.raises(StateError, match=r"outputs \[2\] are not downloaded"):
+            await store.mark_done(key(3))
+        with pytest.raises(StateError, match="has no output 3"):
+            await store.record_download(key(3), 3, path="c", bytes=1, sha256="00" * 32)
+        with pytest.raises(StateError, match="at least one output"):
+            await store.mark_succeeded(key(3), [])
+
+    async def test_fresh_urls_replace_expired_ones(self, store: StateStore) -> None:
+        """update_urls swaps URLs for the same assets and keeps what was downloaded."""
+        await store.mark_submitting(key(4))
+        await store.mark_submitted(key(4), "job-4")
+        await store.mark_succeeded(key(4), [("a", "https://cdn/a?sig=old"), ("b", "https://cdn/b?sig=old")])
+        await store.record_download(key(4), 1, path="a", bytes=1, sha256="00" * 32)
+        await store.update_urls(key(4), [("a", "https://cdn/a?sig=new"), ("b", "https://cdn/b?sig=new")])
+        rec = store.get(key(4))
+        assert rec is not None
+        assert [(o.url, o.downloaded) for o in rec.outputs] == [
+            ("https://cdn/a?sig=new", True), ("https://cdn/b?sig=new", False),
+        ]  # fmt: skip
+        with pytest.raises(StateError, match="do not match"):
+            await store.update_urls(key(4), [("x", "https://cdn/x")])
+
+    async def test_unknown_key_is_a_state_error(self, store: StateStore) -> None:
+        """Mutating a unit that was never synced names the key."""
+        with pytest.raises(StateError, match="no unit with key 'nope'"):
+            await store.mark_submitting("nope")
+        assert store.get("nope") is None
+
+    async def test_failed_and_unknown_reset_to_pending(self, store: StateStore) -> None:
+        """--retry-failed and --resubmit-unknown: only the chosen units, job id and outputs forgotten."""
+        for i in (0, 1, 2):
+            await store.mark_submitting(key(i))
+        await store.mark_submitted(key(0), "job-0")
+        await store.mark_failed(key(0), "moderation", "rejected")
+        await store.mark_unknown(key(1), "timeout after POST")
+        await store.mark_unknown(key(2), "timeout after POST")
+        await store.mark_failed(key(3), "upstream failed", "upstream")
+        assert await store.reset(Phase.FAILED) == 2
+        assert await store.reset(Phase.UNKNOWN, keys=[key(2), key(0)]) == 1
+        phases = store.phases()
+        assert [phases[key(i)] for i in range(4)] == [
+            Phase.PENDING, Phase.UNKNOWN, Phase.PENDING, Phase.PENDING,
+        ]  # fmt: skip
+        rec = store.get(key(0))
+        assert rec is not None
+        assert (rec.job_id, rec.last_error, rec.attempts, rec.outputs) == (None, None, 1, ())
+        assert "reset from failed: moderation" in store.history(key(0))[-1].detail
+        with pytest.raises(StateError, match="failed or unknown"):
+            await store.reset(Phase.DONE)
+
+
+class TestSync:
+    async def test_sync_is_idempotent_and_leaves_rows_alone(self, store: StateStore) -> None:
+        """A rerun syncs the same manifest: nothing added, phases and stored requests untouched."""
+        await store.mark_submitting(key(0))
+        changed = Unit(key(0), "item-0000", "image", 1, {"prompt": "edited"})
+        assert await store.sync_units([changed, unit(1), unit(7)]) == 1
+        rec = store.get(key(0))
+        assert rec is not None and rec.phase is Phase.SUBMITTING and rec.request["prompt"] == "photo 0"
+        assert store.counts() == {p: {Phase.PENDING: 5, Phase.SUBMITTING: 1}.get(p, 0) for p in Phase}
+
+    async def test_units_are_ordered_and_filtered(self, path: Path, clock: FakeClock) -> None:
+        """units() orders by item, step, index; phase filters; upstream is kept."""
+        async with StateStore.open(path, clock=clock) as store:
+            units = [
+                Unit(key(3), "b", "video", 1, upstream=key(2)),
+                Unit(key(2), "b", "image", 2),
+                Unit(key(1), "b", "image", 1),
+                Unit(key(0), "a", "upscale", 1, expected_outputs=4),
+            ]
+            assert await store.sync_units(iter(units)) == 4
+            await store.mark_submitting(key(1))
+            assert [u.key for u in store.units()] == [key(0), key(1), key(2), key(3)]
+            assert [u.key for u in store.units(Phase.SUBMITTING)] == [key(1)]
+            got = store.get(key(3))
+            assert got is not None and (got.upstream, got.step, got.index) == (key(2), "video", 1)
+            assert store.get(key(0)).expected_outputs == 4  # type: ignore[union-attr]
+
+    async def test_stale_units_are_reported_never_deleted(self, store: StateStore) -> None:
+        """Units the manifest dropped are listed; their rows stay (they may be paid for)."""
+        stale = store.stale_keys({key(0), key(1), key(2)})
+        assert [u.key for u in stale] == [key(3), key(4)]
+        assert len(store.phases()) == 5
+
+    async def test_a_request_that_is_not_json_is_refused(self, store: StateStore) -> None:
+        """A bad request body is a StateError and adds nothing, not a TypeError from json."""
+        with pytest.raises(StateError, match="refused"):
+            await store.sync_units([unit(9), Unit(key(10), "x", "image", 1, {"bad": object()})])
+        assert store.get(key(9)) is None
+
+    async def test_many_units_in_one_transaction(self, path: Path, clock: FakeClock) -> None:
+        """20,000 units are one commit; phases() and counts() see all of them."""
+        async with StateStore.open(path, clock=clock) as store:
+            before = store.commits
+            assert await store.sync_units(unit(i) for i in range(20_000)) == 20_000
+            assert store.commits == before + 1
+            assert len(store.phases()) == 20_000 and store.counts()[Phase.PENDING] == 20_000
+
+
+class TestGroupCommit:
+    async def test_concurrent_intents_share_commits(self, path: Path, clock: FakeClock) -> None:
+        """200 concurrent mark_submitting: all on disk when they return, in far fewer transactions."""
+        async with StateStore.open(path, clock=clock) as store:
+            await store.sync_units(unit(i) for i in range(200))
+            before = store.commits
+            async with anyio.create_task_group() as tg:
+                for i in range(200):
+                    tg.start_soon(store.mark_submitting, key(i))
+            assert store.commits - before <= 10
+            rows = raw(path, "SELECT phase, attempts, count(*) FROM units GROUP BY phase, attempts")
+            assert rows == [("submitting", 1, 200)]
+
+    async def test_a_refused_change_does_not_sink_its_batch(self, store: StateStore) -> None:
+        """One bad change in a batch raises for its caller only; the others commit."""
+        errors: list[str] = []
+
+        async def submit(k: str) -> None:
+            try:
+                await store.mark_submitting(k)
+            except StateError as exc:
+                errors.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            for k in [key(0), "missing", key(1), key(2)]:
+                tg.start_soon(submit, k)
+        assert len(errors) == 1 and "missing" in errors[0]
+        assert store.counts()[Phase.SUBMITTING] == 3
+
+    async def test_a_failing_commit_is_a_state_error(self, store: StateStore) -> None:
+        """A commit that SQLite refuses fails every caller of that batch with a StateError."""
+        store._writer.close()  # stand-in for an I/O error under the transaction
+        with pytest.raises(StateError, match="commit failed"):
+            await store.mark_submitting(key(0))
+
+    async def test_closed_store_refuses_work(self, path: Path, clock: FakeClock) -> None:
+        """After aclose, mutators and reads raise StateError; closing twice is harmless."""
+        store = await StateStore.open(path, clock=clock)
+        await store.sync_units([unit(0)])
+        await store.aclose()
+        await store.aclose()
+        with pytest.raises(StateError, match="closed"):
+            await store.mark_submitting(key(0))
+        with pytest.raises(StateError):
+            store.counts()
+
+    async def test_flush_with_nothing_queued_is_harmless(self, store: StateStore) -> None:
+        """flush() is a no-op when every mutator already waited for its own commit."""
+        before = store.commits
+        await store.flush()
+        assert store.commits == before
+
+    async def test_settings_protect_money(self, store: StateStore) -> None:
+        """The writer runs in WAL with synchronous=FULL (2) and foreign keys on."""
+        assert store._writer.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert store._writer.execute("PRAGMA synchronous").fetchone() == (2,)
+        assert store._writer.execute("PRAGMA foreign_keys").fetchone() == (1,)
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys
+    import anyio
+    from pipeline.clock import FakeClock
+    from pipeline.state import StateStore
+
+    async def main(path, how):
+        store = await StateStore.open(path, clock=FakeClock())
+        await store.mark_submitting("{k1}")
+        await store.mark_submitting("{k2}")
+        await store.mark_submitted("{k2}", "job-2")
+        async with anyio.create_task_group() as tg:
+            for i in range(10, 60):
+                tg.start_soon(store.mark_submitting, f"{{i:032x}}")
+        if how == "exit":
+            os._exit(0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    anyio.run(main, sys.argv[1], sys.argv[2])
+    """
+).format(k1=key(1), k2=key(2))
+
+
+def run_child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(  # noqa: S603 - our interpreter, our code
+        [sys.executable, "-c", code, *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.slow
+class TestCrashes:
+    @pytest.mark.parametrize("how", ["exit", "kill"])
+    async def test_intent_and_job_id_survive_a_kill(self, path: Path, clock: FakeClock, how: str) -> None:
+        """os._exit / SIGKILL right after the awaits return: the reopened file has every change."""
+        async with StateStore.open(path, clock=clock) as store:
+            await store.sync_units(unit(i) for i in range(60))
+        result = run_child(CHILD, str(path), how)
+        assert result.returncode == (0 if how == "exit" else -signal.SIGKILL), result.stderr
+        assert f"{path.name}-wal" in snapshot(path.parent)  # died without a checkpoint
+        async with StateStore.open(path, clock=clock) as store:
+            phases = store.phases()
+            assert phases[key(1)] is Phase.SUBMITTING
+            assert store.get(key(2)).job_id == "job-2"  # type: ignore[union-attr]
+            assert all(phases[key(i)] is Phase.SUBMITTING for i in range(10, 60))
+
+    async def test_file_size_limit_fails_the_commit_cleanly(self, path: Path, clock: FakeClock) -> None:
+        """A write the OS refuses (RLIMIT_FSIZE, like a full disk) is a StateError; the file stays good."""
+        async with StateStore.open(path, clock=clock) as store:
+            await store.sync_units([unit(0)])
+        code = textwrap.dedent(
+            """
+            import resource, signal, sys, anyio
+            from pipeline.clock import FakeClock
+            from pipeline.errors import StateError
+            from pipeline.state import StateStore
+
+            class Big:
+                def __init__(self, i):
+                    self.key, self.item_id, self.step, self.index = f"{i:032x}", "x", "image", 1
+                    self.request, self.upstream, self.expected_outputs = {"p": "x" * 4000}, None, 1
+
+            async def main(path):
+                store = await StateStore.open(path, clock=FakeClock())
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+                try:
+                    await store.sync_units(Big(i) for i in range(1, 2000))
+                except StateError as exc:
+                    print("StateError:", exc)
+                await store.mark_submitting(f"{0:032x}")
+
+            anyio.run(main, sys.argv[1])
+            """
+        )
+        result = run_child(code, str(path))
+        assert "StateError:" in result.stdout and str(path) in result.stdout, result.stderr
+        async with StateStore.open(path, clock=clock) as store:
+            assert len(store.phases()) == 1 and store.phases()[key(0)] is Phase.SUBMITTING
+
+
+class TestFiles:
+    @pytest.mark.parametrize("umask", [0o022, 0o000])
+    async def test_permissions(self, path: Path, clock: FakeClock, umask: int) -> None:
+        """The directory is 0700 and the database, -wal and -shm are 0600 whatever the umask."""
+        old = os.umask(umask)
+        try:
+            async with StateStore.open(path, clock=clock) as store:
+                await store.sync_units([unit(0)])
+                modes = {name: mode(path.parent / name) for name in snapshot(path.parent)}
+                assert modes == {"run.db": 0o600, "run.db-wal": 0o600, "run.db-shm": 0o600}
+                assert mode(path.parent) == 0o700
+        finally:
+            os.umask(old)
+
+    async def test_loose_mode_is_tightened(self, path: Path, clock: FakeClock) -> None:
+        """An existing state file readable by others is made 0600 on open."""
+        async with StateStore.open(path, clock=clock):
+            pass
+        os.chmod(path, 0o644)
+        async with StateStore.open(path, clock=clock):
+            assert mode(path) == 0o600
+
+    async def test_symlink_is_refused(self, path: Path, tmp_path: Path, clock: FakeClock) -> None:
+        """A state path that is a symlink is refused for writing and reading."""
+        async with StateStore.open(path, clock=clock):
+            pass
+        link = tmp_path / "link.db"
+        link.symlink_to(path)
+        with pytest.raises(StateError, match="symlink"):
+            await StateStore.open(link, clock=clock)
+        with pytest.raises(StateError, match="symlink"):
+            open_readonly(link)
+
+    async def test_newer_schema_is_refused_untouched(self, path: Path, clock: FakeClock) -> None:
+        """A file from a newer version names both versions and is left byte-for-byte alone."""
+        async with StateStore.open(path, clock=clock):
+            pass
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA user_version = 999")
+        conn.close()
+        before = snapshot(path.parent)
+        with pytest.raises(StateError, match=f"version 999.*version {SCHEMA_VERSION}") as err:
+            await StateStore.open(path, clock=clock)
+        assert str(path) in str(err.value)
+        assert snapshot(path.parent) == before
+        with pytest.raises(StateError, match="999"):
+            open_readonly(path)
+
+    async def test_foreign_database_is_refused(self, path: Path, clock: FakeClock) -> None:
+        """An SQLite file with other tables and no version is not ours to migrate."""
+        path.parent.mkdir()
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE photos (id)")
+        conn.close()
+        with pytest.raises(StateError, match="not a pipeline state file"):
+            await StateStore.open(path, clock=clock)
+
+    @pytest.mark.parametrize("damage", ["garbage", "truncated", "page-overwritten"])
+    async def test_damaged_file_is_a_state_error_and_untouched(
+        self, path: Path, clock: FakeClock, damage: str
+    ) -> None:
+        """Garbage, a truncated file or an overwritten page: StateError naming the file; bytes unchanged."""
+        async with StateStore.open(path, clock=clock) as store:
+            await store.sync_units(unit(i) for i in range(3000))
+        damage_file(path, damage)
+        before = snapshot(path.parent)
+        with pytest.raises(StateError) as err:
+            await StateStore.open(path, clock=clock)
+        assert str(path) in str(err.value) and "move it aside" in str(err.value)
+        assert snapshot(path.parent) == before
+
+    async def test_failed_quick_check_is_reported(self, path: Path, clock: FakeClock) -> None:
+        """A file that opens but fails PRAGMA quick_check (a tampered phase) is refused with the finding."""
+        async with StateStore.open(path, clock=clock) as store:
+            await store.sync_units([unit(0)])
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA ignore_check_constraints = ON")
+        conn.execute("UPDATE units SET phase = 'bogus'")
+        conn.commit()
+        conn.close()
+        with pytest.raises(StateError, match=r"integrity check \(CHECK constraint failed in units\)"):
+            await StateStore.open(path, clock=clock)
+
+
+def damage_file(path: Path, damage: str) -> None:
+    data = path.read_bytes()
+    if damage == "garbage":
+        data = b"this is not a database at all " * 300
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data = data[:4096] + b"\xa5" * 4096 + data[8192:]
+    path.write_bytes(data)
+
+
+class TestReadonly:
+    async def test_view_reads_while_a_run_writes(self, store: StateStore, path: Path) -> None:
+        """status can read a live file and sees each commit after it returns."""
+        with open_readonly(path) as view:
+            assert view.counts()[Phase.PENDING] == 5
+            await store.mark_submitting(key(0))
+            assert view.phases()[key(0)] is Phase.SUBMITTING
+            assert [u.key for u in view.units(Phase.SUBMITTING)] == [key(0)]
+
+    async def test_view_never_writes_or_creates(self, path: Path, clock: FakeClock) -> None:
+        """With no run going, reading leaves the directory exactly as it was (no -wal/-shm appear)."""
+        async with StateStore.open(path, clock=clock) as store:
+            await store.sync_units([unit(0)])
+        before = snapshot(path.parent)
+        with open_readonly(path) as view:
+            assert view.get(key(0)) is not None and view.stale_keys(set()) != []
+        assert snapshot(path.parent) == before
+
+    def test_missing_file_stays_missing(self, tmp_path: Path) -> None:
+        """status on a path where nothing ran says so and creates nothing."""
+        missing = tmp_path / "nowhere" / "state.db"
+        with pytest.raises(StateError, match="no state file"):
+            open_readonly(missing)
+        assert not missing.parent.exists()
+
+
+# ---- property: the phase graph is exactly the documented one --------------------------------
+
+ALLOWED = {
+    "submitting": {Phase.PENDING, Phase.SUBMITTING},
+    "submitted": {Phase.SUBMITTING, Phase.UNKNOWN},
+    "succeeded": {Phase.SUBMITTED},
+    "download": {Phase.SUCCEEDED},
+    "done": {Phase.SUCCEEDED},
+    "failed": set(Phase) - {Phase.DONE},
+    "unknown": {Phase.SUBMITTING, Phase.SUBMITTED},
+    "pending": {Phase.SUBMITTING},
+    "reset_failed": {Phase.FAILED},
+    "reset_unknown": {Phase.UNKNOWN},
+}
+TARGET = {
+    "submitting": Phase.SUBMITTING, "submitted": Phase.SUBMITTED, "succeeded": Phase.SUCCEEDED,
+    "done": Phase.DONE, "failed": Phase.FAILED, "unknown": Phase.UNKNOWN, "pending": Phase.PENDING,
+    "reset_failed": Phase.PENDING, "reset_unknown": Phase.PENDING,
+}  # fmt: skip
+
+
+@pytest.fixture(name="scratch")
+def _scratch() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.sampled_from(sorted(ALLOWED)), max_size=12))
+def test_phase_graph_and_attempts(ops: list[str], scratch: Path) -> None:
+    """Any call sequence: a call succeeds exactly when the graph allows it, and attempts counts intents."""
+
+    async def run() -> None:
+        path = scratch / f"{len(snapshot(scratch))}.db"
+        async with StateStore.open(path, clock=FakeClock()) as store:
+            await store.sync_units([unit(0)])
+            k, phase, attempts, downloaded, job = key(0), Phase.PENDING, 0, False, 0
+            for op in ops:
+                ok = phase in ALLOWED[op] and not (op == "done" and not downloaded)
+                try:
+                    if op == "submitting":
+                        await store.mark_submitting(k)
+                    elif op == "submitted":
+                        job += 1
+                        await store.mark_submitted(k, f"job-{job}")
+                    elif op == "succeeded":
+                        await store.mark_succeeded(k, [("a", "https://cdn/a")])
+                    elif op == "download":
+                        await store.record_download(k, 1, path="a", bytes=1, sha256="00" * 32)
+                    elif op == "done":
+                        await store.mark_done(k)
+                    elif op.startswith("reset"):
+                        count = await store.reset(Phase.FAILED if op == "reset_failed" else Phase.UNKNOWN)
+                        assert count == int(ok)
+                    else:
+                        await getattr(store, f"mark_{op}")(k, "why", *(["kind"] if op == "failed" else []))
+                except StateError:
+                    assert not ok, f"{op} refused from {phase}"
+                else:
+                    assert ok or op.startswith("reset"), f"{op} allowed from {phase}"
+                rec = store.get(k)
+                assert rec is not None
+                if ok:
+                    attempts += op == "submitting"
+                    downloaded = op == "download" or (downloaded and op != "succeeded")
+                    phase = TARGET.get(op, phase)
+                assert (rec.phase, rec.attempts) == (phase, attempts)
+
+    anyio.run(run)
+
+
+def test_timestamps_are_utc_rfc3339() -> None:
+    """Timestamps come from the injected clock, in UTC with a Z, whatever its zone."""
+    from datetime import datetime, timezone
+
+    clock = FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=timezone(timedelta(hours=2))))
+
+    async def run(path: Path) -> str:
+        async with StateStore.open(path, clock=clock) as store:
+            await store.sync_units([unit(0)])
+            rec = store.get(key(0))
+            assert rec is not None
+            return rec.updated_at
+
+    with tempfile.TemporaryDirectory() as tmp:
+        assert anyio.run(run, Path(tmp) / "s.db") == "2026-03-01T10:00:00.000Z"
