@@ -229,7 +229,7 @@ class ApiClient:
     async def upload_image(
         self,
         *,
-        model_id: str,
+        model_id: str | None,
         image_type: str,
         data: bytes,
         filename: str,
@@ -237,6 +237,7 @@ class ApiClient:
     ) -> Image:
         """Upload a training (``modelInput``) or reference (``auxiliaryType``) image.
 
+        ``model_id`` may be ``None`` for a reference image that belongs to no model.
         aiohttp writes the multipart boundary; setting Content-Type by hand would break it.
         """
         name = PurePath(filename).name or "upload"
@@ -244,7 +245,9 @@ class ApiClient:
         form.add_field("file", data, filename=name, content_type=content_type or _guess_type(name))
         form.add_field(
             "data",
-            json.dumps({"modelID": model_id, "type": image_type}),
+            json.dumps(
+                {"type": image_type} if model_id is None else {"modelID": model_id, "type": image_type}
+            ),
             content_type="application/json",
         )
         return await self._call("POST", "/images/upload", form=form, parse=_record(Image.from_wire))

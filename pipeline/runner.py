@@ -29,6 +29,7 @@ from pipeline.layout import OutputLayout
 from pipeline.lock import RunLock
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.poller import PollPolicy
+from pipeline.provision import Provisioner
 from pipeline.retry import retrying
 from pipeline.scheduler import RunOptions, RunSummary, run_pipeline
 from pipeline.state import Phase, StateStore
@@ -132,7 +133,7 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
                     await store.reset(Phase.FAILED)
                 if request.resubmit_unknown:
                     await store.reset(Phase.UNKNOWN)
-                return await _run(manifest, config, store, layout, options, clock)
+                return await _run(manifest, config, store, layout, options, clock, fast=fast)
     finally:
         lock.release()
 
@@ -150,6 +151,8 @@ async def _run(
     layout: OutputLayout,
     options: RunOptions,
     clock: Clock,
+    *,
+    fast: bool = False,
 ) -> RunSummary:
     interrupted: list[int] = []
     summary: RunSummary | None = None
@@ -164,6 +167,15 @@ async def _run(
                 raise PreflightError(f"preflight ping to {config.base_url} failed: {exc}") from exc
 
         downloader = Downloader(files, root=layout.root)
+        provisioner = Provisioner(
+            api,
+            store,
+            clock,
+            models={m.name: m for m in manifest.models},
+            retry=options.retry,
+            model_poll_s=0.5 if fast else 300.0,
+            seed=options.seed,
+        )
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, scope, interrupted)
@@ -176,6 +188,7 @@ async def _run(
                     options=options,
                     clock=clock,
                     preflight=preflight,
+                    provisioner=provisioner,
                 )
                 tg.cancel_scope.cancel()
     if interrupted or summary is None:

@@ -42,6 +42,7 @@ from pipeline.errors import (
     ApiError,
     AssetGoneError,
     AuthError,
+    ConfigError,
     ConflictError,
     DownloadError,
     NotFoundError,
@@ -53,6 +54,7 @@ from pipeline.errors import (
 )
 from pipeline.layout import OutputLayout
 from pipeline.poller import DueQueue, DurationEstimator, PollPolicy
+from pipeline.provision import Provisioner
 from pipeline.ratelimit import ActiveJobLimit, RateLimiter
 from pipeline.reconcile import Uncertain, Verdict, decide, window_of
 from pipeline.records import Job, JobStatus
@@ -150,6 +152,12 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _declared_model(unit: UnitLike) -> str | None:
+    """``name`` when the unit's model is ``@name`` (declared under ``models:``)."""
+    model = unit.request.get("modelID")
+    return model[1:] if isinstance(model, str) and model.startswith("@") else None
+
+
 def _file_number(unit: UnitLike, n: int) -> int:
     """Number files per item and step: unit ``index`` i of a step with k outputs owns (i-1)·k+1 … i·k."""
     return (unit.index - 1) * max(1, unit.expected_outputs) + n
@@ -172,7 +180,10 @@ class _Run:
         downloader: Downloader,
         options: RunOptions,
         clock: Clock,
+        provisioner: Provisioner | None = None,
     ) -> None:
+        self.provisioner = provisioner
+        self.waiting: dict[str, list[str]] = {}  # declared model name -> units waiting for it
         self.units = {u.key: u for u in units}
         self.order = [u.key for u in units]
         self.children: dict[str, list[str]] = {}
@@ -231,10 +242,37 @@ class _Run:
             _log.warning("submissions_stopped", reason=reason)
 
     def enqueue(self, key: str) -> None:
-        """Put ``key`` in the ready stream unless it is there already or being submitted."""
-        if key not in self.settled and key not in self.queued:
-            self.queued.add(key)
-            self.ready_send.send_nowait(key)
+        """Put ``key`` in the ready stream unless it is there already or being submitted.
+
+        A unit whose model is declared under ``models:`` waits until that model is ready.
+        """
+        if key in self.settled or key in self.queued:
+            return
+        name = _declared_model(self.units[key])
+        if name and (self.provisioner is None or self.provisioner.ready_model(name) is None):
+            waiting = self.waiting.setdefault(name, [])
+            if key not in waiting:
+                waiting.append(key)
+            return
+        self.queued.add(key)
+        self.ready_send.send_nowait(key)
+
+    async def provision_model(self, name: str) -> None:
+        """Train (or find) declared model ``name``, then release the units that wait for it."""
+        try:
+            if self.provisioner is None:
+                raise ConfigError(f"model @{name} needs provisioning, which this run cannot do")
+            await self.provisioner.ensure_model(name)
+        except AuthError:
+            raise
+        except PipelineError as exc:
+            _log.error("model_failed", model=name, error=str(exc))
+            for key in self.waiting.pop(name, []):
+                await self.store.mark_failed(key, str(exc), "model")
+                self.settle(key, "failed")
+            return
+        for key in self.waiting.pop(name, []):
+            self.enqueue(key)
 
     def _requeue(self, key: str) -> None:
         """Back into the ready stream from the worker that holds it (it leaves ``queued`` after)."""
@@ -312,9 +350,15 @@ class _Run:
 
     # -- submission --------------------------------------------------------------------------------
 
-    def _body(self, unit: UnitLike) -> dict[str, Any]:
-        """The request to send: the manifest's, plus what the upstream unit produced."""
+    async def _body(self, unit: UnitLike) -> dict[str, Any]:
+        """The request to send: the manifest's, with uploads and trained models filled in,
+        plus what the upstream unit produced."""
         body: dict[str, Any] = thaw(unit.request)
+        local_files = getattr(unit, "local_files", ())
+        if local_files or _declared_model(unit):
+            if self.provisioner is None:
+                raise ConfigError(f"{unit.item_id}: local files and declared models need provisioning")
+            body = await self.provisioner.fill(body, local_files)
         if not unit.upstream:
             return body
         up = self.store.get(unit.upstream)
@@ -358,7 +402,9 @@ class _Run:
         unit = self.units[key]
         log = _log.bind(item=unit.item_id, unit=key, step=unit.step, index=unit.index)
         try:
-            body = self._body(unit)
+            body = await self._body(unit)
+        except AuthError:
+            raise
         except PipelineError as exc:
             await self.store.mark_failed(key, str(exc), "chain")
             self.settle(key, "failed")
@@ -625,7 +671,7 @@ class _Run:
             unit.item_id, unit.step, number, fetched.ext, key=key, model=unit.model_id or ""
         )
         await anyio.to_thread.run_sync(self._set_aside_stale, final, key)
-        record = self._sidecar_record(unit, rec, n, out.asset_id, out.url, fetched)
+        record = await self._sidecar_record(unit, rec, n, out.asset_id, out.url, fetched)
         record["path"] = final.relative_to(self.layout.root).as_posix()
         await anyio.to_thread.run_sync(self._write_sidecar, final, record)
         await self.downloader.publish(fetched, final)
@@ -662,7 +708,7 @@ class _Run:
             delay = min(self.options.poll.max_interval_s, delay * 1.5)
         raise DownloadError(f"video {video_id}: the download was never ready")
 
-    def _sidecar_record(
+    async def _sidecar_record(
         self, unit: UnitLike, rec: UnitRecord, n: int, asset_id: str, url: str, fetched: Fetched
     ) -> dict[str, Any]:
         return {
@@ -671,7 +717,7 @@ class _Run:
             "step": unit.step,
             "index": unit.index,
             "n": n,
-            "request": self._sent_body(unit),
+            "request": await self._sent_body(unit),
             "model": unit.model_id,
             "jobId": rec.job_id,
             "assetId": asset_id,
@@ -682,10 +728,10 @@ class _Run:
             "downloadedAt": self.clock.now().isoformat().replace("+00:00", "Z"),
         }
 
-    def _sent_body(self, unit: UnitLike) -> dict[str, Any]:
+    async def _sent_body(self, unit: UnitLike) -> dict[str, Any]:
         """The request as it was sent: the manifest's, completed from the upstream outputs."""
         try:
-            return self._body(unit)
+            return await self._body(unit)
         except PipelineError:
             body: dict[str, Any] = thaw(unit.request)
             return body
@@ -752,6 +798,8 @@ class _Run:
                 tg.start_soon(self.submit_worker)
             for _ in range(max(1, self.options.download_workers)):
                 tg.start_soon(self.download_worker)
+            for name in list(self.waiting):
+                tg.start_soon(self.provision_model, name)
             tg.start_soon(self.poll_loop, tg)
             tg.start_soon(self.reconcile_loop)
             if self.options.max_runtime_s is not None:
@@ -832,13 +880,21 @@ async def run_pipeline(
     options: RunOptions,
     clock: Clock,
     preflight: Callable[[], Awaitable[None]] | None = None,
+    provisioner: Provisioner | None = None,
 ) -> RunSummary:
     """Run every unit to the end (or until stopped) and say what happened."""
     started = clock.monotonic()
     await store.sync_units(units)
     stale = len(store.stale_keys({u.key for u in units}))
     run = _Run(
-        units, api=api, store=store, layout=layout, downloader=downloader, options=options, clock=clock
+        units,
+        api=api,
+        store=store,
+        layout=layout,
+        downloader=downloader,
+        options=options,
+        clock=clock,
+        provisioner=provisioner,
     )
     try:
         await run.run(preflight)

@@ -176,6 +176,9 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY, unit_key TEXT NOT NULL REFERENCES units (key), at TEXT NOT NULL,
         phase TEXT NOT NULL, detail TEXT NOT NULL)""",
     "CREATE INDEX events_unit ON events (unit_key)",
+    """CREATE TABLE resources (
+        kind TEXT NOT NULL, key TEXT NOT NULL, value_json TEXT NOT NULL, updated_at TEXT NOT NULL,
+        PRIMARY KEY (kind, key)) WITHOUT ROWID""",
 )
 #: ``version -> statements`` taking a file from ``version`` to ``version + 1``. Only v1 exists.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {}
@@ -355,6 +358,14 @@ class _Reads:
             for phase, count in self._reader.execute("SELECT phase, count(*) FROM units GROUP BY phase"):
                 counts[_PHASE[phase]] = count
         return counts
+
+    def resource(self, kind: str, key: str) -> dict[str, Any] | None:
+        """What was recorded for a shared resource (an uploaded file by hash, a trained model)."""
+        with _mapped(self._path, "reading a resource"):
+            row = self._reader.execute(
+                "SELECT value_json FROM resources WHERE kind = ? AND key = ?", (kind, key)
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
 
     def units(self, phase: Phase | None = None) -> list[UnitRecord]:
         """All units (or those in ``phase``) ordered by item, step and index."""
@@ -675,6 +686,19 @@ class StateStore(_Reads):
             if missing:
                 raise StateError(f"unit {key}: outputs {missing} are not downloaded yet")
             self._transition(conn, key, Phase.DONE, now, "done")
+
+        await self._write(apply)
+
+    async def put_resource(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        """Record a shared resource durably (an upload's id and URL, a model's id and training state)."""
+        now = self._now()
+        text = json.dumps(dict(value), sort_keys=True)
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO resources (kind, key, value_json, updated_at) VALUES (?, ?, ?, ?)",
+                (kind, key, text, now),
+            )
 
         await self._write(apply)
 

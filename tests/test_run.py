@@ -251,3 +251,52 @@ class TestFaults:
             await run(sim, manifest, out)
         assert info.value.exit_code == 4
         assert "pid" in str(info.value)
+
+
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d4944415478da63f8cfc0f01f0005000201a5d1f0b30000000049454e44ae426082"
+)
+
+
+class TestProvisioning:
+    async def test_local_reference_files_are_uploaded_once_by_content(
+        self, sim: Sandbox, tmp_path: Path
+    ) -> None:
+        """Two items share one local reference file: one upload, reused by the rerun of an edited item."""
+        (tmp_path / "refs").mkdir()
+        (tmp_path / "refs" / "bag.png").write_bytes(PNG_1PX)
+        items = [
+            {"id": "a", "prompt": "bag on a table", "referenceImageURLs": ["refs/bag.png"]},
+            {"id": "b", "prompt": "bag on a beach", "referenceImageURLs": ["refs/bag.png"]},
+        ]
+        out = tmp_path / "out"
+        summary = await run(sim, write_manifest(tmp_path, items), out)
+        assert summary.exit_code == 0, summary.failures
+        assert sim.stats()["requests"].get("POST /api/images/upload", 0) == 1
+        side = json.loads((out / "a" / "image-1.json").read_text())
+        assert side["request"]["referenceImageURLs"][0].startswith("http://127.0.0.1")
+        items[1]["prompt"] = "bag in the snow"
+        await run(sim, write_manifest(tmp_path, items), out)
+        assert sim.stats()["requests"].get("POST /api/images/upload", 0) == 1
+
+    async def test_declared_model_is_trained_once_then_used(self, sim: Sandbox, tmp_path: Path) -> None:
+        """`models:` creates the model, uploads 12 photos, trains it, waits for ready, then generates."""
+        photos = tmp_path / "photos" / "ava"
+        photos.mkdir(parents=True)
+        for i in range(12):
+            (photos / f"p{i:02d}.png").write_bytes(PNG_1PX + bytes([i]))
+        models = {"ava": {"name": "Ava", "gender": "Female", "age": 30, "photos": "photos/ava/"}}
+        items = [{"id": "portrait", "modelID": "@ava", "prompt": "studio portrait"}]
+        out = tmp_path / "out"
+        summary = await run(sim, write_manifest(tmp_path, items, models=models), out)
+        assert summary.exit_code == 0, summary.failures
+        requests = sim.stats()["requests"]
+        assert requests.get("POST /api/models", 0) == 1
+        assert requests.get("POST /api/images/upload", 0) == 12
+        side = json.loads((out / "portrait" / "image-1.json").read_text())
+        assert not side["request"]["modelID"].startswith("@")
+        items.append({"id": "portrait-2", "modelID": "@ava", "prompt": "outdoor portrait"})
+        again = await run(sim, write_manifest(tmp_path, items, models=models), out)
+        assert again.exit_code == 0
+        assert sim.stats()["requests"].get("POST /api/models", 0) == 1
