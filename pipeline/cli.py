@@ -37,8 +37,14 @@ _log = structlog.get_logger("pipeline.cli")
 
 
 def _add_logging_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--log-format", choices=("auto", "console", "json"), default="auto")
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="auto: readable lines on a terminal, JSON lines otherwise",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-file", type=Path, default=None, help="write logs there instead of stderr")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -79,6 +85,15 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="stop submitting after this long; rerun to continue",
+    )
+    run.add_argument("--quiet", action="store_true", help="print nothing on success (for cron)")
+    run.add_argument("--no-progress", action="store_true", help="no live progress display")
+    run.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="CREDITS",
+        help="stop new submissions before spent + in-flight credits would pass this",
     )
     run.add_argument(
         "--poll-profile",
@@ -161,7 +176,12 @@ async def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.max_active < 1:
         raise ConfigError("--max-active must be at least 1")
-    options = RunOptions(max_active=args.max_active, submit_rate=args.rate, max_runtime_s=args.max_runtime)
+    options = RunOptions(
+        max_active=args.max_active,
+        submit_rate=args.rate,
+        max_runtime_s=args.max_runtime,
+        budget=args.budget,
+    )
     request = RunRequest(
         manifest=args.manifest,
         out=args.out,
@@ -174,10 +194,49 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         resubmit_unknown=args.resubmit_unknown,
         poll_profile=args.poll_profile,
+        progress=not (args.quiet or args.no_progress) and sys.stderr.isatty(),
     )
     summary = await execute(request)
-    print(_render_summary(summary), file=sys.stderr)
+    if args.quiet and summary.exit_code == 0:
+        return 0
+    if _json_logs(args):
+        _log_summary(summary)
+    else:
+        print(_render_summary(summary), file=sys.stderr)
     return summary.exit_code
+
+
+def _json_logs(args: argparse.Namespace) -> bool:
+    """Whether stderr carries JSON lines (then the summary is one more JSON line, not prose)."""
+    if args.log_file is not None:
+        return False
+    return bool(args.log_format == "json" or (args.log_format == "auto" and not sys.stderr.isatty()))
+
+
+def _log_summary(summary: RunSummary) -> None:
+    for f in summary.failures:
+        _log.warning(
+            "unit_failed",
+            item=f.item_id,
+            unit=f.key,
+            step=f.step,
+            index=f.index,
+            phase=f.phase,
+            reason=f.reason,
+        )
+    _log.info(
+        "run_finished",
+        counts=dict(summary.counts),
+        submitted=summary.submitted,
+        rate_limited=summary.rate_limited,
+        downloaded_bytes=summary.downloaded_bytes,
+        requests=sum(summary.requests.values()),
+        credits_spent=summary.credits_spent,
+        left=summary.left,
+        stopped=summary.stopped,
+        elapsed_s=round(summary.elapsed_s, 3),
+        exit_code=summary.exit_code,
+    )
 
 
 def _size(n: int) -> str:
@@ -189,13 +248,19 @@ def _size(n: int) -> str:
 
 def _render_summary(summary: RunSummary) -> str:
     counts = ", ".join(f"{n} {phase}" for phase, n in sorted(summary.counts.items()) if n)
+    credits = f", {summary.credits_spent:g} credits" if summary.credits_spent is not None else ""
     lines = [
         f"run finished in {summary.elapsed_s:.1f}s: {counts or 'nothing to do'}; "
         f"{summary.submitted} submitted, {summary.rate_limited} rate-limited, "
-        f"{_size(summary.downloaded_bytes)} downloaded"
+        f"{sum(summary.requests.values())} requests, {_size(summary.downloaded_bytes)} downloaded{credits}"
     ]
     if summary.stopped:
-        lines.append(f"stopped early: {summary.stopped} (rerun the same command to continue)")
+        why = {
+            "quota": "the account is out of credits",
+            "budget": "the --budget was reached",
+            "max_runtime": "--max-runtime was reached",
+        }.get(summary.stopped, summary.stopped)
+        lines.append(f"stopped early: {why}; {summary.left} unit(s) left: rerun the same command to continue")
     if summary.stale:
         lines.append(f"{summary.stale} unit(s) in the state are no longer in the manifest (stale, kept)")
     for f in summary.failures[:50]:
@@ -292,7 +357,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     args = _build_parser().parse_args(argv)
-    logs.configure(fmt=args.log_format, level=args.log_level)
+    level = "error" if getattr(args, "quiet", False) else args.log_level
+    log_file = args.log_file.open("a", encoding="utf-8") if args.log_file else None
+    logs.configure(fmt=args.log_format, level=level, stream=log_file)
     try:
         command = _COMMANDS[args.command]
         if inspect.iscoroutinefunction(command):
@@ -304,3 +371,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("photogpt-pipeline: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if log_file is not None:
+            log_file.close()

@@ -11,9 +11,10 @@ import json
 import os
 import random
 import signal
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
@@ -29,10 +30,12 @@ from pipeline.layout import OutputLayout
 from pipeline.lock import RunLock
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.poller import PollPolicy
+from pipeline.progress import show_progress
 from pipeline.provision import Provisioner
 from pipeline.retry import retrying
 from pipeline.scheduler import RunOptions, RunSummary, run_pipeline
 from pipeline.state import Phase, StateStore
+from pipeline.tally import Snapshot
 
 __all__ = ["PreflightError", "RunRequest", "default_out", "default_state", "execute"]
 
@@ -65,6 +68,8 @@ class RunRequest:
     #: ``auto``: sub-second polling against a loopback API (a local simulator), the
     #: reference's patient polling anywhere else.
     poll_profile: str = "auto"
+    #: Draw the live progress display on stderr (the CLI decides: a terminal, not --quiet).
+    progress: bool = False
 
 
 def _is_loopback(base_url: str) -> bool:
@@ -128,12 +133,16 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
             )
             if fast and options.poll == RunOptions().poll:
                 options = _with_poll(options, PollPolicy.fast())
+            if manifest.prices and not options.prices:
+                options = replace(options, prices=manifest.prices)
             async with StateStore.open(state_path, clock=clock) as store:
                 if request.retry_failed:
                     await store.reset(Phase.FAILED)
                 if request.resubmit_unknown:
                     await store.reset(Phase.UNKNOWN)
-                return await _run(manifest, config, store, layout, options, clock, fast=fast)
+                return await _run(
+                    manifest, config, store, layout, options, clock, fast=fast, progress=request.progress
+                )
     finally:
         lock.release()
 
@@ -153,6 +162,7 @@ async def _run(
     clock: Clock,
     *,
     fast: bool = False,
+    progress: bool = False,
 ) -> RunSummary:
     interrupted: list[int] = []
     summary: RunSummary | None = None
@@ -179,6 +189,11 @@ async def _run(
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_watch_signals, scope, interrupted)
+
+                def monitor(snapshot: Callable[[], Snapshot]) -> None:
+                    if progress:
+                        tg.start_soon(show_progress, snapshot, sys.stderr)
+
                 summary = await run_pipeline(
                     manifest.units,
                     api=api,
@@ -189,6 +204,7 @@ async def _run(
                     clock=clock,
                     preflight=preflight,
                     provisioner=provisioner,
+                    monitor=monitor,
                 )
                 tg.cancel_scope.cancel()
     if interrupted or summary is None:
@@ -210,6 +226,10 @@ def _write_run_record(layout: OutputLayout, summary: RunSummary, clock: Clock) -
         "downloadedBytes": summary.downloaded_bytes,
         "elapsedSeconds": round(summary.elapsed_s, 3),
         "stale": summary.stale,
+        "left": summary.left,
+        "requests": dict(sorted(summary.requests.items())),
+        "requestsTotal": sum(summary.requests.values()),
+        "creditsSpent": summary.credits_spent,
         "exitCode": summary.exit_code,
         "failures": [
             {

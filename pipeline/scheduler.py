@@ -53,6 +53,7 @@ from pipeline.errors import (
     ServerError,
 )
 from pipeline.layout import OutputLayout
+from pipeline.plan import price_of
 from pipeline.poller import DueQueue, DurationEstimator, PollPolicy
 from pipeline.provision import Provisioner
 from pipeline.ratelimit import ActiveJobLimit, RateLimiter
@@ -61,6 +62,7 @@ from pipeline.records import Job, JobStatus
 from pipeline.retry import RetryPolicy, outcome_is_known, retrying
 from pipeline.spec import thaw
 from pipeline.state import Phase, StateStore, UnitRecord
+from pipeline.tally import Snapshot, Tally
 
 __all__ = ["RunOptions", "RunSummary", "UnitLike", "run_pipeline"]
 
@@ -102,6 +104,9 @@ class RunOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll: PollPolicy = field(default_factory=PollPolicy)
     max_runtime_s: float | None = None
+    #: Stop new submissions before credits spent (job list) + in flight (price table) would pass this.
+    budget: float | None = None
+    prices: Mapping[str, float] = field(default_factory=dict)
     #: How long uncertain submissions may wait for a quiet moment before being reconciled.
     reconcile_slack_s: float = 60.0
     seed: int | None = None
@@ -131,13 +136,19 @@ class RunSummary:
     downloaded_bytes: int
     elapsed_s: float
     stale: int
+    #: Units not started because the run stopped early (quota, budget, --max-runtime): a rerun does them.
+    left: int = 0
+    #: HTTP requests this run made to the API, per endpoint template.
+    requests: Mapping[str, int] = field(default_factory=dict)
+    #: Credits the job list reports for this run's jobs (None when it was not asked).
+    credits_spent: float | None = None
 
     @property
     def exit_code(self) -> int:
-        """0 all done, 5 out of credits, 1 anything left failed/unknown/unfinished."""
-        if self.stopped == "quota":
+        """0 all done; 5 out of credits or budget; 1 anything failed, unknown or left for a rerun."""
+        if self.stopped in ("quota", "budget"):
             return 5
-        if self.failures:
+        if self.failures or self.left:
             return 1
         return 0
 
@@ -203,6 +214,7 @@ class _Run:
         self.known_jobs: set[str] = set()
         self.holding: set[str] = set()
         self.queued: set[str] = set()  # in the ready stream or being submitted: never twice
+        self.eligible: set[str] = set()  # units whose recorded phase is pending: the only ones to POST
         self.requeued: set[str] = set()
         self.uncertain: list[Uncertain] = []
         self.posts_in_flight = 0
@@ -210,9 +222,11 @@ class _Run:
         self.settled: dict[str, str] = {}
         self.finished = anyio.Event()
         self.stop_reason: str | None = None
-        self.submitted = 0
-        self.rate_limited = 0
-        self.downloaded_bytes = 0
+        self.tally = Tally((u.key, u.step) for u in units)
+        self.credits_seen: dict[str, float] = {}  # job id -> credits the job list reports
+        self.run_jobs: dict[str, str] = {}  # job id -> unit key, for jobs this run submitted
+        self.reserved: set[str] = set()  # units past the budget check whose POST is under way
+        self.started_at = clock.monotonic()
         self.outputs_left: dict[str, set[int]] = {}
         ready_send, ready_recv = anyio.create_memory_object_stream[str](max_buffer_size=len(units) + 1)
         dl_send, dl_recv = anyio.create_memory_object_stream[tuple[str, int]](max_buffer_size=10**9)
@@ -229,11 +243,24 @@ class _Run:
             return
         self.settled[key] = how
         self.remaining -= 1
+        self._show(key, _DISPLAY.get(how, "failed"))
         if how not in ("done", "succeeded"):
             for child in self.children.get(key, ()):
-                self.settle(child, "blocked")
+                self.settle(child, "not_started" if how == "not_started" else "blocked")
         if self.remaining <= 0:
             self.finished.set()
+
+    def _show(self, key: str, phase: str) -> None:
+        self.tally.move(key, phase, self.clock.monotonic())
+
+    def snapshot(self) -> Snapshot:
+        """The run right now, for the progress display."""
+        return self.tally.snapshot(
+            now=self.clock.monotonic(),
+            started=self.started_at,
+            target=self.active.target,
+            in_use=self.active.in_use,
+        )
 
     def stop_submitting(self, reason: str) -> None:
         """No new POSTs from now on; in-flight jobs are still polled and downloaded."""
@@ -246,7 +273,7 @@ class _Run:
 
         A unit whose model is declared under ``models:`` waits until that model is ready.
         """
-        if key in self.settled or key in self.queued:
+        if key in self.settled or key in self.queued or key not in self.eligible:
             return
         name = _declared_model(self.units[key])
         if name and (self.provisioner is None or self.provisioner.ready_model(name) is None):
@@ -289,6 +316,7 @@ class _Run:
         """Sort every unit by its recorded phase into the right queue."""
         records = {r.key: r for r in self.store.units()}
         self.known_jobs.update(r.job_id for r in records.values() if r.job_id)
+        self.eligible = {k for k in self.order if k not in records or records[k].phase == Phase.PENDING}
         leftovers: list[UnitRecord] = []
         now = self.clock.monotonic()
         for key in self.order:
@@ -305,6 +333,7 @@ class _Run:
             if phase == Phase.SUCCEEDED and rec is not None:
                 self._queue_downloads(rec)
             elif phase == Phase.SUBMITTED and rec is not None:
+                self._show(key, "running")
                 self.started[key] = (now, 0)
                 self.due.push(key, now)
             elif phase == Phase.SUBMITTING and rec is not None:
@@ -334,6 +363,7 @@ class _Run:
         return [o.n for o in rec.outputs if not (o.path and self._output_present(o.path, o.bytes))]
 
     def _queue_downloads(self, rec: UnitRecord) -> None:
+        self._show(rec.key, "downloading")
         left = {o.n for o in rec.outputs if not o.downloaded}
         self.outputs_left[rec.key] = left
         self.release_children(rec.key)
@@ -422,7 +452,14 @@ class _Run:
                 self.holding.discard(key)
                 self._requeue(key)
                 return
+            if self._over_budget(unit):
+                self.stop_submitting("budget")
+                self.settle(key, "not_started")
+                return
+            self.reserved.add(key)
             await self.store.mark_submitting(key)
+            self.eligible.discard(key)
+            self._show(key, "submitting")
             _crash_point("after_intent_commit")
             intent_at = self.clock.now()
             self.posts_in_flight += 1
@@ -432,7 +469,7 @@ class _Run:
                 self.posts_in_flight -= 1
             _crash_point("after_post_before_record")
         except RateLimitedError as exc:
-            self.rate_limited += 1
+            self.tally.rate_limited += 1
             self.active.on_rate_limited()
             pause = exc.retry_after_s if exc.retry_after_s is not None else self._backoff(1)
             self.submit_limiter.defer(pause)
@@ -469,16 +506,52 @@ class _Run:
         finally:
             if job_id is None:
                 self._drop_slot(key)
+                self.reserved.discard(key)
         # The job exists and costs money from here on: its id must be on disk whatever happens.
         with anyio.CancelScope(shield=True):
             await self.store.mark_submitted(key, job_id, self.clock.now())
         self.known_jobs.add(job_id)
-        self.submitted += 1
+        self.run_jobs[job_id] = key
+        self.reserved.discard(key)
         self.active.on_accepted()
+        self._show(key, "running")
         now = self.clock.monotonic()
         self.started[key] = (now, 0)
         self.due.push(key, now + self.estimator.first_delay(unit.step))
         log.info("job_submitted", job_id=job_id)
+
+    def _cost(self, key: str) -> float:
+        """Estimated credits of a unit from the manifest's price table (0 when unpriced)."""
+        unit = self.units[key]
+        price = price_of(unit, self.options.prices) if self.options.prices else None  # type: ignore[arg-type]
+        return (price or 0.0) * max(1, unit.expected_outputs)
+
+    def committed_credits(self) -> float:
+        """Credits the job list reports for this run's jobs, plus estimates for jobs it has not priced yet."""
+        pending = sum(self._cost(key) for job, key in self.run_jobs.items() if job not in self.credits_seen)
+        reserved = sum(self._cost(key) for key in self.reserved)
+        return sum(self.credits_seen.values()) + pending + reserved
+
+    def _over_budget(self, unit: UnitLike) -> bool:
+        budget = self.options.budget
+        return budget is not None and self.committed_credits() + self._cost(unit.key) > budget
+
+    async def credits_loop(self) -> None:
+        """Learn what this run has spent from the job list (the API reports credits per job)."""
+        interval = max(1.0, self.options.poll.max_interval_s)
+        since = self.clock.now() - timedelta(minutes=5)
+        while not self.finished.is_set():
+            await self.clock.sleep(interval)
+            if not self.run_jobs:
+                continue
+            try:
+                async for job in self.api.iter_jobs(start=since, end=self.clock.now() + timedelta(minutes=5)):
+                    if job.job_id in self.run_jobs and job.credits is not None:
+                        self.credits_seen[job.job_id] = job.credits
+            except ApiError as exc:
+                _log.warning("credits_unknown", error=str(exc))
+                continue
+            self.tally.credits_spent = sum(self.credits_seen.values())
 
     async def _take_slot(self, key: str) -> None:
         await self.active.acquire()
@@ -493,6 +566,8 @@ class _Run:
     async def _back_to_pending(self, key: str, reason: str) -> None:
         with anyio.CancelScope(shield=True):
             await self.store.mark_pending(key, reason)
+        self.eligible.add(key)
+        self._show(key, "pending")
 
     def _backoff(self, attempt: int) -> float:
         policy = self.options.retry
@@ -677,7 +752,7 @@ class _Run:
         await self.downloader.publish(fetched, final)
         _crash_point("after_replace_before_record")
         rel = final.relative_to(self.layout.root).as_posix()
-        self.downloaded_bytes += fetched.bytes
+        self.tally.downloaded_bytes += fetched.bytes
         await self.store.record_download(
             key, n, path=rel, bytes=fetched.bytes, sha256=fetched.sha256, at=self.clock.now()
         )
@@ -802,6 +877,8 @@ class _Run:
                 tg.start_soon(self.provision_model, name)
             tg.start_soon(self.poll_loop, tg)
             tg.start_soon(self.reconcile_loop)
+            if self.options.budget is not None:
+                tg.start_soon(self.credits_loop)
             if self.options.max_runtime_s is not None:
                 tg.start_soon(self._runtime_guard, self.options.max_runtime_s)
             await self.finished.wait()
@@ -819,11 +896,13 @@ class _Run:
 
     def summary(self, elapsed_s: float, stale: int) -> RunSummary:
         failures: list[Failure] = []
+        left = 0
         for key in self.order:
             how = self.settled.get(key, "unfinished")
             if how in ("done",):
                 continue
-            if how == "not_started" and self.stop_reason in ("quota", "max_runtime"):
+            if how == "not_started" and self.stop_reason is not None:
+                left += 1
                 continue
             unit = self.units[key]
             rec = self.store.get(key)
@@ -842,13 +921,40 @@ class _Run:
             counts={str(k): v for k, v in self.store.counts().items()},
             failures=tuple(failures),
             stopped=self.stop_reason,
-            submitted=self.submitted,
-            rate_limited=self.rate_limited,
-            downloaded_bytes=self.downloaded_bytes,
+            submitted=self.tally.submitted,
+            rate_limited=self.tally.rate_limited,
+            downloaded_bytes=self.tally.downloaded_bytes,
             elapsed_s=elapsed_s,
             stale=stale,
+            left=left,
+            requests=dict(self.api.stats),
+            credits_spent=sum(self.credits_seen.values()) if self.credits_seen else None,
         )
 
+    async def final_credits(self) -> None:
+        """One pass over the job list at the end: what this run's jobs cost, as the API reports it."""
+        if not self.run_jobs:
+            return
+        since = self.clock.now() - timedelta(seconds=self.clock.monotonic() - self.started_at + 300)
+        try:
+            async for job in self.api.iter_jobs(start=since, end=self.clock.now() + timedelta(minutes=5)):
+                if job.job_id in self.run_jobs and job.credits is not None:
+                    self.credits_seen[job.job_id] = job.credits
+        except ApiError as exc:
+            _log.warning("credits_unknown", error=str(exc))
+
+
+#: How a unit's end in this run shows on the progress display.
+_DISPLAY = {
+    "done": "done",
+    "succeeded": "downloading",
+    "failed": "failed",
+    "blocked": "failed",
+    "unknown": "unknown",
+    "deadline": "running",
+    "not_started": "pending",
+    "unfinished": "pending",
+}
 
 _EXPLAIN = {
     "unknown": "the submission's outcome is unknown; rerun with --resubmit-unknown to pay for it again",
@@ -881,6 +987,7 @@ async def run_pipeline(
     clock: Clock,
     preflight: Callable[[], Awaitable[None]] | None = None,
     provisioner: Provisioner | None = None,
+    monitor: Callable[[Callable[[], Snapshot]], None] | None = None,
 ) -> RunSummary:
     """Run every unit to the end (or until stopped) and say what happened."""
     started = clock.monotonic()
@@ -896,8 +1003,11 @@ async def run_pipeline(
         clock=clock,
         provisioner=provisioner,
     )
+    if monitor is not None:
+        monitor(run.snapshot)
     try:
         await run.run(preflight)
+        await run.final_credits()
     finally:
         run.close()
         # Whatever stopped us, the final state flush must not be cancelled half-way.

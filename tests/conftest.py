@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from pipeline.simulator import Sandbox, SimConfig
 
 TEST_KEY = "sk-test-7f3a9c-very-secret-key"
 OTHER_KEY = "sk-other-0b1d2e-another-secret"
+CRASH_KEY = "sk-crash-test-5d1e9b"
 
 
 @pytest.fixture(autouse=True)
@@ -82,3 +85,39 @@ def _sandbox_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(name="sim_url")
+def _sim_url(tmp_path: Path) -> Iterator[str]:
+    """A sandbox process of its own: fast jobs, 64 KiB files so downloads take a moment."""
+    port = free_port()
+    log = (tmp_path / "sandbox.log").open("wb")
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "pipeline", "sandbox", "--port", str(port), "--key", CRASH_KEY, "--seed", "5"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    origin = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sim_request(origin, "POST", "/_sim/control", {"file_size": 65536})
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "sandbox did not start"
+            time.sleep(0.05)
+    try:
+        yield origin
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def sim_request(origin: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(  # noqa: S310 - loopback
+        origin + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+        return json.load(resp)

@@ -16,8 +16,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,47 +23,10 @@ import pytest
 
 from pipeline.sidecar import file_sha256, read_index
 from pipeline.state import open_readonly
-from tests.conftest import free_port
+from tests.conftest import CRASH_KEY as KEY
+from tests.conftest import sim_request as _sim
 
 pytestmark = pytest.mark.slow
-
-KEY = "sk-crash-test-5d1e9b"
-
-
-@pytest.fixture(name="sim_url")
-def _sim_url(tmp_path: Path) -> Iterator[str]:
-    """A sandbox process of its own: fast jobs, 64 KiB files so downloads take a moment."""
-    port = free_port()
-    log = (tmp_path / "sandbox.log").open("wb")
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "pipeline", "sandbox", "--port", str(port), "--key", KEY, "--seed", "5"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    origin = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            _sim(origin, "POST", "/_sim/control", {"file_size": 65536})
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "sandbox did not start"
-            time.sleep(0.05)
-    try:
-        yield origin
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
-
-
-def _sim(origin: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(  # noqa: S310 - loopback
-        origin + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-        return json.load(resp)
 
 
 def _manifest(tmp: Path, n: int) -> Path:
