@@ -311,11 +311,46 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"counts": counts, "units": units}, indent=1))
     else:
-        print(f"{path}: " + ", ".join(f"{n} {p}" for p, n in sorted(counts.items()) if n))
-        for u in units:
-            if u["phase"] in ("failed", "unknown"):
-                print(f"  {u['item']} {u['step']}#{u['index']} [{u['phase']}]: {u['error']}")
+        print(_render_status(path, units))
     return 0
+
+
+_FIXES = {
+    "failed": "photogpt-pipeline run MANIFEST --retry-failed   (pays again)",
+    "unknown": "photogpt-pipeline run MANIFEST --resubmit-unknown   (may pay twice: check jobs first)",
+    "submitted": "photogpt-pipeline run MANIFEST   (polls the jobs; never resubmits)",
+    "succeeded": "photogpt-pipeline run MANIFEST   (downloads what is missing)",
+    "pending": "photogpt-pipeline run MANIFEST",
+    "submitting": "photogpt-pipeline run MANIFEST   (reconciles from the job list)",
+}
+
+
+def _render_status(path: Path, units: list[dict[str, Any]]) -> str:
+    """Per step × phase counts, then every failed/unknown unit with its reason and the fixing command."""
+    from collections import Counter
+
+    phases = ("pending", "submitting", "submitted", "succeeded", "done", "failed", "unknown")
+    table: dict[str, Counter[str]] = {}
+    for u in units:
+        table.setdefault(str(u["step"]), Counter())[str(u["phase"])] += 1
+    widths = [max(7, *(len(s) for s in table))] + [max(len(p), 5) for p in phases]
+    head = ["step", *phases]
+    lines = [f"{path}: {len(units)} units", "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    for step in sorted(table):
+        cells = [step, *(str(table[step][p]) for p in phases)]
+        lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
+    problems = [u for u in units if u["phase"] in ("failed", "unknown")]
+    for u in problems[:100]:
+        lines.append(
+            f"  {u['phase']:8} {u['item']} {u['step']}#{u['index']}: {u['error'] or '(no reason recorded)'}"
+        )
+    if len(problems) > 100:
+        lines.append(f"  … and {len(problems) - 100} more (use --json)")
+    left = {str(u["phase"]) for u in units} - {"done"}
+    for phase in phases:
+        if phase in left:
+            lines.append(f"{phase}: {_FIXES[phase]}")
+    return "\n".join(lines)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
