@@ -87,7 +87,7 @@ def test_status_reads_a_run_in_progress(sim_url: str, tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     code, stdout, _ = _run(sim_url, "status", str(manifest), "--out", str(out))
-    assert code == 0 and "6 done" in stdout
+    assert code == 0 and "6 units" in stdout and "image " in stdout and "failed:" not in stdout
 
 
 def test_max_runtime_leaves_a_resumable_state(sim_url: str, tmp_path: Path) -> None:
