@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from pipeline import logs
+from pipeline import apicli, logs
 from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:
@@ -116,6 +116,12 @@ def _build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     _add_logging_flags(status)
 
+    report = sub.add_parser("report", help="write the static HTML gallery of a run (report.html)")
+    report.add_argument("manifest", type=Path, nargs="?")
+    report.add_argument("--out", type=Path, default=None)
+    report.add_argument("--state", type=Path, default=None)
+    _add_logging_flags(report)
+
     validate = sub.add_parser("validate", help="check a manifest; exit 0 or 2 with every problem")
     validate.add_argument("manifest", type=Path)
     _add_logging_flags(validate)
@@ -126,6 +132,7 @@ def _build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--state", type=Path, default=None)
     _add_logging_flags(plan)
 
+    _COMMANDS.update(apicli.register(sub))
     return parser
 
 
@@ -353,6 +360,24 @@ def _render_status(path: Path, units: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.manifest import load_manifest
+    from pipeline.report import build_report
+    from pipeline.runner import default_out
+
+    if args.out:
+        out = Path(args.out)
+    elif args.manifest:
+        out = default_out(load_manifest(args.manifest))
+    else:
+        raise ConfigError("say which run: give MANIFEST or --out DIR")
+    if not out.is_dir():
+        raise ConfigError(f"{out}: no such output folder (nothing has run there yet)")
+    path = build_report(out, state_path=args.state)
+    print(f"wrote {path}  (open it in a browser; links are relative, the folder can be moved or served)")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pipeline.manifest import describe, load_manifest
 
@@ -384,6 +409,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "ping": _cmd_ping,
     "run": _cmd_run,
     "status": _cmd_status,
+    "report": _cmd_report,
     "validate": _cmd_validate,
     "plan": _cmd_plan,
 }

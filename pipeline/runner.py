@@ -25,13 +25,14 @@ from pipeline.client import ApiClient
 from pipeline.clock import Clock, SystemClock
 from pipeline.config import ApiConfig, ApiKey
 from pipeline.downloader import Downloader
-from pipeline.errors import ApiError, AuthError, InterruptedRunError, PipelineError
+from pipeline.errors import ApiError, AuthError, ConfigError, InterruptedRunError, PipelineError
 from pipeline.layout import OutputLayout
 from pipeline.lock import RunLock
 from pipeline.manifest import Manifest, load_manifest
 from pipeline.poller import PollPolicy
 from pipeline.progress import show_progress
 from pipeline.provision import Provisioner
+from pipeline.report import build_report
 from pipeline.retry import retrying
 from pipeline.scheduler import RunOptions, RunSummary, run_pipeline
 from pipeline.state import Phase, StateStore
@@ -123,7 +124,11 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
     state_path = request.state or default_state(out)
     layout = OutputLayout(out, manifest.output_template)
     lock = RunLock(state_path.with_name(state_path.name + ".lock"))
-    state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use the output folder {out}: {exc.strerror or exc}") from exc
     lock.acquire()
     try:
         async with _api_config(request) as (config, is_sandbox):
@@ -210,6 +215,10 @@ async def _run(
     if interrupted or summary is None:
         raise InterruptedRunError("interrupted: the state is saved; run the same command again to resume")
     await anyio.to_thread.run_sync(_write_run_record, layout, summary, clock)
+    try:
+        await anyio.to_thread.run_sync(lambda: build_report(layout.root, state_path=store.path))
+    except OSError as exc:  # the gallery is a convenience: never fail a finished run over it
+        _log.warning("report_failed", error=str(exc))
     return summary
 
 

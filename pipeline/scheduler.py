@@ -20,6 +20,7 @@ that outlives its deadline stays ``submitted`` for the next run.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import signal
@@ -163,6 +164,21 @@ def _crash_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _is_disk_problem(exc: BaseException) -> bool:
+    """A full, read-only or forbidden output disk: every further download would fail too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (
+            errno.ENOSPC,
+            errno.EROFS,
+            errno.EACCES,
+            errno.EDQUOT,
+        ):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def _declared_model(unit: UnitLike) -> str | None:
     """``name`` when the unit's model is ``@name`` (declared under ``models:``)."""
     model = unit.request.get("modelID")
@@ -220,6 +236,7 @@ class _Run:
         self.posts_in_flight = 0
         self.remaining = len(units)
         self.settled: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}  # in-memory reasons for ends the state does not record
         self.finished = anyio.Event()
         self.stop_reason: str | None = None
         self.tally = Tally((u.key, u.step) for u in units)
@@ -700,10 +717,23 @@ class _Run:
                     self.outputs_left.get(key, set()).discard(n)
             except AuthError:
                 raise
-            except PipelineError as exc:
-                _log.warning("download_failed", unit=key, n=n, error=str(exc))
-                await self.store.mark_failed(key, f"output {n}: {exc}", "download")
+            except AssetGoneError as exc:
+                # Refreshing the job did not help: the outputs are gone for good. Reported, not looped on.
+                _log.error("outputs_gone", unit=key, n=n, error=str(exc))
+                await self.store.mark_failed(
+                    key, f"output {n} is gone from the server: {exc}", "outputs_gone"
+                )
                 self.settle(key, "failed")
+                continue
+            except (PipelineError, OSError) as exc:
+                # The job is paid for and its outputs are recorded: the unit stays `succeeded`, so a
+                # rerun downloads again and never pays again.
+                reason = f"output {n} could not be saved: {exc}"
+                _log.error("download_failed", unit=key, n=n, error=str(exc))
+                self.reasons[key] = reason + "; rerun to download it again (no new job)"
+                if _is_disk_problem(exc):
+                    self.stop_submitting("output_unwritable")
+                self.settle(key, "download_failed")
                 continue
             if not self.outputs_left.get(key) and key not in self.settled:
                 await self.store.mark_done(key)
@@ -906,7 +936,11 @@ class _Run:
                 continue
             unit = self.units[key]
             rec = self.store.get(key)
-            reason = (rec.last_error if rec and rec.last_error else "") or _EXPLAIN.get(how, how)
+            reason = (
+                self.reasons.get(key)
+                or (rec.last_error if rec and rec.last_error else "")
+                or _EXPLAIN.get(how, how)
+            )
             failures.append(
                 Failure(
                     key=key,
@@ -954,6 +988,7 @@ _DISPLAY = {
     "deadline": "running",
     "not_started": "pending",
     "unfinished": "pending",
+    "download_failed": "failed",
 }
 
 _EXPLAIN = {

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import LockedError
+from pipeline.errors import LockedError, PipelineError
 from pipeline.lock import RunLock
 from pipeline.poller import PollPolicy
 from pipeline.retry import RetryPolicy
@@ -300,3 +300,44 @@ class TestProvisioning:
         again = await run(sim, write_manifest(tmp_path, items, models=models), out)
         assert again.exit_code == 0
         assert sim.stats()["requests"].get("POST /api/models", 0) == 1
+
+
+class TestOutputFaults:
+    async def test_full_disk_keeps_paid_work_and_a_rerun_only_downloads(
+        self, sim: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """ENOSPC while saving: the run stops submitting, says why, and the rerun downloads without paying."""
+        import errno
+
+        from pipeline.downloader import Downloader
+        from pipeline.errors import DownloadError
+
+        async def full(self: Downloader, fetched: Any, final: Path) -> Path:
+            raise DownloadError(f"{final}: cannot publish: No space left on device") from OSError(
+                errno.ENOSPC, "No space left on device"
+            )
+
+        manifest = write_manifest(tmp_path, catalog(6))
+        out = tmp_path / "out"
+        with monkeypatch.context() as patch:
+            patch.setattr(Downloader, "publish", full)
+            first = await run(sim, manifest, out, options=options(max_active=2))
+        assert first.exit_code == 1 and first.stopped == "output_unwritable"
+        assert any("No space left" in f.reason and "rerun" in f.reason for f in first.failures)
+        with open_readonly(out / ".state" / "state.db") as view:
+            assert view.counts()[Phase.FAILED] == 0  # never marked failed: --retry-failed would pay again
+        created = sim.stats()["jobs_created"]
+        second = await run(sim, manifest, out)
+        assert second.exit_code == 0
+        assert created <= 9 and sim.stats()["jobs_created"] == 9  # 6 images, 2 upscales, 1 video: once each
+        assert max(jobs_per_body(sim).values()) == 1
+
+    async def test_an_output_path_that_is_a_file_is_a_clear_error(self, sim: Sandbox, tmp_path: Path) -> None:
+        """--out pointing at a file: a configuration error naming the path, before any request."""
+        blocker = tmp_path / "taken"
+        blocker.write_text("not a folder")
+        before = sum(sim.stats()["requests"].values())
+        with pytest.raises(PipelineError) as info:
+            await run(sim, write_manifest(tmp_path, catalog(2)), blocker / "out")
+        assert info.value.exit_code == 2 and "taken" in str(info.value)
+        assert sum(sim.stats()["requests"].values()) == before

@@ -1,0 +1,397 @@
+"""``models``, ``images``, ``videos`` and ``jobs``: one CLI command per Developer API call.
+
+:func:`register` adds the command groups to the top-level subparsers and returns
+``{"models list": handler, ...}``; each leaf parser sets ``command`` to that key,
+so ``cli.main`` dispatches them like any other command. Handlers are coroutine
+functions returning an exit code; API failures leave as :mod:`pipeline.errors`.
+
+Output: an aligned plain-text table (lists) or ``field  value`` lines (one record)
+on stdout; ``--json`` prints the same records as JSON with the records' own
+**snake_case** field names (``job_id``, ``created_at`` as RFC 3339 UTC, ``Z``).
+Progress notes go to stderr, so stdout stays parseable. The key is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePath
+from typing import Any
+
+import aiohttp
+
+from pipeline.client import ApiClient
+from pipeline.config import ApiConfig
+from pipeline.downloader import Downloader
+from pipeline.errors import ApiError, ConfigError, DownloadError, UnsafeAssetError
+
+__all__ = ["register"]
+
+Handler = Callable[[argparse.Namespace], Any]
+
+_TRAIN_DONE = frozenset({"ready", "failed", "deleted"})
+_DOWNLOAD_WAIT_S = 600.0  # bound on waiting for the server to prepare an MP4
+_DOWNLOAD_FIRST_DELAY_S = 0.25
+_DOWNLOAD_MAX_DELAY_S = 5.0
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_MAX_WINDOW = timedelta(days=7)  # the API refuses a longer /jobs window
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_MODEL_COLUMNS = (("id", "id"), ("status", "status"), ("name", "name"), ("created", "created_at"))
+_VIDEO_COLUMNS = (("id", "id"), ("job", "job_id"), ("model", "model_id"), ("created", "created_at"))
+_JOB_COLUMNS = (("id", "job_id"), ("status", "status"), ("created", "created_at"), ("error", "error_message"))
+
+
+# ---- plumbing -------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> ApiClient:
+    """The one way handlers reach the API: ``--base-url`` over ``$PHOTOGPT_BASE_URL``, ``--key-file``."""
+    env = dict(os.environ)
+    if args.base_url:
+        env["PHOTOGPT_BASE_URL"] = args.base_url
+    return ApiClient(ApiConfig.from_env(env, key_file=args.key_file))
+
+
+def _plain(value: Any) -> Any:
+    """Records (dataclasses) as dicts, recursively; tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _cell(value: Any) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_cell(v) for v in value) or "-"
+    return str(value)
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Left-aligned columns under a header; ``(none)`` for no rows."""
+    if not rows:
+        return "(none)"
+    grid = [[title for title, _ in columns]] + [[_cell(r.get(key)) for _, key in columns] for r in rows]
+    widths = [max(len(line[i]) for line in grid) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in grid
+    )
+
+
+def _pairs(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
+    """``field, value`` lines of one record; lists of objects (job outputs) get one line per field."""
+    for key, value in data.items():
+        if isinstance(value, list | tuple) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                yield from _pairs(item, f"{prefix}{key}[{i}].")
+        else:
+            yield prefix + key, _cell(value)
+
+
+def _emit(args: argparse.Namespace, value: Any, columns: Sequence[tuple[str, str]] | None = None) -> None:
+    """Print ``value`` as JSON, a table (``columns``) or one record's fields."""
+    data = _plain(value)
+    if args.json:
+        print(json.dumps(data, indent=2, default=_json_default))
+    elif columns is not None:
+        print(_table(data, columns))
+    else:
+        pairs = list(_pairs(data))
+        width = max((len(k) for k, _ in pairs), default=0)
+        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in pairs))
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _shower(get: Callable[[ApiClient, str], Awaitable[Any]]) -> Handler:
+    """A ``show ID`` handler printing what ``get`` returns."""
+
+    async def show(args: argparse.Namespace) -> int:
+        async with _client(args) as api:
+            _emit(args, await get(api, args.id))
+        return 0
+
+    return show
+
+
+def _deleter(delete: Callable[[ApiClient, str], Awaitable[Any]], kind: str) -> Handler:
+    """A ``delete ID`` handler."""
+
+    async def remove(args: argparse.Namespace) -> int:
+        async with _client(args) as api:
+            await delete(api, args.id)
+        if args.json:
+            _emit(args, {"id": args.id, "deleted": True})
+        else:
+            print(f"deleted {kind} {args.id}")
+        return 0
+
+    return remove
+
+
+# ---- models ---------------------------------------------------------------------------------
+
+
+async def _models_list(args: argparse.Namespace) -> int:
+    async with _client(args) as api:
+        _emit(args, await api.list_models(), _MODEL_COLUMNS)
+    return 0
+
+
+async def _models_create(args: argparse.Namespace) -> int:
+    async with _client(args) as api:
+        fields = {k: getattr(args, k) for k in ("name", "age", "gender", "ethnicity", "eye_color")}
+        model = await api.save_model(**fields)
+    _emit(args, model)
+    return 0
+
+
+async def _models_train(args: argparse.Namespace) -> int:
+    if not args.poll_interval > 0 or args.timeout < 0:
+        raise ConfigError("--poll-interval must be positive and --timeout not negative")
+    loop = asyncio.get_running_loop()
+    async with _client(args) as api:
+        _note(f"model {args.id}: {await api.train_model(args.id)}")
+        deadline = loop.time() + args.timeout
+        model = await api.get_model(args.id)
+        seen = model.status
+        while not args.no_wait and model.status not in _TRAIN_DONE:
+            left = deadline - loop.time()
+            if left <= 0:
+                _emit(args, model)
+                _note(
+                    f"model {args.id}: still {model.status} after {args.timeout:g}s; training continues "
+                    f"server-side (check later: models show {args.id})"
+                )
+                return 1
+            await asyncio.sleep(min(args.poll_interval, left))
+            try:
+                model = await api.get_model(args.id)
+            except ApiError as exc:
+                if not exc.retryable:
+                    raise
+                _note(f"model {args.id}: poll failed ({exc}); trying again")
+            if model.status != seen:
+                seen = model.status
+                _note(f"model {args.id}: {seen}")
+    _emit(args, model)
+    if model.status in ("failed", "deleted"):
+        _note(f"model {args.id}: training did not finish: the model is {model.status}")
+        return 1
+    return 0
+
+
+# ---- images ---------------------------------------------------------------------------------
+
+
+async def _images_upload(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        data = await asyncio.to_thread(path.read_bytes)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    async with _client(args) as api:
+        image = await api.upload_image(
+            model_id=args.model, image_type=args.type, data=data, filename=path.name
+        )
+    _emit(args, image)
+    return 0
+
+
+# ---- videos ---------------------------------------------------------------------------------
+
+
+async def _videos_list(args: argparse.Namespace) -> int:
+    if args.page < 1 or args.page_size < 1:
+        raise ConfigError("--page and --page-size must be at least 1")
+    async with _client(args) as api:
+        page = await api.list_videos(page=args.page, page_size=args.page_size)
+    if args.json:
+        _emit(args, page)
+    else:
+        _emit(args, page.videos, _VIDEO_COLUMNS)
+    return 0
+
+
+def _download_target(args: argparse.Namespace) -> Path:
+    if args.out is not None:
+        return Path(args.out).absolute()
+    name = f"{args.id}.mp4"
+    if PurePath(name).name != name or name.startswith("."):
+        raise ConfigError(f"video id {args.id!r} is not a safe file name; give --out FILE")
+    return Path.cwd() / name
+
+
+async def _prepared_url(api: ApiClient, video_id: str) -> str:
+    """Ask for the MP4 and poll until the server has it ready (short, growing delays; bounded)."""
+    await api.create_video_download(video_id)
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + _DOWNLOAD_WAIT_S, _DOWNLOAD_FIRST_DELAY_S
+    while True:
+        progress = await api.get_video_download(video_id)
+        if progress.is_ready and progress.url:
+            return progress.url
+        if progress.status in ("failed", "error"):
+            raise DownloadError(f"video {video_id}: the server could not prepare the MP4 ({progress.status})")
+        if loop.time() + delay > deadline:
+            raise DownloadError(f"video {video_id}: the MP4 was not ready after {_DOWNLOAD_WAIT_S:g}s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _DOWNLOAD_MAX_DELAY_S)
+
+
+async def _videos_download(args: argparse.Namespace) -> int:
+    out = _download_target(args)
+    async with _client(args) as api:
+        url = await _prepared_url(api, args.id)
+    part = out.with_name(out.name + ".part")
+    # A session of its own: asset hosts never see the API key (the Downloader strips auth too).
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as session:
+        downloader = Downloader(session, root=out.parent)
+        fetched = await downloader.fetch(url, part)
+        if fetched.kind != "mp4":
+            await asyncio.to_thread(part.unlink, missing_ok=True)
+            raise UnsafeAssetError(f"video {args.id}: the download is a {fetched.kind}, not an MP4")
+        await downloader.publish(fetched, out)
+    result = {"id": args.id, "path": str(out), "bytes": fetched.bytes, "sha256": fetched.sha256}
+    if args.json:
+        _emit(args, result)
+    else:
+        print(f"{out} ({fetched.bytes} bytes)")
+    return 0
+
+
+# ---- jobs -----------------------------------------------------------------------------------
+
+
+def _duration(text: str) -> timedelta:
+    """``90m``, ``24h``, ``7d``, ``1h30m`` as a timedelta (argparse ``type``)."""
+    text = text.strip().lower()
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90m, 24h or 7d")
+    return timedelta(seconds=sum(int(n) * _UNIT_S[u] for n, u in parts))
+
+
+async def _jobs_list(args: argparse.Namespace) -> int:
+    if args.since is not None and args.since > _MAX_WINDOW:
+        raise ConfigError("--since may be at most 7d: the API lists at most 7 days of jobs")
+    end = datetime.now(UTC)
+    start = end - args.since if args.since is not None else None
+    stop = end if start is not None else None
+    async with _client(args) as api:
+        if args.all_pages:
+            jobs = [job async for job in api.iter_jobs(start=start, end=stop)]
+            token = None
+        else:
+            page = await api.list_jobs(start=start, end=stop)
+            jobs, token = list(page.jobs), page.next_page_token
+    if args.json:
+        _emit(args, {"jobs": jobs, "next_page_token": token})
+    else:
+        _emit(args, jobs, _JOB_COLUMNS)
+        if token:
+            _note("more jobs on later pages: add --all-pages")
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------
+
+
+def _common() -> argparse.ArgumentParser:
+    """Flags every API command takes (a parent parser)."""
+    from pipeline.cli import _add_logging_flags  # here, not at import: cli imports this module
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--key-file", type=Path, default=None, help="file holding the API key (mode 600)")
+    p.add_argument("--base-url", default=None, help="API base URL (default $PHOTOGPT_BASE_URL)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (snake_case fields)")
+    _add_logging_flags(p)
+    return p
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
+    """Add the models/images/videos/jobs groups to ``sub``; return ``{"models list": handler, ...}``.
+
+    Each leaf sets ``command`` to its key, so a dispatcher that looks up ``args.command`` finds it.
+    """
+    common = _common()
+    table: dict[str, Handler] = {}
+
+    def group(name: str, help_: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        parser = sub.add_parser(name, help=help_)
+        return parser.add_subparsers(dest=f"{name}_action", required=True, metavar="ACTION")
+
+    def leaf(
+        actions: argparse._SubParsersAction[argparse.ArgumentParser],
+        key: str,
+        handler: Handler,
+        help_: str,
+        *positional: str,
+    ) -> argparse.ArgumentParser:
+        parser = actions.add_parser(key.split()[1], help=help_, parents=[common])
+        parser.set_defaults(command=key)
+        for name in positional:
+            parser.add_argument(name)
+        table[key] = handler
+        return parser
+
+    models = group("models", "trained models: list, show, create, train, delete")
+    leaf(models, "models list", _models_list, "your models")
+    leaf(models, "models show", _shower(ApiClient.get_model), "one model", "id")
+    create = leaf(models, "models create", _models_create, "create a model (then upload 12+ photos)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--age", type=float, default=None)
+    for flag in ("--gender", "--ethnicity", "--eye-color"):
+        create.add_argument(flag, default=None)
+    train = leaf(models, "models train", _models_train, "train; wait for ready unless --no-wait", "id")
+    train.add_argument("--no-wait", action="store_true", help="trigger and return")
+    train.add_argument("--poll-interval", type=float, default=300.0, metavar="SECONDS")
+    train.add_argument("--timeout", type=float, default=2700.0, metavar="SECONDS")
+    leaf(models, "models delete", _deleter(ApiClient.delete_model, "model"), "delete a model", "id")
+
+    images = group("images", "image assets: upload, show, delete")
+    upload = leaf(images, "images upload", _images_upload, "upload a training or reference image")
+    upload.add_argument("file", type=Path)
+    upload.add_argument("--type", required=True, choices=("modelInput", "auxiliaryType"))
+    upload.add_argument("--model", default=None, help="model id (required for modelInput)")
+    leaf(images, "images show", _shower(ApiClient.get_image), "one image", "id")
+    leaf(images, "images delete", _deleter(ApiClient.delete_image, "image"), "delete an image", "id")
+
+    videos = group("videos", "video assets: list, show, delete, download")
+    vlist = leaf(videos, "videos list", _videos_list, "one page of your videos")
+    vlist.add_argument("--page", type=int, default=1)
+    vlist.add_argument("--page-size", type=int, default=20)
+    leaf(videos, "videos show", _shower(ApiClient.get_video), "one video", "id")
+    leaf(videos, "videos delete", _deleter(ApiClient.delete_video, "video"), "delete a video", "id")
+    download = leaf(videos, "videos download", _videos_download, "fetch the MP4 (verified, atomic)", "id")
+    download.add_argument("--out", type=Path, default=None, help="target file (default ./<ID>.mp4)")
+
+    jobs = group("jobs", "API jobs: list, show")
+    jlist = leaf(jobs, "jobs list", _jobs_list, "recent jobs (server default: the last 24 h)")
+    jlist.add_argument("--since", type=_duration, default=None, metavar="DURATION", help="e.g. 90m, 24h, 7d")
+    jlist.add_argument("--all-pages", action="store_true", help="follow nextPageToken to the end")
+    leaf(jobs, "jobs show", _shower(ApiClient.get_job), "one job: status, outputs or error", "id")
+    return table
