@@ -341,3 +341,45 @@ class TestOutputFaults:
             await run(sim, write_manifest(tmp_path, catalog(2)), blocker / "out")
         assert info.value.exit_code == 2 and "taken" in str(info.value)
         assert sum(sim.stats()["requests"].values()) == before
+
+    async def test_expired_asset_url_is_refreshed_from_the_job_not_paid_again(
+        self, sim: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A 403 on an asset URL: the job is read again for a fresh URL; no job is created twice."""
+        from pipeline.downloader import Downloader
+
+        sim.control(signed_urls=True)
+        original = Downloader.fetch
+        expired: list[str] = []
+
+        async def expire_first(self: Downloader, url: str, part: Path) -> Any:
+            if not expired:
+                expired.append(url)
+                sim.control(expire_urls=True)
+            return await original(self, url, part)
+
+        monkeypatch.setattr(Downloader, "fetch", expire_first)
+        out = tmp_path / "out"
+        summary = await run(sim, write_manifest(tmp_path, catalog(4)), out, options=options(max_active=1))
+        assert summary.exit_code == 0, summary.failures
+        assert sim.stats()["jobs_created"] == 6 and max(jobs_per_body(sim).values()) == 1
+        assert_outputs_verify(out)
+
+    async def test_outputs_gone_for_good_are_reported_not_looped_on(
+        self, sim: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Every URL expires before use: one refresh, then the unit is failed with a clear reason."""
+        from pipeline.downloader import Downloader
+
+        sim.control(signed_urls=True)
+        original = Downloader.fetch
+
+        async def always_expired(self: Downloader, url: str, part: Path) -> Any:
+            sim.control(expire_urls=True)
+            return await original(self, url, part)
+
+        monkeypatch.setattr(Downloader, "fetch", always_expired)
+        summary = await run(sim, write_manifest(tmp_path, [{"id": "x", "prompt": "gone"}]), tmp_path / "out")
+        assert summary.exit_code == 1
+        assert "gone" in summary.failures[0].reason
+        assert sim.stats()["jobs_created"] == 1

@@ -247,7 +247,7 @@ async def model_images(request: web.Request) -> web.Response:
         raise ApiFailure(400, f"imageType must be one of {', '.join(IMAGE_TYPES)}", "validation_error")
     kind = IMAGE_TYPES[wanted]
     found = [
-        a.record(_origin(request))
+        a.record(_origin(request), simulator(request).store.url_query())
         for a in store.assets.values()
         if a.kind == "image" and a.owner == owner and a.model_id == model.id and kind in (None, a.type)
     ]
@@ -313,7 +313,7 @@ async def upload_image(request: web.Request) -> web.Response:
         data=content,
     )
     store.assets[asset.id] = asset
-    return ok(asset.record(_origin(request)))
+    return ok(asset.record(_origin(request), simulator(request).store.url_query()))
 
 
 async def generate_images(request: web.Request) -> web.Response:
@@ -406,7 +406,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 async def get_image(request: web.Request) -> web.Response:
     asset = _asset(simulator(request).store, _owner(request), request.match_info["imageID"], "image")
-    return ok(asset.record(_origin(request)))
+    return ok(asset.record(_origin(request), simulator(request).store.url_query()))
 
 
 async def delete_image(request: web.Request) -> web.Response:
@@ -425,7 +425,7 @@ async def list_videos(request: web.Request) -> web.Response:
 
 async def get_video(request: web.Request) -> web.Response:
     asset = _asset(simulator(request).store, _owner(request), request.match_info["videoID"], "video")
-    return ok(asset.record(_origin(request)))
+    return ok(asset.record(_origin(request), simulator(request).store.url_query()))
 
 
 async def delete_video(request: web.Request) -> web.Response:

@@ -51,6 +51,9 @@ class SimConfig:
     slow_response_s: Span = (0.5, 2.0)
     # Files.
     range_requests: bool = True
+    #: Asset URLs carry a signature (``?sig=``) that ``expire_urls`` invalidates: old URLs then get 403,
+    #: and reading the job or asset again hands out fresh ones (hosted URLs that expire, [I]).
+    signed_urls: bool = False
     file_size: int = 0
     video_hls: bool = False
     download_prepare_polls: int = 3

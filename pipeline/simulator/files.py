@@ -49,6 +49,8 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
     allowed = {"mp4", "m3u8", "ts"} if asset and asset.kind == "video" else {asset.fmt if asset else ""}
     if asset is None or ext not in allowed:
         raise ApiFailure(404, "file not found", "not_found")
+    if not store.url_valid(request.query.get("sig")):
+        raise ApiFailure(403, "this URL has expired", "url_expired")
     if asset.data is not None:
         data = asset.data
     elif ext == "m3u8":

@@ -32,9 +32,11 @@ class Simulator:
         return self.store.config
 
     def control(self, **changes: Any) -> dict[str, Any]:
-        """Change behaviour at runtime: ``reset``, ``next_n_429``, ``next_n_5xx``, or any config field."""
+        """Change behaviour at runtime: ``reset``, ``next_n_429``, ``next_n_5xx``, ``expire_urls``,
+        or any config field."""
         reset = bool(changes.pop("reset", False))
         counters = {k: changes.pop(k) for k in ("next_n_429", "next_n_5xx") if k in changes}
+        expire = bool(changes.pop("expire_urls", False))
         if any(not isinstance(v, int) or v < 0 for v in counters.values()):
             raise ValueError("next_n_429 and next_n_5xx must be integers >= 0")
         config = self.config.replace(**changes)
@@ -45,6 +47,8 @@ class Simulator:
             self.store.credits = config.credits
         for name, value in counters.items():
             setattr(self.faults, name, value)
+        if expire:
+            self.store.url_generation += 1
         settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "keys"}
         return {
             "next_n_429": self.faults.next_n_429,

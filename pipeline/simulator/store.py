@@ -89,10 +89,10 @@ class Asset:
         """The file path (under the origin) the job and records hand out."""
         return f"/files/{self.id}.{'m3u8' if self.hls else self.fmt}"
 
-    def record(self, origin: str) -> dict[str, Any]:
+    def record(self, origin: str, query: str = "") -> dict[str, Any]:
         base: dict[str, Any] = {
             "id": self.id,
-            "url": origin + self.path(),
+            "url": origin + self.path() + query,
             "modelID": self.model_id,
             "type": self.type,
             "createdAt": rfc3339(self.created_at),
@@ -155,6 +155,7 @@ class Store:
 
     def __init__(self, config: SimConfig, clock: Clock) -> None:
         self.config = config
+        self.url_generation = 0
         self.clock = clock
         self.rng = random.Random(f"{config.seed}:jobs")
         self.credits = config.credits
@@ -286,6 +287,13 @@ class Store:
             source.upscaled_id = job.outputs[0]
             source.upscaled_path = self.assets[job.outputs[0]].path()
 
+    def url_query(self) -> str:
+        """The signature asset URLs carry when ``signed_urls`` is on; it changes on ``expire_urls``."""
+        return f"?sig=g{self.url_generation}" if self.config.signed_urls else ""
+
+    def url_valid(self, sig: str | None) -> bool:
+        return not self.config.signed_urls or sig == f"g{self.url_generation}"
+
     def job_record(self, job: Job, origin: str) -> dict[str, Any]:
         out: dict[str, Any] = {"jobId": job.id, "status": job.status, "createdAt": rfc3339(job.created_at)}
         if job.model_id and job.kind != "upscale":
@@ -293,7 +301,9 @@ class Store:
         if job.status == "success":
             key = "videos" if job.kind == "video" else "images"
             out[key] = [
-                {"id": a.id, "url": origin + a.path()} for a in map(self.assets.get, job.outputs) if a
+                {"id": a.id, "url": origin + a.path() + self.url_query()}
+                for a in map(self.assets.get, job.outputs)
+                if a
             ]
         if job.status == "failed":
             out["error"] = job.failure
