@@ -43,7 +43,12 @@ def _add_logging_flags(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: readable lines on a terminal, JSON lines otherwise",
     )
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=("debug", "info", "warning", "error"),
+        help="default info (warning while the live progress display is on)",
+    )
     p.add_argument("--log-file", type=Path, default=None, help="write logs there instead of stderr")
 
 
@@ -415,10 +420,18 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
 }
 
 
+def _default_level(args: argparse.Namespace) -> str:
+    """The live progress display already tells what info lines would; keep the screen for it."""
+    progress = (
+        args.command == "run" and not args.no_progress and args.log_file is None and sys.stderr.isatty()
+    )
+    return "warning" if progress else "info"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     args = _build_parser().parse_args(argv)
-    level = "error" if getattr(args, "quiet", False) else args.log_level
+    level = "error" if getattr(args, "quiet", False) else args.log_level or _default_level(args)
     log_file = args.log_file.open("a", encoding="utf-8") if args.log_file else None
     logs.configure(fmt=args.log_format, level=level, stream=log_file)
     try:
