@@ -534,6 +534,8 @@ def _render_problem(write: Write, p: _Problem) -> None:
 def _atomic_stream(path: Path, produce: Callable[[Write], None]) -> None:
     """Stream text into a fresh temp beside ``path``, fsync, rename over ``path``, fsync the directory."""
     directory = path.parent
+    for old in directory.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        old.unlink(missing_ok=True)
     temp = directory / f".{path.name}.{secrets.token_hex(4)}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o666)
     try:

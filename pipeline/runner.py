@@ -253,4 +253,6 @@ def _write_run_record(layout: OutputLayout, summary: RunSummary, clock: Clock) -
         ],
     }
     layout.runs_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in layout.runs_dir.glob(".*.tmp"):  # from a run killed while writing its record
+        leftover.unlink(missing_ok=True)
     write_sidecar(layout.runs_dir / f"{stamp}.json", json.loads(json.dumps(record)))

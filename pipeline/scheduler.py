@@ -21,31 +21,26 @@ that outlives its deadline stays ``submitted`` for the next run.
 from __future__ import annotations
 
 import errno
-import os
 import random
-import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
 import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from pipeline import sidecar
 from pipeline.client import ApiClient
 from pipeline.clock import Clock
-from pipeline.downloader import Downloader, Fetched
+from pipeline.delivery import Delivery, WorkUnit, crash_point
+from pipeline.downloader import Downloader
 from pipeline.errors import (
     ApiError,
     AssetGoneError,
     AuthError,
     ConfigError,
     ConflictError,
-    DownloadError,
     NotFoundError,
     PipelineError,
     QuotaExhaustedError,
@@ -65,30 +60,9 @@ from pipeline.spec import thaw
 from pipeline.state import Phase, StateStore, UnitRecord
 from pipeline.tally import Snapshot, Tally
 
-__all__ = ["RunOptions", "RunSummary", "UnitLike", "run_pipeline"]
+__all__ = ["RunOptions", "RunSummary", "run_pipeline"]
 
 _log = structlog.get_logger("pipeline.scheduler")
-
-
-class UnitLike(Protocol):
-    """What the scheduler reads from a manifest unit (see :class:`pipeline.spec.Unit`)."""
-
-    @property
-    def key(self) -> str: ...
-    @property
-    def item_id(self) -> str: ...
-    @property
-    def step(self) -> str: ...
-    @property
-    def index(self) -> int: ...
-    @property
-    def request(self) -> Mapping[str, Any]: ...
-    @property
-    def upstream(self) -> str | None: ...
-    @property
-    def expected_outputs(self) -> int: ...
-    @property
-    def model_id(self) -> str | None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,16 +128,6 @@ class RunSummary:
         return 0
 
 
-#: Fault injection for the crash tests (reliability plan S1–S4): the process kills itself with
-#: SIGKILL at the named point, exactly as an OOM killer or a power cut would. Unset in normal use.
-_CRASH_AT = os.environ.get("PHOTOGPT_PIPELINE_CRASH_AT", "")
-
-
-def _crash_point(name: str) -> None:
-    if name == _CRASH_AT:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _is_disk_problem(exc: BaseException) -> bool:
     """A full, read-only or forbidden output disk: every further download would fail too."""
     seen: BaseException | None = exc
@@ -179,19 +143,10 @@ def _is_disk_problem(exc: BaseException) -> bool:
     return False
 
 
-def _declared_model(unit: UnitLike) -> str | None:
+def _declared_model(unit: WorkUnit) -> str | None:
     """``name`` when the unit's model is ``@name`` (declared under ``models:``)."""
     model = unit.request.get("modelID")
     return model[1:] if isinstance(model, str) and model.startswith("@") else None
-
-
-def _file_number(unit: UnitLike, n: int) -> int:
-    """Number files per item and step: unit ``index`` i of a step with k outputs owns (i-1)·k+1 … i·k."""
-    return (unit.index - 1) * max(1, unit.expected_outputs) + n
-
-
-def _is_hls(url: str) -> bool:
-    return urlsplit(url).path.lower().endswith(".m3u8")
 
 
 class _Run:
@@ -199,7 +154,7 @@ class _Run:
 
     def __init__(
         self,
-        units: Sequence[UnitLike],
+        units: Sequence[WorkUnit],
         *,
         api: ApiClient,
         store: StateStore,
@@ -240,6 +195,18 @@ class _Run:
         self.finished = anyio.Event()
         self.stop_reason: str | None = None
         self.tally = Tally((u.key, u.step) for u in units)
+        self.delivery = Delivery(
+            api=api,
+            store=store,
+            layout=layout,
+            downloader=downloader,
+            limiter=self.download_limiter,
+            retry=options.retry,
+            poll=options.poll,
+            clock=clock,
+            rng=self.rng,
+            sent_body=self._sent_body,
+        )
         self.credits_seen: dict[str, float] = {}  # job id -> credits the job list reports
         self.run_jobs: dict[str, str] = {}  # job id -> unit key, for jobs this run submitted
         self.reserved: set[str] = set()  # units past the budget check whose POST is under way
@@ -397,7 +364,7 @@ class _Run:
 
     # -- submission --------------------------------------------------------------------------------
 
-    async def _body(self, unit: UnitLike) -> dict[str, Any]:
+    async def _body(self, unit: WorkUnit) -> dict[str, Any]:
         """The request to send: the manifest's, with uploads and trained models filled in,
         plus what the upstream unit produced."""
         body: dict[str, Any] = thaw(unit.request)
@@ -421,7 +388,7 @@ class _Run:
             body["referenceImages"] = [{"url": source.url, "role": "first_frame"}, *refs]
         return body
 
-    async def _post(self, unit: UnitLike, body: dict[str, Any]) -> str:
+    async def _post(self, unit: WorkUnit, body: dict[str, Any]) -> str:
         if unit.step == "upscale":
             ticket = await self.api.upscale_image(str(body["imageID"]))
         elif unit.step == "video":
@@ -477,14 +444,14 @@ class _Run:
             await self.store.mark_submitting(key)
             self.eligible.discard(key)
             self._show(key, "submitting")
-            _crash_point("after_intent_commit")
+            crash_point("after_intent_commit")
             intent_at = self.clock.now()
             self.posts_in_flight += 1
             try:
                 job_id = await self._post(unit, body)
             finally:
                 self.posts_in_flight -= 1
-            _crash_point("after_post_before_record")
+            crash_point("after_post_before_record")
         except RateLimitedError as exc:
             self.tally.rate_limited += 1
             self.active.on_rate_limited()
@@ -549,7 +516,7 @@ class _Run:
         reserved = sum(self._cost(key) for key in self.reserved)
         return sum(self.credits_seen.values()) + pending + reserved
 
-    def _over_budget(self, unit: UnitLike) -> bool:
+    def _over_budget(self, unit: WorkUnit) -> bool:
         budget = self.options.budget
         return budget is not None and self.committed_credits() + self._cost(unit.key) > budget
 
@@ -740,149 +707,15 @@ class _Run:
                 self.settle(key, "done")
 
     async def download_one(self, key: str, n: int) -> None:
-        unit = self.units[key]
-        rec = self.store.get(key)
-        if rec is None:
-            return
-        out = next(o for o in rec.outputs if o.n == n)
-        number = _file_number(unit, n)
-        part = self.layout.part_path(unit.item_id, unit.step, number, key=key)
-        adopted = await anyio.to_thread.run_sync(self._adopt_published, unit, n)
-        if adopted is not None:
-            path, size, digest = adopted
-            await self.store.record_download(
-                key, n, path=path, bytes=size, sha256=digest, at=self.clock.now()
-            )
-            return
-        url = out.url
-        if _is_hls(url):
-            url = await self._prepare_video(out.asset_id)
-        refreshed = False
-        while True:
-            try:
-                fetched = await retrying(
-                    lambda u=url: self._fetch(u, part),  # type: ignore[misc]
-                    policy=self.options.retry,
-                    clock=self.clock,
-                    rng=self.rng,
-                )
-                break
-            except AssetGoneError:
-                if refreshed or not rec.job_id:
-                    raise
-                refreshed = True
-                url = await self._refresh_url(key, rec.job_id, n)
-        final = self.layout.asset_path(
-            unit.item_id, unit.step, number, fetched.ext, key=key, model=unit.model_id or ""
-        )
-        await anyio.to_thread.run_sync(self._set_aside_stale, final, key)
-        record = await self._sidecar_record(unit, rec, n, out.asset_id, out.url, fetched)
-        record["path"] = final.relative_to(self.layout.root).as_posix()
-        await anyio.to_thread.run_sync(self._write_sidecar, final, record)
-        await self.downloader.publish(fetched, final)
-        _crash_point("after_replace_before_record")
-        rel = final.relative_to(self.layout.root).as_posix()
-        self.tally.downloaded_bytes += fetched.bytes
-        await self.store.record_download(
-            key, n, path=rel, bytes=fetched.bytes, sha256=fetched.sha256, at=self.clock.now()
-        )
-        _log.info("asset_downloaded", item=unit.item_id, unit=key, n=n, path=rel, bytes=fetched.bytes)
+        self.tally.downloaded_bytes += await self.delivery.deliver(self.units[key], n)
 
-    async def _fetch(self, url: str, part: Path) -> Fetched:
-        await self.download_limiter.acquire()
-        return await self.downloader.fetch(url, part)
-
-    async def _refresh_url(self, key: str, job_id: str, n: int) -> str:
-        """An expired asset URL: read the job again for fresh URLs. Never pay for the job again."""
-        job = await self.api.get_job(job_id)
-        outputs = [(o.id, o.url) for o in (*job.images, *job.videos)]
-        if len(outputs) < n:
-            raise AssetGoneError(f"job {job_id} no longer lists output {n}")
-        await self.store.update_urls(key, outputs)
-        return outputs[n - 1][1]
-
-    async def _prepare_video(self, video_id: str) -> str:
-        """A playlist URL: ask the API for a downloadable MP4 and wait until it is ready."""
-        await self.api.create_video_download(video_id)
-        delay = self.options.poll.min_interval_s
-        for _ in range(600):
-            state = await self.api.get_video_download(video_id)
-            if state.is_ready and state.url:
-                return state.url
-            await self.clock.sleep(delay)
-            delay = min(self.options.poll.max_interval_s, delay * 1.5)
-        raise DownloadError(f"video {video_id}: the download was never ready")
-
-    async def _sidecar_record(
-        self, unit: UnitLike, rec: UnitRecord, n: int, asset_id: str, url: str, fetched: Fetched
-    ) -> dict[str, Any]:
-        return {
-            "item": unit.item_id,
-            "key": unit.key,
-            "step": unit.step,
-            "index": unit.index,
-            "n": n,
-            "request": await self._sent_body(unit),
-            "model": unit.model_id,
-            "jobId": rec.job_id,
-            "assetId": asset_id,
-            "url": sidecar.strip_query(url),
-            "bytes": fetched.bytes,
-            "sha256": fetched.sha256,
-            "submittedAt": rec.submitted_at,
-            "downloadedAt": self.clock.now().isoformat().replace("+00:00", "Z"),
-        }
-
-    async def _sent_body(self, unit: UnitLike) -> dict[str, Any]:
+    async def _sent_body(self, unit: WorkUnit) -> dict[str, Any]:
         """The request as it was sent: the manifest's, completed from the upstream outputs."""
         try:
             return await self._body(unit)
         except PipelineError:
             body: dict[str, Any] = thaw(unit.request)
             return body
-
-    def _write_sidecar(self, final: Path, record: dict[str, Any]) -> None:
-        sidecar.write_sidecar(self.layout.sidecar_path(final), record)
-        sidecar.append_index(self.layout.index_path, record)
-
-    def _adopt_published(self, unit: UnitLike, n: int) -> tuple[str, int, str] | None:
-        """A file published before a crash but never recorded: verify it and keep it."""
-        for ext in ("jpeg", "png", "webp", "mp4"):
-            final = self.layout.asset_path(
-                unit.item_id, unit.step, _file_number(unit, n), ext, key=unit.key, model=unit.model_id or ""
-            )
-            side = self.layout.sidecar_path(final)
-            if not (final.exists() and side.exists()):
-                continue
-            try:
-                import json
-
-                data = json.loads(side.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if data.get("key") == unit.key and data.get("n", n) == n and sidecar.verify_asset(final, data):
-                return final.relative_to(self.layout.root).as_posix(), int(data["bytes"]), str(data["sha256"])
-        return None
-
-    def _set_aside_stale(self, final: Path, key: str) -> None:
-        """A file of older work (another unit key) is in the way: move it aside, never overwrite it."""
-        side = self.layout.sidecar_path(final)
-        if not final.exists():
-            return
-        import json
-
-        try:
-            old_key = str(json.loads(side.read_text(encoding="utf-8")).get("key", "unknown"))
-        except (OSError, ValueError):
-            old_key = "unknown"
-        if old_key == key:
-            return
-        stale_dir = self.layout.root / ".stale" / final.parent.relative_to(self.layout.root)
-        stale_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(final, stale_dir / f"{final.stem}.{old_key[:12]}{final.suffix}")
-        if side.exists():
-            os.replace(side, stale_dir / f"{side.stem}.{old_key[:12]}{side.suffix}")
-        _log.warning("stale_output_moved", path=str(final), old_key=old_key, to=str(stale_dir))
 
     # -- the whole run -------------------------------------------------------------------------------
 
@@ -1012,7 +845,7 @@ def _parse_time(text: str | None, clock: Clock) -> Any:
 
 
 async def run_pipeline(
-    units: Sequence[UnitLike],
+    units: Sequence[WorkUnit],
     *,
     api: ApiClient,
     store: StateStore,

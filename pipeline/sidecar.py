@@ -11,6 +11,7 @@ for reconciling a tree against it. The helpers block: call them through
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -134,7 +135,13 @@ def verify_asset(asset_path: Path, sidecar: Mapping[str, Any]) -> bool:
 def _atomic_write(path: Path, payload: bytes) -> None:
     """Write ``payload`` to a fresh temp beside ``path``, fsync, rename over ``path``, fsync the directory."""
     directory = path.parent
-    temp = directory / f".{path.name[:200]}.{secrets.token_hex(4)}.tmp"
+    stem = f".{path.name[:200]}."
+    # A temp left by a process killed mid-write (SIGKILL, power cut) belongs to this target only:
+    # one writer per target, so it is safe to remove before writing again.
+    for old in directory.glob(glob.escape(stem) + "*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            old.unlink()
+    temp = directory / f"{stem}{secrets.token_hex(4)}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:

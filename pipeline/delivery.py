@@ -1,0 +1,231 @@
+"""One output of a finished job onto disk: fetched, verified, published, described, recorded.
+
+The order protects both money and files: the part is verified before it is
+renamed into place; the sidecar is written before the rename (so a published
+file always has its description); the index line and the state record follow.
+A crash anywhere in between leaves either nothing under the final name, or a
+file whose sidecar lets the next run adopt it without downloading it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import anyio
+import structlog
+
+from pipeline import sidecar
+from pipeline.client import ApiClient
+from pipeline.clock import Clock
+from pipeline.downloader import Downloader, Fetched
+from pipeline.errors import AssetGoneError, DownloadError
+from pipeline.layout import OutputLayout
+from pipeline.poller import PollPolicy
+from pipeline.ratelimit import RateLimiter
+from pipeline.retry import RetryPolicy, retrying
+from pipeline.state import StateStore, UnitLike, UnitRecord
+
+__all__ = ["Delivery", "WorkUnit", "crash_point", "file_number"]
+
+_log = structlog.get_logger("pipeline.delivery")
+
+#: Fault injection for the crash tests (reliability plan S1–S4): the process kills itself with
+#: SIGKILL at the named point, exactly as an OOM killer or a power cut would. Unset in normal use.
+_CRASH_AT = os.environ.get("PHOTOGPT_PIPELINE_CRASH_AT", "")
+
+
+def crash_point(name: str) -> None:
+    """Die here if the crash tests asked for it."""
+    if name == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WorkUnit(UnitLike, Protocol):
+    """What the engine reads from a manifest unit (see :class:`pipeline.spec.Unit`)."""
+
+    @property
+    def model_id(self) -> str | None: ...
+
+
+def file_number(unit: WorkUnit, n: int) -> int:
+    """Number files per item and step: unit ``index`` i of a step with k outputs owns (i-1)·k+1 … i·k."""
+    return (unit.index - 1) * max(1, unit.expected_outputs) + n
+
+
+def _is_hls(url: str) -> bool:
+    return urlsplit(url).path.lower().endswith(".m3u8")
+
+
+class Delivery:
+    """Gets outputs of finished jobs onto disk; see the module docstring for the order of steps."""
+
+    def __init__(
+        self,
+        *,
+        api: ApiClient,
+        store: StateStore,
+        layout: OutputLayout,
+        downloader: Downloader,
+        limiter: RateLimiter,
+        retry: RetryPolicy,
+        poll: PollPolicy,
+        clock: Clock,
+        rng: random.Random,
+        sent_body: Callable[[WorkUnit], Awaitable[dict[str, Any]]],
+    ) -> None:
+        self.api, self.store, self.layout, self.downloader = api, store, layout, downloader
+        self.limiter, self.retry, self.poll, self.clock, self.rng = limiter, retry, poll, clock, rng
+        self.sent_body = sent_body
+
+    async def deliver(self, unit: WorkUnit, n: int) -> int:
+        """Output ``n`` of ``unit`` on disk and recorded; returns the bytes downloaded (0 if adopted)."""
+        key = unit.key
+        rec = self.store.get(key)
+        if rec is None:
+            return 0
+        out = next(o for o in rec.outputs if o.n == n)
+        number = file_number(unit, n)
+        adopted = await anyio.to_thread.run_sync(self._adopt_published, unit, n)
+        if adopted is not None:
+            path, size, digest = adopted
+            await self.store.record_download(
+                key, n, path=path, bytes=size, sha256=digest, at=self.clock.now()
+            )
+            _log.info("asset_adopted", item=unit.item_id, unit=key, n=n, path=path)
+            return 0
+        part = self.layout.part_path(unit.item_id, unit.step, number, key=key)
+        fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, part)
+        final = self.layout.asset_path(
+            unit.item_id, unit.step, number, fetched.ext, key=key, model=unit.model_id or ""
+        )
+        rel = final.relative_to(self.layout.root).as_posix()
+        await anyio.to_thread.run_sync(self._set_aside_stale, final, key)
+        record = await self._record(unit, rec, n, out.asset_id, out.url, fetched)
+        record["path"] = rel
+        await anyio.to_thread.run_sync(sidecar.write_sidecar, self.layout.sidecar_path(final), record)
+        await self.downloader.publish(fetched, final)
+        crash_point("after_replace_before_record")
+        await anyio.to_thread.run_sync(sidecar.append_index, self.layout.index_path, record)
+        await self.store.record_download(
+            key, n, path=rel, bytes=fetched.bytes, sha256=fetched.sha256, at=self.clock.now()
+        )
+        _log.info("asset_downloaded", item=unit.item_id, unit=key, n=n, path=rel, bytes=fetched.bytes)
+        return fetched.bytes
+
+    async def _fetch_fresh(
+        self, key: str, rec: UnitRecord, n: int, url: str, asset_id: str, part: Path
+    ) -> Fetched:
+        """Fetch with retries; an expired URL is refreshed once from the job (never paid again)."""
+        if _is_hls(url):
+            url = await self._prepare_video(asset_id)
+        refreshed = False
+        while True:
+            try:
+                return await retrying(
+                    lambda u=url: self._fetch(u, part),  # type: ignore[misc]
+                    policy=self.retry,
+                    clock=self.clock,
+                    rng=self.rng,
+                )
+            except AssetGoneError:
+                if refreshed or not rec.job_id:
+                    raise
+                refreshed = True
+                url = await self._refresh_url(key, rec.job_id, n)
+                if _is_hls(url):
+                    url = await self._prepare_video(asset_id)
+
+    async def _fetch(self, url: str, part: Path) -> Fetched:
+        await self.limiter.acquire()
+        return await self.downloader.fetch(url, part)
+
+    async def _refresh_url(self, key: str, job_id: str, n: int) -> str:
+        """An expired asset URL: read the job again for fresh URLs."""
+        job = await self.api.get_job(job_id)
+        outputs = [(o.id, o.url) for o in (*job.images, *job.videos)]
+        if len(outputs) < n:
+            raise AssetGoneError(f"job {job_id} no longer lists output {n}")
+        await self.store.update_urls(key, outputs)
+        return outputs[n - 1][1]
+
+    async def _prepare_video(self, video_id: str) -> str:
+        """A playlist URL: ask the API for a downloadable MP4 and wait until it is ready."""
+        await self.api.create_video_download(video_id)
+        delay = self.poll.min_interval_s
+        for _ in range(600):
+            state = await self.api.get_video_download(video_id)
+            if state.is_ready and state.url:
+                return state.url
+            await self.clock.sleep(delay)
+            delay = min(self.poll.max_interval_s, delay * 1.5)
+        raise DownloadError(f"video {video_id}: the download was never ready")
+
+    async def _record(
+        self, unit: WorkUnit, rec: UnitRecord, n: int, asset_id: str, url: str, fetched: Fetched
+    ) -> dict[str, Any]:
+        """The sidecar: everything needed to know what this file is and where it came from."""
+        return {
+            "item": unit.item_id,
+            "key": unit.key,
+            "step": unit.step,
+            "index": unit.index,
+            "n": n,
+            "request": await self.sent_body(unit),
+            "model": unit.model_id,
+            "jobId": rec.job_id,
+            "assetId": asset_id,
+            "url": sidecar.strip_query(url),
+            "bytes": fetched.bytes,
+            "sha256": fetched.sha256,
+            "submittedAt": rec.submitted_at,
+            "downloadedAt": self.clock.now().isoformat().replace("+00:00", "Z"),
+        }
+
+    def _adopt_published(self, unit: WorkUnit, n: int) -> tuple[str, int, str] | None:
+        """A file published before a crash but never recorded: verify it, index it once, keep it."""
+        for ext in ("jpeg", "png", "webp", "mp4"):
+            final = self.layout.asset_path(
+                unit.item_id, unit.step, file_number(unit, n), ext, key=unit.key, model=unit.model_id or ""
+            )
+            side = self.layout.sidecar_path(final)
+            if not (final.exists() and side.exists()):
+                continue
+            data = sidecar.read_sidecar(side)
+            if not data or data.get("key") != unit.key or data.get("n", n) != n:
+                continue
+            if not sidecar.verify_asset(final, data):
+                continue
+            rel = final.relative_to(self.layout.root).as_posix()
+            indexed = any(
+                r.get("path") == rel and r.get("sha256") == data["sha256"]
+                for r in sidecar.read_index(self.layout.index_path)
+            )
+            if not indexed:
+                sidecar.append_index(self.layout.index_path, data)
+            return rel, int(data["bytes"]), str(data["sha256"])
+        return None
+
+    def _set_aside_stale(self, final: Path, key: str) -> None:
+        """A file of older work (another unit key) is in the way: move it aside, never overwrite it."""
+        side = self.layout.sidecar_path(final)
+        if not final.exists():
+            return
+        try:
+            old_key = str(json.loads(side.read_text(encoding="utf-8")).get("key", "unknown"))
+        except (OSError, ValueError):
+            old_key = "unknown"
+        if old_key == key:
+            return
+        stale_dir = self.layout.root / ".stale" / final.parent.relative_to(self.layout.root)
+        stale_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(final, stale_dir / f"{final.stem}.{old_key[:12]}{final.suffix}")
+        if side.exists():
+            os.replace(side, stale_dir / f"{side.stem}.{old_key[:12]}{side.suffix}")
+        _log.warning("stale_output_moved", path=str(final), old_key=old_key, to=str(stale_dir))
