@@ -251,20 +251,15 @@ def _log_summary(summary: RunSummary) -> None:
     )
 
 
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
 def _render_summary(summary: RunSummary) -> str:
+    from pipeline.progress import human_bytes
+
     counts = ", ".join(f"{n} {phase}" for phase, n in sorted(summary.counts.items()) if n)
     credits = f", {summary.credits_spent:g} credits" if summary.credits_spent is not None else ""
     lines = [
         f"run finished in {summary.elapsed_s:.1f}s: {counts or 'nothing to do'}; "
         f"{summary.submitted} submitted, {summary.rate_limited} rate-limited, "
-        f"{sum(summary.requests.values())} requests, {_size(summary.downloaded_bytes)} downloaded{credits}"
+        f"{sum(summary.requests.values())} requests, {human_bytes(summary.downloaded_bytes)} downloaded{credits}"
     ]
     if summary.stopped:
         why = {

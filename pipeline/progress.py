@@ -17,7 +17,7 @@ from rich.text import Text
 
 from pipeline.tally import PHASES, Snapshot
 
-__all__ = ["render", "show_progress"]
+__all__ = ["human_bytes", "render", "show_progress"]
 
 _STYLE = {"done": "green", "failed": "red", "unknown": "yellow", "running": "cyan", "downloading": "blue"}
 
@@ -31,7 +31,8 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def _bytes(n: int) -> str:
+def human_bytes(n: int) -> str:
+    """``8.4 kB``, ``1.2 GB``: sizes as the summary and the display show them."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
@@ -48,7 +49,7 @@ def render(snap: Snapshot) -> Group:
         table.add_row(step, *(str(snap.counts[step].get(p, 0)) for p in PHASES))
     line = Text(
         f"{snap.finished}/{snap.total} finished · {snap.per_minute:.0f} submissions/min · "
-        f"active {snap.in_use}/{snap.target} · 429s {snap.rate_limited} · {_bytes(snap.downloaded_bytes)} · "
+        f"active {snap.in_use}/{snap.target} · 429s {snap.rate_limited} · {human_bytes(snap.downloaded_bytes)} · "
         f"elapsed {_duration(snap.elapsed_s)} · ETA {_duration(snap.eta_s)}"
         + (f" · {snap.credits_spent:g} credits" if snap.credits_spent else "")
     )
