@@ -259,7 +259,8 @@ def _render_summary(summary: RunSummary) -> str:
     lines = [
         f"run finished in {summary.elapsed_s:.1f}s: {counts or 'nothing to do'}; "
         f"{summary.submitted} submitted, {summary.rate_limited} rate-limited, "
-        f"{sum(summary.requests.values())} requests, {human_bytes(summary.downloaded_bytes)} downloaded{credits}"
+        f"{sum(summary.requests.values())} requests, "
+        f"{human_bytes(summary.downloaded_bytes)} downloaded{credits}"
     ]
     if summary.stopped:
         why = {

@@ -49,7 +49,8 @@ def render(snap: Snapshot) -> Group:
         table.add_row(step, *(str(snap.counts[step].get(p, 0)) for p in PHASES))
     line = Text(
         f"{snap.finished}/{snap.total} finished · {snap.per_minute:.0f} submissions/min · "
-        f"active {snap.in_use}/{snap.target} · 429s {snap.rate_limited} · {human_bytes(snap.downloaded_bytes)} · "
+        f"active {snap.in_use}/{snap.target} · 429s {snap.rate_limited} · "
+        f"{human_bytes(snap.downloaded_bytes)} · "
         f"elapsed {_duration(snap.elapsed_s)} · ETA {_duration(snap.eta_s)}"
         + (f" · {snap.credits_spent:g} credits" if snap.credits_spent else "")
     )
