@@ -224,8 +224,21 @@ class ActiveJobLimit:
         return True
 
     def on_accepted(self) -> None:
-        """A submission was accepted: count it, and probe one slot higher when it is time."""
+        """A submission was accepted: count it, and probe one slot higher when it is time.
+
+        Within ``cooldown_s`` of a cut, an accept that arrives late (its POST raced the 429,
+        and its answer was recorded after the refusal was counted) raises the cut to what it
+        would have been had that accept been known: ``floor(beta·(held + 1))``. Without this,
+        a burst whose 429s are handled before its accepts are recorded cuts to ``min_active``.
+        """
         self._held_accepted = min(self._held_accepted + 1, self.in_use)
+        if self._clock.monotonic() - self._last_decrease < self.cooldown_s:
+            estimate = min(self.max_active, math.floor(self.beta * (self._held_accepted + 1)))
+            if estimate > self.target:
+                self.target = estimate
+                self._ceiling = max(self._ceiling, self._held_accepted)
+                self._grant()
+                return
         if self.in_use < self.target or self.target >= self.max_active:
             return
         self._probe_count += 1
