@@ -215,6 +215,9 @@ async def _run(
     if interrupted or summary is None:
         raise InterruptedRunError("interrupted: the state is saved; run the same command again to resume")
     await anyio.to_thread.run_sync(_write_run_record, layout, summary, clock)
+    if not (summary.submitted or summary.downloaded_bytes or summary.failures):
+        # A no-op resume changes nothing the gallery shows (`photogpt-pipeline report` rebuilds it).
+        return summary
     try:
         await anyio.to_thread.run_sync(lambda: build_report(layout.root, state_path=store.path))
     except OSError as exc:  # the gallery is a convenience: never fail a finished run over it

@@ -297,43 +297,48 @@ class _Run:
     # -- start-up --------------------------------------------------------------------------------
 
     async def prepare(self) -> list[UnitRecord]:
-        """Sort every unit by its recorded phase into the right queue."""
-        records = {r.key: r for r in self.store.units()}
-        self.known_jobs.update(r.job_id for r in records.values() if r.job_id)
-        self.eligible = {k for k in self.order if k not in records or records[k].phase == Phase.PENDING}
+        """Sort every unit by its recorded phase into the right queue.
+
+        Done units (all of them, on a no-op resume) cost one light row per output and one
+        ``stat``; full records are read only for the few units that are mid-way.
+        """
+        phases = self.store.phases()
+        self.known_jobs.update(self.store.job_ids())
+        done_files = self.store.done_outputs()
+        self.eligible = {k for k in self.order if phases.get(k, Phase.PENDING) == Phase.PENDING}
         leftovers: list[UnitRecord] = []
         now = self.clock.monotonic()
         for key in self.order:
-            rec = records.get(key)
-            phase = rec.phase if rec else Phase.PENDING
-            if phase == Phase.DONE and rec is not None:
-                missing = self._missing_outputs(rec)
-                if not missing:
+            phase = phases.get(key, Phase.PENDING)
+            if phase == Phase.DONE:
+                files = done_files.get(key, [])
+                missing = [n for n, path, size in files if not (path and self._output_present(path, size))]
+                if files and not missing:
                     self.settle(key, "done")
                     continue
                 await self.store.reopen(key, missing)
+                phase = phases[key] = Phase.SUCCEEDED
+            if phase in (Phase.SUCCEEDED, Phase.SUBMITTED, Phase.SUBMITTING):
                 rec = self.store.get(key)
-                phase = Phase.SUCCEEDED
-            if phase == Phase.SUCCEEDED and rec is not None:
-                self._queue_downloads(rec)
-            elif phase == Phase.SUBMITTED and rec is not None:
-                self._show(key, "running")
-                self.started[key] = (now, 0)
-                self.due.push(key, now)
-            elif phase == Phase.SUBMITTING and rec is not None:
-                leftovers.append(rec)
+                if rec is None:
+                    continue
+                if phase == Phase.SUCCEEDED:
+                    self._queue_downloads(rec)
+                elif phase == Phase.SUBMITTED:
+                    self._show(key, "running")
+                    self.started[key] = (now, 0)
+                    self.due.push(key, now)
+                else:
+                    leftovers.append(rec)
             elif phase == Phase.FAILED:
                 self.settle(key, "failed")
             elif phase == Phase.UNKNOWN:
                 self.settle(key, "unknown")
         for key in self.order:
-            if key in self.settled:
-                continue
-            rec = records.get(key)
-            if rec is not None and rec.phase != Phase.PENDING:
+            if key in self.settled or phases.get(key, Phase.PENDING) != Phase.PENDING:
                 continue
             upstream = self.units[key].upstream
-            up_phase = records[upstream].phase if upstream and upstream in records else None
+            up_phase = phases.get(upstream) if upstream else None
             if upstream is None or up_phase in (Phase.SUCCEEDED, Phase.DONE):
                 self.enqueue(key)
             elif upstream in self.settled and self.settled[upstream] != "done":
@@ -341,10 +346,6 @@ class _Run:
         if self.remaining <= 0:
             self.finished.set()
         return leftovers
-
-    def _missing_outputs(self, rec: UnitRecord) -> list[int]:
-        """Outputs of a unit whose file is gone or has another size than recorded (cheap: one stat)."""
-        return [o.n for o in rec.outputs if not (o.path and self._output_present(o.path, o.bytes))]
 
     def _queue_downloads(self, rec: UnitRecord) -> None:
         self._show(rec.key, "downloading")

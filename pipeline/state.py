@@ -359,6 +359,23 @@ class _Reads:
                 counts[_PHASE[phase]] = count
         return counts
 
+    def job_ids(self) -> set[str]:
+        """Every job id the file records: jobs that are ours (reconciliation must not adopt them)."""
+        with _mapped(self._path, "reading job ids"):
+            return {j for (j,) in self._reader.execute("SELECT job_id FROM units WHERE job_id IS NOT NULL")}
+
+    def done_outputs(self) -> dict[str, list[tuple[int, str | None, int | None]]]:
+        """``(n, path, bytes)`` of every output of every done unit: all a no-op resume needs to check."""
+        found: dict[str, list[tuple[int, str | None, int | None]]] = {}
+        sql = (
+            "SELECT o.unit_key, o.n, o.path, o.bytes FROM outputs o JOIN units u ON u.key = o.unit_key"
+            " WHERE u.phase = 'done'"
+        )
+        with _mapped(self._path, "reading outputs"):
+            for key, n, path, size in self._reader.execute(sql):
+                found.setdefault(key, []).append((n, path, size))
+        return found
+
     def resource(self, kind: str, key: str) -> dict[str, Any] | None:
         """What was recorded for a shared resource (an uploaded file by hash, a trained model)."""
         with _mapped(self._path, "reading a resource"):
