@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ import structlog
 from pipeline import sidecar
 from pipeline.client import ApiClient
 from pipeline.clock import Clock
+from pipeline.crashpoints import crash_point
 from pipeline.downloader import Downloader, Fetched
 from pipeline.errors import AssetGoneError, DownloadError
 from pipeline.layout import OutputLayout
@@ -32,19 +32,9 @@ from pipeline.ratelimit import RateLimiter
 from pipeline.retry import RetryPolicy, retrying
 from pipeline.state import StateStore, UnitLike, UnitRecord
 
-__all__ = ["Delivery", "WorkUnit", "crash_point", "file_number"]
+__all__ = ["Delivery", "WorkUnit", "file_number"]
 
 _log = structlog.get_logger("pipeline.delivery")
-
-#: Fault injection for the crash tests (reliability plan S1–S4): the process kills itself with
-#: SIGKILL at the named point, exactly as an OOM killer or a power cut would. Unset in normal use.
-_CRASH_AT = os.environ.get("PHOTOGPT_PIPELINE_CRASH_AT", "")
-
-
-def crash_point(name: str) -> None:
-    """Die here if the crash tests asked for it."""
-    if name == _CRASH_AT:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class WorkUnit(UnitLike, Protocol):

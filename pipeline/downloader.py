@@ -32,6 +32,7 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from aiohttp import hdrs
 from yarl import URL
 
+from pipeline.crashpoints import crash_point
 from pipeline.errors import (
     AssetGoneError,
     DownloadError,
@@ -410,6 +411,7 @@ class Downloader:
                     kind, chunk, head = _require_kind(head, where), head, b""
                 hasher.update(chunk)
                 await f.write(chunk)
+                crash_point("mid_download")
         except (aiohttp.ClientError, TimeoutError) as exc:  # ClientPayloadError, reset, sock_read timeout
             await f.flush()
             await anyio.to_thread.run_sync(os.fsync, f.fileno())  # a resume must build on bytes that exist

@@ -33,7 +33,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from pipeline.client import ApiClient
 from pipeline.clock import Clock
-from pipeline.delivery import Delivery, WorkUnit, crash_point
+from pipeline.crashpoints import crash_point
+from pipeline.delivery import Delivery, WorkUnit
 from pipeline.downloader import Downloader
 from pipeline.errors import (
     ApiError,

@@ -117,10 +117,11 @@ def _check_invariants(out: Path, origin: str, units: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "point", ["after_intent_commit", "after_post_before_record", "after_replace_before_record"]
+    "point",
+    ["after_intent_commit", "after_post_before_record", "mid_download", "after_replace_before_record"],
 )
 def test_kill_at_a_named_point_then_resume(point: str, sim_url: str, tmp_path: Path) -> None:
-    """S1, S2, S4: the kill lands exactly at the risky moment; the rerun pays at most once."""
+    """S1–S4: the kill lands exactly at the risky moment; the rerun pays at most once."""
     manifest, out = _manifest(tmp_path, 6), tmp_path / "out"
     proc = _start(manifest, out, sim_url, "--max-active", "1", crash_at=point)
     _, err = proc.communicate(timeout=120)
