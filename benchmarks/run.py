@@ -58,7 +58,11 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
         rate_limited.Size(units=24, limit_rps=20.0, cap=16, durations=(0.05, 0.2), timeout_s=60),
     ),
     "scale": (scale.run, scale.Size(), scale.Size(units=200, timeout_s=60)),
-    "downloads": (downloads.run, downloads.Size(), downloads.Size(assets=6, file_size=200_000, timeout_s=60)),
+    "downloads": (
+        downloads.run,
+        downloads.Size(),
+        downloads.Size(assets=6, file_size=200_000, rounds=1, timeout_s=60),
+    ),
     "baselines": (
         baselines.run,
         baselines.Size(),

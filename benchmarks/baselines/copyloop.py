@@ -1,6 +1,6 @@
 """The plain aiohttp copy loop the downloads scenario compares against.
 
-``python -m benchmarks.baselines.copyloop URLS_FILE OUT_DIR [--workers N]``: N workers take URLs
+``python -m benchmarks.baselines.copyloop URLS_FILE OUT_DIR [-w/--workers N]``: N workers take URLs
 from a queue, stream each body to a file in 256 KiB chunks, and nothing else (no hashing, no
 checks, no fsync). Prints one JSON line: files, bytes, seconds.
 """
@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("urls", type=Path, help="a file with one URL a line")
     parser.add_argument("out", type=Path)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("-w", "--workers", type=int, default=8)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     urls = [u for u in args.urls.read_text().split() if u]

@@ -10,6 +10,9 @@
    200 ``reopen`` state commits that precede them, which count against us).
 4. The plain copy loop (:mod:`benchmarks.baselines.copyloop`) fetches the same URLs with the same
    number of workers (8), writing chunks straight to files: no hash, no checks, no fsync.
+
+Steps 3 and 4 alternate ``rounds`` times and the best of each side is compared: on a shared VM
+the plain loop's throughput has been seen to swing 3x between runs minutes apart.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ WORKERS = 8  # RunOptions.download_workers
 class Size:
     assets: int = 200
     file_size: int = 5_000_000
+    rounds: int = 2
     timeout_s: float = 300.0
 
 
@@ -63,42 +67,48 @@ def run(ctx: Context, size: Size) -> list[Figure]:
         if res.returncode != 0:
             return [failed_run(f"downloads.{name}", res)]
     out = folder / "big"
-    for child in out.iterdir():  # the item folders; keep .state, runs/, index.jsonl, the report
-        if child.is_dir() and not child.name.startswith(".") and child.name != "runs":
-            shutil.rmtree(child)
-    resume = client("big", "resume")
-    noop = client("big", "noop")
-    for name, res in (("resume", resume), ("noop", noop)):
-        if res.returncode != 0:
-            return [failed_run(f"downloads.{name}", res)]
     with open_readonly(out / ".state" / "state.db") as view:
         outputs = [o for rec in view.units() for o in rec.outputs]
     total = sum(o.bytes or 0 for o in outputs)
     urls = folder / "urls.txt"
     urls.write_text("".join(o.url + "\n" for o in outputs))
-    copy = run_process(
-        [
-            PYTHON,
-            "-m",
-            "benchmarks.baselines.copyloop",
-            str(urls),
-            str(folder / "copy"),
-            "--workers",
-            str(WORKERS),
-        ],
-        env=clean_env(),
-        timeout_s=size.timeout_s,
-        workdir=folder,
-        name="copyloop",
-    )
-    if copy.returncode != 0:
-        return [failed_run("downloads.copyloop", copy)]
-    plain = json.loads(copy.stdout.strip().splitlines()[-1])
-    ours_s = resume.wall_s - noop.wall_s
+    ours: list[tuple[float, ProcessResult, ProcessResult]] = []
+    plains: list[float] = []
+    for round_ in range(size.rounds):  # alternated: a disk or neighbour hiccup hits both sides alike
+        for child in out.iterdir():  # the item folders; keep .state, runs/, index.jsonl, the report
+            if child.is_dir() and not child.name.startswith(".") and child.name != "runs":
+                shutil.rmtree(child)
+        resume = client("big", f"resume-{round_}")
+        noop = client("big", f"noop-{round_}")
+        for name, res in (("resume", resume), ("noop", noop)):
+            if res.returncode != 0:
+                return [failed_run(f"downloads.{name}", res)]
+        ours.append((resume.wall_s - noop.wall_s, resume, noop))
+        copy = run_process(
+            [
+                PYTHON,
+                "-m",
+                "benchmarks.baselines.copyloop",
+                str(urls),
+                str(folder / "copy"),
+                "-w",
+                str(WORKERS),
+            ],
+            env=clean_env(),
+            timeout_s=size.timeout_s,
+            workdir=folder,
+            name=f"copyloop-{round_}",
+        )
+        shutil.rmtree(folder / "copy", ignore_errors=True)
+        if copy.returncode != 0:
+            return [failed_run("downloads.copyloop", copy)]
+        plain = json.loads(copy.stdout.strip().splitlines()[-1])
+        plains.append(total / 1e6 / max(float(plain["seconds"]), 1e-6))
+    ours_s, resume, noop = min(ours, key=lambda o: o[0])
     ours_mbps = total / 1e6 / max(ours_s, 1e-6)
-    plain_mbps = plain["bytes"] / 1e6 / max(plain["seconds"], 1e-6)
+    plain_mbps = max(plains)
+    every_ours = ", ".join(f"{total / 1e6 / max(o[0], 1e-6):.0f}" for o in ours)
     growth = big.peak_rss_mib - small.peak_rss_mib
-    shutil.rmtree(folder / "copy", ignore_errors=True)
     return [
         info(
             "downloads.assets", len(outputs), "files", f"{total / 1e6:.0f} MB in all, {WORKERS} workers each"
@@ -107,9 +117,14 @@ def run(ctx: Context, size: Size) -> list[Figure]:
             "downloads.ours",
             ours_mbps,
             "MB/s",
-            f"{ours_s:.2f} s: resume {resume.wall_s:.2f} s - no-op {noop.wall_s:.2f} s",
+            f"best of {every_ours}; {ours_s:.2f} s = resume {resume.wall_s:.2f} - no-op {noop.wall_s:.2f}",
         ),
-        info("downloads.plain_copy_loop", plain_mbps, "MB/s", f"{plain['seconds']:.2f} s"),
+        info(
+            "downloads.plain_copy_loop",
+            plain_mbps,
+            "MB/s",
+            "best of " + ", ".join(f"{p:.0f}" for p in plains),
+        ),
         at_least("downloads.ours/plain", ours_mbps / plain_mbps, 0.90, "x"),
         info("downloads.peak_rss", big.peak_rss_mib, "MiB", f"tiny files: {small.peak_rss_mib:.0f} MiB"),
         at_most("downloads.rss_growth", growth, 50.0, "MiB", "5 MB files vs tiny files, same units"),
