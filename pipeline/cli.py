@@ -106,6 +106,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="fast: sub-second polls for a local simulator; auto: fast on loopback URLs only",
     )
+    run.add_argument(
+        "--poll-via",
+        choices=("list", "job"),
+        default="list",
+        help="list: learn running jobs' statuses from GET /jobs, a page for many jobs (falls back "
+        "to single polls if the list is unusable); job: GET /jobs/{id} for each job",
+    )
     run.add_argument("--retry-failed", action="store_true", help="try permanently failed units again (pays)")
     run.add_argument(
         "--resubmit-unknown",
@@ -193,6 +200,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         submit_rate=args.rate,
         max_runtime_s=args.max_runtime,
         budget=args.budget,
+        poll_via=args.poll_via,
     )
     request = RunRequest(
         manifest=args.manifest,

@@ -66,6 +66,10 @@ class PollPolicy:
     #: poll at 0.85 this replaces held it about two thirds of the spread.
     quantile: float = 0.75
     later_quantiles: tuple[float, ...] = (0.95, 1.0)
+    #: When statuses come from the job list (:mod:`pipeline.sweep`), how often to list, as a
+    #: share of a kind's typical duration: 0.1 holds a finished job's slot about 5 % longer
+    #: than the job ran, for a page or two per sweep.
+    sweep_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         if not 0 < self.min_interval_s <= self.max_interval_s:
@@ -75,6 +79,8 @@ class PollPolicy:
         points = (self.quantile, *self.later_quantiles)
         if not all(0 < q <= 1 for q in points) or list(points) != sorted(set(points)):
             raise ValueError("poll quantiles must increase strictly within (0, 1]")
+        if not 0 < self.sweep_fraction <= 1:
+            raise ValueError("sweep_fraction must be within (0, 1]")
 
     @classmethod
     def fast(cls) -> PollPolicy:
@@ -110,12 +116,40 @@ class DurationEstimator:
         self._seen.setdefault(kind, deque(maxlen=self._window)).append(drawn)
         self._points_cache.pop(kind, None)
 
+    def observe_between(self, kind: str, low: float, high: float) -> None:
+        """Record a job of ``kind`` that was running ``low`` s after submission and done at ``high``."""
+        low, high = max(0.0, low), max(0.0, high)
+        drawn = self._rng.uniform(low, high) if low < high else high
+        self._seen.setdefault(kind, deque(maxlen=self._window)).append(drawn)
+        self._points_cache.pop(kind, None)
+
+    def typical(self, kind: str) -> float:
+        """The median duration of ``kind`` (the configured guess until enough are seen)."""
+        seen = self._seen.get(kind)
+        if seen and len(seen) >= self.MIN_SAMPLES:
+            return sorted(seen)[len(seen) // 2]
+        return self._guess(kind)
+
+    def earliest(self, kind: str) -> float:
+        """Seconds after submission before which a job of ``kind`` is unlikely to be done."""
+        seen = self._seen.get(kind)
+        if seen and len(seen) >= self.MIN_SAMPLES:
+            return 0.9 * min(seen)
+        return 0.5 * self._guess(kind)
+
+    def sweep_interval(self, kinds: set[str]) -> float:
+        """Seconds between two listings of the jobs of ``kinds`` (see :mod:`pipeline.sweep`)."""
+        policy = self._policy
+        typical = min((self.typical(k) for k in kinds), default=policy.max_interval_s)
+        return min(policy.max_interval_s, max(policy.min_interval_s, policy.sweep_fraction * typical))
+
+    def _guess(self, kind: str) -> float:
+        return self._policy.first_s.get(kind, self._policy.first_s.get("image", 10.0))
+
     def first_delay(self, kind: str) -> float:
         """Seconds from submission to the first poll."""
         points = self._points(kind)
-        if not points:
-            return self._policy.first_s.get(kind, self._policy.first_s.get("image", 10.0))
-        return points[0]
+        return points[0] if points else self._guess(kind)
 
     def next_delay(self, kind: str, elapsed: float, polls: int) -> float:
         """Seconds until the next poll of a job that was still running after ``polls`` polls."""

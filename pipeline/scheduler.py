@@ -55,10 +55,11 @@ from pipeline.poller import DueQueue, DurationEstimator, PollPolicy
 from pipeline.provision import Provisioner
 from pipeline.ratelimit import ActiveJobLimit, RateLimiter
 from pipeline.reconcile import Uncertain, Verdict, decide, window_of
-from pipeline.records import Job, JobStatus
+from pipeline.records import Job, JobPage, JobStatus
 from pipeline.retry import RetryPolicy, outcome_is_known, retrying
 from pipeline.spec import thaw
 from pipeline.state import Phase, StateStore, UnitRecord
+from pipeline.sweep import Found, JobSweep
 from pipeline.tally import Snapshot, Tally
 
 __all__ = ["RunOptions", "RunSummary", "run_pipeline"]
@@ -77,6 +78,10 @@ class RunOptions:
     submit_workers: int = 16
     download_workers: int = 8
     poll_concurrency: int = 32
+    #: ``list``: learn running jobs' statuses from the job list, a page for dozens of jobs
+    #: (:mod:`pipeline.sweep`), falling back to single polls if the list cannot be read;
+    #: ``job``: ask ``GET /jobs/{id}`` for each job on its own schedule.
+    poll_via: str = "list"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll: PollPolicy = field(default_factory=PollPolicy)
     max_runtime_s: float | None = None
@@ -182,6 +187,9 @@ class _Run:
         self.download_limiter = RateLimiter(options.download_rate, clock=clock)
         self.due: DueQueue[str] = DueQueue(clock)
         self.estimator = DurationEstimator(options.poll)
+        self.sweep = JobSweep()
+        self.sweeping = options.poll_via == "list"
+        self.sweep_added = anyio.Event()
         self.started: dict[str, tuple[float, int]] = {}  # key -> (monotonic submit time, polls)
         self.known_jobs: set[str] = set()
         self.holding: set[str] = set()
@@ -503,7 +511,11 @@ class _Run:
         self._show(key, "running")
         now = self.clock.monotonic()
         self.started[key] = (now, 0)
-        self.due.push(key, now + self.estimator.first_delay(unit.step))
+        if self.sweeping:
+            self.sweep.add(job_id, key, unit.step, sent=intent_at, now=now)
+            self.sweep_added.set()
+        else:
+            self.due.push(key, now + self.estimator.first_delay(unit.step))
         log.info("job_submitted", job_id=job_id)
 
     def _cost(self, key: str) -> float:
@@ -528,8 +540,8 @@ class _Run:
         since = self.clock.now() - timedelta(minutes=5)
         while not self.finished.is_set():
             await self.clock.sleep(interval)
-            if not self.run_jobs:
-                continue
+            if not self.run_jobs or self.sweeping:
+                continue  # sweeps of the job list bring each job's credits along
             try:
                 async for job in self.api.iter_jobs(start=since, end=self.clock.now() + timedelta(minutes=5)):
                     if job.job_id in self.run_jobs and job.credits is not None:
@@ -614,11 +626,92 @@ class _Run:
             for key in await self.due.pop_due(idle_s=0.5):
                 tg.start_soon(self._poll_guarded, key, limiter)
 
-    async def _poll_guarded(self, key: str, limiter: anyio.CapacityLimiter) -> None:
+    async def _poll_guarded(
+        self, key: str, limiter: anyio.CapacityLimiter, seen: Found | None = None
+    ) -> None:
         async with limiter:
-            await self.poll_one(key)
+            await self.poll_one(key, seen)
 
-    async def poll_one(self, key: str) -> None:
+    async def sweep_loop(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
+        """List the jobs in flight every so often; fetch each one the list shows finished.
+
+        Falls back to single polls for good when the list cannot be read three times running.
+        """
+        failures, last = 0, float("-inf")
+        while not self.finished.is_set() and self.sweeping:
+            if not len(self.sweep):
+                self.sweep_added = anyio.Event()
+                await self.clock.wait_for(self.sweep_added, 0.5)
+                continue
+            now = self.clock.monotonic()
+            soonest = min(
+                self.started.get(key, (now, 0))[0] + self.estimator.earliest(kind)
+                for _, key, kind in self.sweep.jobs()
+            )
+            wait = max(last + self.estimator.sweep_interval(self.sweep.kinds()), soonest) - now
+            if wait > 0:
+                await self.clock.sleep(wait)
+                continue
+            last = now
+            try:
+                await self._sweep_once(tg, limiter)
+            except AuthError:
+                raise
+            except PipelineError as exc:
+                failures += 1
+                _log.warning("job_list_failed", error=str(exc), failures=failures)
+                if failures >= 3 or isinstance(exc, RejectedError):
+                    self._stop_sweeping(str(exc))
+                continue
+            failures = 0
+            self._sweep_deadlines()
+
+    async def _sweep_once(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
+        start = self.sweep.window_start()
+        sweep = self.sweep.begin()
+        token: str | None = None
+        seen_tokens: set[str] = set()
+        while True:
+
+            async def page_of(token: str | None = token) -> JobPage:
+                await self.poll_limiter.acquire()
+                return await self.api.list_jobs(start=start, page_token=token)
+
+            page = await retrying(page_of, policy=self.options.retry, clock=self.clock, rng=self.rng)
+            for found in self.sweep.take(sweep, page.jobs, self.clock.monotonic()):
+                self._drop_slot(found.key)  # finished on the server: its slot is free now
+                if found.credits is not None:
+                    self.credits_seen[found.job_id] = found.credits
+                    self.tally.credits_spent = sum(self.credits_seen.values())
+                tg.start_soon(self._poll_guarded, found.key, limiter, found)
+            token = page.next_page_token
+            if sweep.complete:
+                return
+            if token is None or token in seen_tokens:
+                break
+            seen_tokens.add(token)
+        now = self.clock.monotonic()
+        for job_id, key in self.sweep.end(sweep, self.clock.now()):
+            _log.info("job_not_listed", unit=key, job_id=job_id)
+            self.due.push(key, now)
+
+    def _sweep_deadlines(self) -> None:
+        """Jobs past their deadline leave the sweep for one last poll, which settles them."""
+        now = self.clock.monotonic()
+        for job_id, key, kind in self.sweep.jobs():
+            started = self.started.get(key, (now, 0))[0]
+            if now - started > self.options.poll.deadline_s.get(kind, 900.0):
+                self.sweep.discard(job_id)
+                self.due.push(key, now)
+
+    def _stop_sweeping(self, reason: str) -> None:
+        _log.warning("job_list_unusable", reason=reason, fallback="single polls")
+        self.sweeping = False
+        now = self.clock.monotonic()
+        for _, key in self.sweep.drain():
+            self.due.push(key, now)
+
+    async def poll_one(self, key: str, seen: Found | None = None) -> None:
         unit = self.units[key]
         rec = self.store.get(key)
         if rec is None or not rec.job_id:
@@ -650,7 +743,12 @@ class _Run:
         self.started[key] = (submitted_at, polls)
         if job.status is JobStatus.SUCCESS:
             self._drop_slot(key)
-            self.estimator.observe(unit.step, elapsed)
+            if seen is None:
+                self.estimator.observe(unit.step, elapsed)
+            else:
+                self.estimator.observe_between(
+                    unit.step, seen.running_at - submitted_at, seen.seen_at - submitted_at
+                )
             outputs = [(o.id, o.url) for o in (*job.images, *job.videos)]
             if not outputs:
                 await self.store.mark_failed(key, "the job succeeded without outputs", "job_failed")
@@ -741,6 +839,7 @@ class _Run:
             for name in list(self.waiting):
                 tg.start_soon(self.provision_model, name)
             tg.start_soon(self.poll_loop, tg)
+            tg.start_soon(self.sweep_loop, tg, anyio.CapacityLimiter(self.options.poll_concurrency))
             tg.start_soon(self.reconcile_loop)
             if self.options.budget is not None:
                 tg.start_soon(self.credits_loop)
@@ -802,8 +901,8 @@ class _Run:
 
     async def final_credits(self) -> None:
         """One pass over the job list at the end: what this run's jobs cost, as the API reports it."""
-        if not self.run_jobs:
-            return
+        if not self.run_jobs or self.credits_seen.keys() >= self.run_jobs.keys():
+            return  # nothing run, or every job's cost came with a sweep
         since = self.clock.now() - timedelta(seconds=self.clock.monotonic() - self.started_at + 300)
         try:
             async for job in self.api.iter_jobs(start=since, end=self.clock.now() + timedelta(minutes=5)):

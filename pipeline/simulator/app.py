@@ -372,6 +372,8 @@ def _when(request: web.Request, name: str) -> datetime | None:
 
 async def list_jobs(request: web.Request) -> web.Response:
     sim, owner = simulator(request), _owner(request)
+    if not sim.config.job_list_available:
+        raise ApiFailure(404, "not found", "not_found")
     store, token = sim.store, request.query.get("pageToken")
     after: int | None = None
     if token:
@@ -389,10 +391,14 @@ async def list_jobs(request: web.Request) -> web.Response:
     if end - start > MAX_WINDOW:
         raise ApiFailure(400, "the time range may not exceed 7 days", "validation_error")
     size = _int(request, "pageSize", sim.config.job_list_page_size, max(100, sim.config.job_list_page_size))
+    listed_before = sim.clock.monotonic() - sim.config.job_list_lag_s
     hits = [
         j
         for j in reversed(store.jobs.values())
-        if j.owner == owner and start <= j.created_at <= end and (after is None or j.seq < after)
+        if j.owner == owner
+        and start <= j.created_at <= end
+        and (after is None or j.seq < after)
+        and j.created <= listed_before
     ]
     page = hits[:size]
     for job in page:

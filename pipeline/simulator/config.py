@@ -66,6 +66,11 @@ class SimConfig:
     training_s: float = 1.0
     training_fails: bool = False
     job_list_page_size: int = 50
+    #: ``False``: ``GET /jobs`` answers 404, as an API without the list would ([I]: its paging,
+    #: order and freshness are inferred, so clients must cope without it).
+    job_list_available: bool = True
+    #: A job shows in ``GET /jobs`` only this long after it was created (an eventually consistent list).
+    job_list_lag_s: float = 0.0
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -112,6 +117,7 @@ _NON_NEGATIVE = (
     "file_size",
     "training_s",
     "download_prepare_s",
+    "job_list_lag_s",
 )
 _CHOICES = {"progress": ("time", "polls"), "retry_after": ("off", "seconds", "date")}
 

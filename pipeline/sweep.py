@@ -1,0 +1,183 @@
+"""Learning many jobs' statuses from the job list instead of asking about each job.
+
+``GET /jobs/{id}`` answers for one job; ``GET /jobs`` lists every job created in a
+time window, a page of them per request, each with its status. With dozens of jobs
+in flight, one listing page tells what dozens of single polls would, so a job can be
+looked at every few tenths of a second without spending a request on it each time.
+That matters twice: a job's active-job slot is held until it is *seen* done (the
+sooner, the sooner the next job starts), and every request counts against the
+API's rate limit.
+
+A sweep lists the window that covers every watched job, stopping as soon as each
+was found (so the order the API lists in does not matter). A job found finished is
+handed back for one ``GET /jobs/{id}``, which carries its outputs; the list does not.
+
+The window is in the server's clock, which may not be ours: a job's ``createdAt``
+is learned the first time it is listed, and until then its start is guessed from
+when we sent it, the skew seen on earlier jobs and a margin. A job a complete sweep
+did not list, though it listed jobs sent later, ``max_misses`` times is given up on
+(the caller polls it alone) and the margin widens: a skewed clock or a list that lags
+costs a few requests, never a job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from pipeline.records import JobStatus, JobSummary
+
+__all__ = ["Found", "JobSweep", "Pass"]
+
+
+@dataclass(slots=True)
+class _Watched:
+    key: str
+    kind: str
+    sent: datetime  # our wall clock when the POST went out
+    created: datetime | None = None  # the server's createdAt, once listed
+    running_at: float = 0.0  # monotonic time it was last known to be running
+    misses: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A watched job a sweep saw finished: look at it with ``GET /jobs/{id}``.
+
+    It finished between ``running_at`` and ``seen_at`` (monotonic seconds).
+    """
+
+    job_id: str
+    key: str
+    kind: str
+    status: JobStatus
+    running_at: float
+    seen_at: float
+    #: What the list says the job cost, when it says.
+    credits: float | None = None
+
+
+@dataclass(slots=True)
+class Pass:
+    """One sweep in progress: the jobs it looks for and those it found so far."""
+
+    expected: set[str]
+    found: set[str] = field(default_factory=set)
+    #: The latest send time among the jobs found: the list has caught up to at least there.
+    caught_up: datetime | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every job the sweep looks for has been listed: no need for more pages."""
+        return not (self.expected - self.found)
+
+
+class JobSweep:
+    """The jobs whose status is learned from the job list (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        margin_s: float = 30.0,
+        settled_margin_s: float = 2.0,
+        max_misses: int = 2,
+        patience_s: float = 10.0,
+    ) -> None:
+        self._watched: dict[str, _Watched] = {}
+        self._patience = timedelta(seconds=patience_s)
+        self._margin = timedelta(seconds=margin_s)
+        self._settled_margin = timedelta(seconds=settled_margin_s)
+        self._max_misses = max_misses
+        self._skew: timedelta | None = None  # smallest (server createdAt - our send time) seen
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._watched
+
+    def add(self, job_id: str, key: str, kind: str, *, sent: datetime, now: float) -> None:
+        """Watch ``job_id`` (unit ``key``), submitted at our wall time ``sent``."""
+        self._watched[job_id] = _Watched(key, kind, sent, running_at=now)
+
+    def discard(self, job_id: str) -> None:
+        self._watched.pop(job_id, None)
+
+    def kinds(self) -> set[str]:
+        return {w.kind for w in self._watched.values()}
+
+    def jobs(self) -> list[tuple[str, str, str]]:
+        """``(job id, key, kind)`` of every watched job."""
+        return [(job_id, w.key, w.kind) for job_id, w in self._watched.items()]
+
+    def window_start(self) -> datetime | None:
+        """The earliest server time a watched job can have been created at (None: nothing watched)."""
+        starts = [self._start_of(w) for w in self._watched.values()]
+        return min(starts) if starts else None
+
+    def _start_of(self, w: _Watched) -> datetime:
+        if w.created is not None:
+            return w.created - timedelta(milliseconds=1)  # listed times may be rounded
+        if self._skew is None:
+            return w.sent - self._margin
+        return w.sent + self._skew - self._settled_margin
+
+    def begin(self) -> Pass:
+        return Pass(expected=set(self._watched))
+
+    def take(self, sweep: Pass, jobs: tuple[JobSummary, ...] | list[JobSummary], now: float) -> list[Found]:
+        """Read one listing page: learn creation times, and return the watched jobs that finished.
+
+        Finished jobs stop being watched; the caller owns them from here.
+        """
+        finished: list[Found] = []
+        for item in jobs:
+            w = self._watched.get(item.job_id)
+            if w is None:
+                continue
+            sweep.found.add(item.job_id)
+            w.misses = 0
+            if sweep.caught_up is None or w.sent > sweep.caught_up:
+                sweep.caught_up = w.sent
+            if w.created is None and item.created_at is not None:
+                w.created = item.created_at
+                skew = item.created_at - w.sent
+                self._skew = skew if self._skew is None else min(self._skew, skew)
+            if item.status.is_terminal:
+                del self._watched[item.job_id]
+                finished.append(
+                    Found(item.job_id, w.key, w.kind, item.status, w.running_at, now, item.credits)
+                )
+            else:
+                w.running_at = now
+        return finished
+
+    def end(self, sweep: Pass, now: datetime) -> list[tuple[str, str]]:
+        """After a sweep that read every page: ``(job id, key)`` of jobs given up on, no longer watched.
+
+        A job counts as missing when a job we sent after it was listed, or when we sent
+        it more than ``patience`` ago (a list that lags a little is not a miss); missing
+        ``max_misses`` times, it is polled alone, and the margin widens for the rest.
+        """
+        given_up: list[tuple[str, str]] = []
+        for job_id in sweep.expected - sweep.found:
+            w = self._watched.get(job_id)
+            if w is None:
+                continue
+            overtaken = sweep.caught_up is not None and w.sent < sweep.caught_up
+            if not overtaken and now - w.sent <= self._patience:
+                continue
+            w.misses += 1
+            if w.misses >= self._max_misses:
+                del self._watched[job_id]
+                given_up.append((job_id, w.key))
+        if given_up:
+            self._settled_margin = min(self._settled_margin * 4, timedelta(days=1))
+            self._margin = max(self._margin, self._settled_margin)
+        return given_up
+
+    def drain(self) -> list[tuple[str, str]]:
+        """Stop watching everything (the list cannot be read): ``(job id, key)`` of each job."""
+        jobs = [(job_id, w.key) for job_id, w in self._watched.items()]
+        self._watched.clear()
+        return jobs

@@ -1,0 +1,202 @@
+"""Statuses from the job list: the sweep's bookkeeping, and whole runs that rely on it.
+
+The unit tests drive :class:`~pipeline.sweep.JobSweep` with listing pages by hand; the run
+tests use the real client against the simulator on 127.0.0.1, including a list that is
+missing, lags behind, or runs on a clock an hour off ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.clock import SystemClock
+from pipeline.poller import DurationEstimator, PollPolicy
+from pipeline.records import JobStatus, JobSummary
+from pipeline.simulator import Sandbox, SimConfig
+from pipeline.sweep import JobSweep
+from tests.conftest import TEST_KEY
+from tests.test_run import assert_outputs_verify, jobs_per_body, options, run, write_manifest
+
+T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+
+
+def item(job_id: str, status: str, created: datetime) -> JobSummary:
+    return JobSummary(job_id=job_id, status=JobStatus.parse(status), created_at=created)
+
+
+class TestJobSweep:
+    def test_window_starts_a_margin_before_the_first_send_until_the_server_clock_is_known(self) -> None:
+        sweep = JobSweep(margin_s=30)
+        assert sweep.window_start() is None
+        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
+        assert sweep.window_start() == T0 - timedelta(seconds=30)
+
+    def test_server_skew_is_learned_from_the_listing(self) -> None:
+        """The server runs an hour ahead: later jobs' windows start an hour after our send time."""
+        sweep = JobSweep(margin_s=30, settled_margin_s=2)
+        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
+        p = sweep.begin()
+        sweep.take(p, [item("j1", "running", T0 + timedelta(hours=1, seconds=0.2))], now=1.0)
+        assert p.complete
+        # j1 is listed: its own creation time bounds the window from now on.
+        assert sweep.window_start() == T0 + timedelta(hours=1, seconds=0.2) - timedelta(milliseconds=1)
+        sweep.discard("j1")
+        sweep.add("j2", "k2", "image", sent=T0 + timedelta(seconds=5), now=5.0)
+        assert sweep.window_start() == T0 + timedelta(hours=1, seconds=5.2 - 2)
+
+    def test_finished_jobs_are_handed_back_once_with_when_they_were_last_running(self) -> None:
+        sweep = JobSweep()
+        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
+        sweep.add("j2", "k2", "upscale", sent=T0, now=0.0)
+        p = sweep.begin()
+        assert sweep.take(p, [item("j1", "queued", T0)], now=1.0) == []
+        found = sweep.take(p, [item("j2", "success", T0), item("other", "success", T0)], now=1.0)
+        assert [(f.job_id, f.key, f.kind, f.status) for f in found] == [
+            ("j2", "k2", "upscale", JobStatus.SUCCESS)
+        ]
+        assert "j2" not in sweep and "j1" in sweep and len(sweep) == 1
+        p = sweep.begin()
+        (failed,) = sweep.take(p, [item("j1", "FAILED", T0)], now=2.5)
+        assert (failed.status, failed.running_at, failed.seen_at) == (JobStatus.FAILED, 1.0, 2.5)
+        assert len(sweep) == 0
+
+    def test_a_pass_is_complete_only_when_every_watched_job_was_listed(self) -> None:
+        sweep = JobSweep()
+        for n in range(3):
+            sweep.add(f"j{n}", f"k{n}", "image", sent=T0, now=0.0)
+        p = sweep.begin()
+        sweep.take(p, [item("j0", "running", T0), item("j2", "success", T0)], now=1.0)
+        assert not p.complete
+        sweep.take(p, [item("j1", "running", T0)], now=1.0)
+        assert p.complete
+
+    def test_a_job_the_list_overtook_twice_is_given_up_and_the_margin_widens(self) -> None:
+        sweep = JobSweep(settled_margin_s=2, max_misses=2)
+        sweep.add("old", "k-old", "image", sent=T0, now=0.0)
+        sweep.add("new", "k-new", "image", sent=T0 + timedelta(seconds=1), now=1.0)
+        for attempt in range(2):
+            p = sweep.begin()
+            sweep.take(p, [item("new", "running", T0 + timedelta(seconds=1))], now=2.0)
+            given_up = sweep.end(p, T0 + timedelta(seconds=2))
+            assert given_up == ([] if attempt == 0 else [("old", "k-old")])
+        assert "old" not in sweep
+        sweep.add("later", "k", "image", sent=T0 + timedelta(seconds=10), now=10.0)
+        sweep.discard("new")
+        assert sweep.window_start() == T0 + timedelta(seconds=10 - 8)  # skew 0, margin 2 s -> 8 s
+
+    def test_a_list_that_lags_a_little_is_not_a_miss(self) -> None:
+        """Nothing later was listed and the job is young: wait for the list rather than give up."""
+        sweep = JobSweep(max_misses=1, patience_s=10)
+        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
+        p = sweep.begin()
+        assert sweep.end(p, T0 + timedelta(seconds=3)) == []
+        p = sweep.begin()
+        assert sweep.end(p, T0 + timedelta(seconds=11)) == [("j1", "k1")]
+
+    def test_drain_hands_back_every_job(self) -> None:
+        sweep = JobSweep()
+        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
+        sweep.add("j2", "k2", "video", sent=T0, now=0.0)
+        assert sorted(sweep.drain()) == [("j1", "k1"), ("j2", "k2")]
+        assert len(sweep) == 0 and sweep.window_start() is None
+
+
+class TestSweepInterval:
+    def test_interval_is_a_share_of_the_typical_duration_within_the_poll_bounds(self) -> None:
+        est = DurationEstimator(PollPolicy(min_interval_s=1.0, max_interval_s=30.0, sweep_fraction=0.1))
+        assert est.sweep_interval({"image"}) == pytest.approx(2.0)  # the 20 s guess for images
+        assert est.sweep_interval({"video"}) == pytest.approx(6.0)
+        assert est.sweep_interval({"image", "video"}) == pytest.approx(2.0)  # the quickest kind rules
+        for seconds in (40.0, 50.0, 60.0, 70.0, 80.0):
+            est.observe_between("image", seconds - 1, seconds)
+        assert 5.5 <= est.sweep_interval({"image"}) <= 6.0
+        assert 0.9 * 39 <= est.earliest("image") <= 0.9 * 40
+
+    def test_bounds_hold(self) -> None:
+        est = DurationEstimator(PollPolicy(min_interval_s=1.0, max_interval_s=3.0))
+        assert est.sweep_interval({"video"}) == 3.0
+        with pytest.raises(ValueError, match="sweep_fraction"):
+            PollPolicy(sweep_fraction=0)
+
+
+# -- whole runs ----------------------------------------------------------------------------------
+
+
+class SkewedClock(SystemClock):
+    """The simulator's wall clock, ``offset`` away from ours."""
+
+    def __init__(self, offset: timedelta) -> None:
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return super().now() + self.offset
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHOTOGPT_API_KEY", TEST_KEY)
+    monkeypatch.delenv("PHOTOGPT_API_KEY_FILE", raising=False)
+
+
+async def _sandbox(clock: SystemClock | None = None, **config: Any) -> AsyncIterator[Sandbox]:
+    cfg = SimConfig.profile("fast", keys=(TEST_KEY,), seed=5, image_s=(0.3, 0.9), **config)
+    async with Sandbox(cfg, clock=clock) as sb:
+        yield sb
+
+
+def requests(sim: Sandbox) -> dict[str, int]:
+    return dict(sim.stats()["requests"])
+
+
+async def _complete_run(
+    sim: Sandbox, tmp_path: Path, n: int, *, list_usable: bool = True, **opts: Any
+) -> dict[str, int]:
+    items = [{"id": f"sku-{i:03d}", "prompt": f"product photo {i}"} for i in range(n)]
+    manifest = write_manifest(tmp_path, items)
+    summary = await run(sim, manifest, tmp_path / "out", options=options(**opts))
+    assert summary.exit_code == 0, summary.failures
+    assert summary.counts["done"] == n
+    assert len(assert_outputs_verify(tmp_path / "out")) == n
+    assert sim.stats()["jobs_created"] == n and max(jobs_per_body(sim).values()) == 1
+    if list_usable:
+        assert summary.credits_spent == n  # 1 credit an image, as the job list reports it
+    return requests(sim)
+
+
+class TestRunsOnTheList:
+    async def test_each_job_is_fetched_once_and_the_list_does_the_waiting(self, tmp_path: Path) -> None:
+        async for sim in _sandbox():
+            got = await _complete_run(sim, tmp_path, 60)
+            assert got["GET /api/jobs/{id}"] == 60  # one read per job, for its outputs
+            assert 1 <= got["GET /api/jobs"] < 60
+
+    async def test_single_polls_when_asked(self, tmp_path: Path) -> None:
+        async for sim in _sandbox():
+            got = await _complete_run(sim, tmp_path, 20, poll_via="job")
+            assert got.get("GET /api/jobs", 0) <= 1  # the closing pass that reads credits
+            assert got["GET /api/jobs/{id}"] >= 20
+
+    async def test_no_job_list_falls_back_to_single_polls(self, tmp_path: Path) -> None:
+        """An API without ``GET /jobs`` (404): one failed listing, then every job is polled alone."""
+        async for sim in _sandbox(job_list_available=False):
+            got = await _complete_run(sim, tmp_path, 30, list_usable=False)
+            assert got["GET /api/jobs"] <= 2
+            assert got["GET /api/jobs/{id}"] >= 30
+
+    async def test_a_list_that_lags_still_finishes_every_job(self, tmp_path: Path) -> None:
+        async for sim in _sandbox(job_list_lag_s=0.5):
+            got = await _complete_run(sim, tmp_path, 30)
+            assert got["GET /api/jobs/{id}"] <= 45  # mostly one read per job: lag is not a miss
+
+    @pytest.mark.parametrize("hours", [1, -1])
+    async def test_a_server_clock_an_hour_off_ours(self, tmp_path: Path, hours: int) -> None:
+        """Ahead: the skew is learned from the list. Behind: the window is refused, single polls."""
+        async for sim in _sandbox(clock=SkewedClock(timedelta(hours=hours))):
+            got = await _complete_run(sim, tmp_path, 30, list_usable=hours > 0)
+            if hours > 0:
+                assert got["GET /api/jobs/{id}"] == 30
