@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import PurePath
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -117,11 +117,21 @@ class _BadBody(Exception):
         self.body = body
 
 
+class Pacer(Protocol):
+    """Spaces API requests (see :class:`pipeline.ratelimit.RequestPacer`)."""
+
+    async def acquire(self) -> None: ...
+
+    def on_answer(self, method: str, status: int | None) -> None: ...
+
+
 class ApiClient:
     """Typed access to the PhotoGPT Developer API; use as ``async with ApiClient(cfg) as api``.
 
     ``stats`` counts requests per endpoint template (``"GET /jobs/{job_id}"``). A
-    ``session`` passed in is used as is and left open on :meth:`aclose`.
+    ``session`` passed in is used as is and left open on :meth:`aclose`. ``pacer``
+    (settable) is asked before every request and told every answer's status: the
+    run's :class:`~pipeline.ratelimit.RequestPacer` keeps requests under the API's rate.
     """
 
     def __init__(
@@ -130,8 +140,10 @@ class ApiClient:
         *,
         clock: Clock | None = None,
         session: aiohttp.ClientSession | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._config = config
+        self.pacer = pacer
         self._clock: Clock = clock or SystemClock()
         self._session = session
         self._owns_session = session is None
@@ -362,6 +374,9 @@ class ApiClient:
         endpoint = f"{method} {template}"
         url = self._url(template, ids)
         session = self._open()
+        pacer = self.pacer
+        if pacer is not None:
+            await pacer.acquire()
         self.stats[endpoint] += 1
         started = self._clock.monotonic()
         status: int | None = None
@@ -395,6 +410,8 @@ class ApiClient:
             # Internal signals carry nothing worth chaining; foreign exceptions do.
             raise error from (None if isinstance(exc, _HttpFailure) else exc)
         finally:
+            if pacer is not None:
+                pacer.on_answer(method, status)
             elapsed_ms = round((self._clock.monotonic() - started) * 1000, 1)
             log.debug("api_request", method=method, endpoint=endpoint, status=status, elapsed_ms=elapsed_ms)
 

@@ -1,12 +1,19 @@
-"""Throttling primitives: a request-rate limiter and an adaptive cap on server-side active jobs.
+"""Throttling primitives: request-rate limiters and an adaptive cap on server-side active jobs.
 
-Two concerns, one class each, both on an injected :class:`~pipeline.clock.Clock`:
+Three concerns, one class each, all on an injected :class:`~pipeline.clock.Clock`:
 
-* :class:`RateLimiter` spaces *requests* (one instance each for submit, poll and
-  download traffic); its :meth:`~RateLimiter.defer` is also the global pause a
-  429 triggers, so there is no separate ``Pause`` type.
+* :class:`RateLimiter` spaces *requests* at a given rate (one instance each for
+  user-set submit, poll and download rates); its :meth:`~RateLimiter.defer` is
+  also the pause a 429 triggers, so there is no separate ``Pause`` type.
+* :class:`RequestPacer` finds the API's undocumented *request-rate* limit from
+  429s and keeps every API request just under it.
 * :class:`ActiveJobLimit` caps *jobs alive on the server* (submitted, not yet
   terminal) and finds the server's real cap by AIMD, since the API documents none.
+
+The API answers both limits with the same 429, so they are told apart by what was
+refused: a ``GET`` cannot be refused for the job cap, so a refused ``GET`` is proof of
+a request-rate limit; while that proof is fresh, refused submissions are blamed on the
+rate, not the cap.
 
 A submission, in order (slot first, so the rate limiter spaces the real POSTs)::
 
@@ -21,13 +28,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from types import TracebackType
 
 import anyio
 
 from pipeline.clock import Clock
 
-__all__ = ["ActiveJobLimit", "RateLimiter"]
+__all__ = ["ActiveJobLimit", "RateLimiter", "RequestPacer"]
 
 # Waits shorter than this are float noise from summing 1/rate, not real waits.
 _EPSILON_S = 1e-9
@@ -76,6 +84,14 @@ class RateLimiter:
                 await self._clock.sleep(wait)
             self._tat = max(self._tat, self._clock.monotonic()) + self._emission_s
 
+    def set_rate(self, rate_per_s: float | None) -> None:
+        """Change the rate from the next request on (``None``: unlimited)."""
+        if rate_per_s is not None and not (rate_per_s > 0 and math.isfinite(rate_per_s)):
+            raise ValueError(f"rate_per_s must be a positive number or None, not {rate_per_s!r}")
+        self.rate_per_s = rate_per_s
+        self._emission_s = 0.0 if rate_per_s is None else 1.0 / rate_per_s
+        self._tau_s = self._emission_s * (self.burst - 1)
+
     def defer(self, seconds: float) -> None:
         """Let no request through for ``seconds`` from now (a 429's Retry-After or backoff).
 
@@ -97,6 +113,133 @@ class RateLimiter:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+
+class RequestPacer:
+    """Keeps every API request under the server's request-rate limit, which it learns.
+
+    The limit is a token bucket somewhere on the server (the API documents none), so
+    while we send faster than it refills, the server admits exactly its rate. Hence:
+
+    * **Unlimited** until a ``GET`` is refused with 429 (see the module docstring for
+      why only a ``GET`` proves a rate limit).
+    * **Learning**: send at ``overdrive`` × the rate admitted in the last second (so the
+      bucket stays empty) and count what is admitted until a ``GET`` is refused again,
+      at least ``learn_s`` later: both ends find the bucket empty, so admitted / elapsed
+      is the server's rate. No second refusal within ``give_up_s``, or fewer than
+      ``min_admitted`` admitted in between (an outage is no bucket): nothing learned.
+    * **Paced** at ``margin`` × that rate, a request every ``1/rate`` with no bursts,
+      so the bucket refills and nothing is refused. Every ``probe_s`` without a 429
+      while requests were waiting here, the rate rises by ``probe_step`` (the limit
+      may have risen); a ``GET`` refused again starts learning again.
+
+    ``on_rate_limit`` is called at each ``GET`` 429 (the scheduler undoes job-cap cuts
+    that the rate, not the cap, caused).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        margin: float = 0.97,
+        overdrive: float = 1.5,
+        learn_s: float = 2.0,
+        give_up_s: float = 5.0,
+        probe_s: float = 30.0,
+        probe_step: float = 0.02,
+        evidence_s: float = 2.0,
+        min_admitted: int = 3,
+        on_rate_limit: Callable[[], None] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._limiter = RateLimiter(None, clock=clock)
+        self.margin, self.overdrive, self.learn_s, self.give_up_s = margin, overdrive, learn_s, give_up_s
+        self.probe_s, self.probe_step, self.evidence_s = probe_s, probe_step, evidence_s
+        self.min_admitted = min_admitted
+        self._on_rate_limit = on_rate_limit
+        self._admitted: deque[float] = deque()  # answer times of admitted requests, last second
+        self._learning_since: float | None = None
+        self._learning_admitted = 0
+        self._evidence_at = -math.inf  # the last GET 429
+        self._last_429 = -math.inf
+        self._since_change = 0.0
+        self._held_back = False  # a request waited here since the last rate change
+        self.estimate: float | None = None  #: the server's rate as last measured (req/s)
+        self.calibrations = 0  #: how many times the rate was measured
+
+    @property
+    def rate(self) -> float | None:
+        """Requests per second let through now (``None``: unlimited)."""
+        return self._limiter.rate_per_s
+
+    @property
+    def learning(self) -> bool:
+        return self._learning_since is not None
+
+    def explains_429(self) -> bool:
+        """Whether a request-rate limit is known to be biting now (a recent ``GET`` 429 or learning)."""
+        return self.learning or self._clock.monotonic() - self._evidence_at <= self.evidence_s
+
+    async def acquire(self) -> None:
+        """Wait until the next request may leave."""
+        if self._limiter.delay() > 0:
+            self._held_back = True
+        self._maybe_probe()
+        await self._limiter.acquire()
+
+    def on_answer(self, method: str, status: int | None) -> None:
+        """Record how the server answered a request that ``acquire`` let through."""
+        now = self._clock.monotonic()
+        if status == 429:
+            self._last_429 = now
+            if method == "GET":
+                self._on_get_refused(now)
+            return
+        if status is None:
+            return  # no answer: says nothing about the bucket
+        self._admitted.append(now)
+        while self._admitted and self._admitted[0] < now - 1.0:
+            self._admitted.popleft()
+        if self._learning_since is not None:
+            self._learning_admitted += 1
+            if now - self._learning_since > self.give_up_s:
+                self._learning_since = None  # demand fell below the limit, or there is none
+                self._set(None if self.estimate is None else self.margin * self.estimate)
+
+    def _on_get_refused(self, now: float) -> None:
+        self._evidence_at = now
+        if self._on_rate_limit is not None:
+            self._on_rate_limit()
+        if self._learning_since is None:
+            recent = len(self._admitted)
+            if recent < 2:
+                return  # nothing got through lately: an outage or a 429 storm, not a bucket to measure
+            self._learning_since, self._learning_admitted = now, 0
+            self._set(self.overdrive * max(recent, self.rate or 0.0))
+        elif now - self._learning_since >= self.learn_s:
+            admitted, elapsed = self._learning_admitted, now - self._learning_since
+            self._learning_since = None
+            if admitted < self.min_admitted:
+                # Refusals with next to nothing admitted (an outage, a storm of 429s) are no
+                # bucket to measure: leave them to each request's backoff, keep the old pace.
+                self._set(None if self.estimate is None else self.margin * self.estimate)
+                return
+            self.estimate = admitted / elapsed
+            self.calibrations += 1
+            self._set(self.margin * self.estimate)
+
+    def _maybe_probe(self) -> None:
+        rate, now = self.rate, self._clock.monotonic()
+        if rate is None or self.learning or now - self._since_change < self.probe_s:
+            return
+        if self._held_back and now - self._last_429 >= self.probe_s:
+            self._set(rate * (1 + self.probe_step))
+        else:
+            self._since_change, self._held_back = now, False
+
+    def _set(self, rate: float | None) -> None:
+        self._limiter.set_rate(rate)
+        self._since_change, self._held_back = self._clock.monotonic(), False
 
 
 class ActiveJobLimit:
@@ -124,9 +267,13 @@ class ActiveJobLimit:
     A cut does not revoke slots already taken: a holder that has not submitted
     yet calls :meth:`release_if_over_target` right before its POST, so surplus
     slots go back without a 429 each.
+
+    A 429 that was the request *rate*'s doing (see :class:`RequestPacer`) says nothing
+    about the cap: :meth:`forgive` undoes the cuts of the last ``forgive_s``.
     """
 
     __slots__ = (
+        "_before_cuts",
         "_ceiling",
         "_clock",
         "_held_accepted",
@@ -136,6 +283,7 @@ class ActiveJobLimit:
         "beta",
         "cooldown_s",
         "decreases",
+        "forgive_s",
         "in_use",
         "max_active",
         "min_active",
@@ -151,6 +299,7 @@ class ActiveJobLimit:
         initial: int | None = None,
         beta: float = 0.9,
         cooldown_s: float = 1.0,
+        forgive_s: float = 10.0,
         clock: Clock,
     ) -> None:
         start = max_active if initial is None else initial
@@ -159,7 +308,8 @@ class ActiveJobLimit:
         if not 0 < beta < 1:
             raise ValueError(f"beta must lie in (0, 1), not {beta}")
         self.max_active, self.min_active = max_active, min_active
-        self.beta, self.cooldown_s = beta, cooldown_s
+        self.beta, self.cooldown_s, self.forgive_s = beta, cooldown_s, forgive_s
+        self._before_cuts: int | None = None  # the target before the latest run of cuts
         self._clock = clock
         self.target = start  #: the cap on slots now; moves by AIMD
         self.in_use = 0  #: slots held (submitting, or job not yet terminal)
@@ -213,6 +363,8 @@ class ActiveJobLimit:
         now = self._clock.monotonic()
         if now - self._last_decrease < self.cooldown_s:
             return False
+        if now - self._last_decrease > self.forgive_s:
+            self._before_cuts = self.target
         self._last_decrease = now
         self._probe_count = 0
         self._ceiling = self._held_accepted
@@ -222,6 +374,16 @@ class ActiveJobLimit:
         self.target = lowered
         self.decreases += 1
         return True
+
+    def forgive(self) -> None:
+        """The recent 429s were the request rate's doing: undo the cuts of the last ``forgive_s``."""
+        if self._before_cuts is None or self._clock.monotonic() - self._last_decrease > self.forgive_s:
+            return
+        self.target = max(self.target, self._before_cuts)
+        self._before_cuts = None
+        self._ceiling = math.inf
+        self._last_decrease = -math.inf
+        self._grant()
 
     def on_accepted(self) -> None:
         """A submission was accepted: count it, and probe one slot higher when it is time.

@@ -53,7 +53,7 @@ from pipeline.layout import OutputLayout
 from pipeline.plan import price_of
 from pipeline.poller import DueQueue, DurationEstimator, PollPolicy
 from pipeline.provision import Provisioner
-from pipeline.ratelimit import ActiveJobLimit, RateLimiter
+from pipeline.ratelimit import ActiveJobLimit, RateLimiter, RequestPacer
 from pipeline.reconcile import Uncertain, Verdict, decide, window_of
 from pipeline.records import Job, JobPage, JobStatus
 from pipeline.retry import RetryPolicy, outcome_is_known, retrying
@@ -82,6 +82,9 @@ class RunOptions:
     #: (:mod:`pipeline.sweep`), falling back to single polls if the list cannot be read;
     #: ``job``: ask ``GET /jobs/{id}`` for each job on its own schedule.
     poll_via: str = "list"
+    #: Learn the API's request-rate limit from 429s and keep every request under it
+    #: (:class:`~pipeline.ratelimit.RequestPacer`).
+    adaptive_rate: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll: PollPolicy = field(default_factory=PollPolicy)
     max_runtime_s: float | None = None
@@ -182,6 +185,10 @@ class _Run:
         self.options, self.clock = options, clock
         self.rng = random.Random(options.seed)
         self.active = ActiveJobLimit(options.max_active, clock=clock)
+        # Every API request of the run goes through the pacer, which learns the rate limit.
+        self.pacer = RequestPacer(clock=clock, on_rate_limit=self.active.forgive)
+        if options.adaptive_rate:
+            api.pacer = self.pacer
         self.submit_limiter = RateLimiter(options.submit_rate, clock=clock)
         self.poll_limiter = RateLimiter(options.poll_rate, clock=clock)
         self.download_limiter = RateLimiter(options.download_rate, clock=clock)
@@ -464,7 +471,8 @@ class _Run:
             crash_point("after_post_before_record")
         except RateLimitedError as exc:
             self.tally.rate_limited += 1
-            self.active.on_rate_limited()
+            if not self.pacer.explains_429():  # the request rate's doing, not the job cap's
+                self.active.on_rate_limited()
             pause = exc.retry_after_s if exc.retry_after_s is not None else self._backoff(1)
             self.submit_limiter.defer(pause)
             log.info("rate_limited", retry_after_s=exc.retry_after_s, target=self.active.target)
@@ -849,6 +857,8 @@ class _Run:
             tg.cancel_scope.cancel()
 
     def close(self) -> None:
+        if self.api.pacer is self.pacer:
+            self.api.pacer = None
         for stream in (self.ready_send, self.ready_recv, self.dl_send, self.dl_recv):
             stream.close()
 

@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.clock import FakeClock
 from pipeline.errors import RateLimitedError
-from pipeline.ratelimit import ActiveJobLimit, RateLimiter
+from pipeline.ratelimit import ActiveJobLimit, RateLimiter, RequestPacer
 from pipeline.retry import RetryPolicy, retrying
 from tests.virtual_clock import VirtualClock
 
@@ -544,3 +544,169 @@ async def test_settles_near_a_hidden_server_cap(give_back: bool) -> None:
     assert 28.0 <= server.mean_active() <= 32.0
     assert 28.0 <= mean_in_use <= 34.0
     assert per_unit <= (0.02 if give_back else 0.2)
+
+
+@dataclass
+class Bucket:
+    """The server side of a request-rate limit: a token bucket of ``rate`` a second, ``size`` deep."""
+
+    rate: float
+    size: float
+    tokens: float = 0.0
+    at: float = 0.0
+    admitted: list[float] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.size
+
+    def admit(self, now: float) -> bool:
+        self.tokens = min(self.size, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.admitted.append(now)
+            return True
+        self.refused.append(now)
+        return False
+
+
+async def _drive(
+    pacer: RequestPacer,
+    clock: VirtualClock,
+    server: Bucket,
+    *,
+    seconds: float,
+    workers: int = 40,
+    get_share: float = 0.5,
+    rtt_s: float = 0.01,
+) -> None:
+    """``workers`` tasks send requests as fast as the pacer lets them, for ``seconds`` of virtual time."""
+    rng = random.Random(7)
+
+    async def worker() -> None:
+        while clock.monotonic() < seconds:
+            await pacer.acquire()
+            method = "GET" if rng.random() < get_share else "POST"
+            ok = server.admit(clock.monotonic())
+            await clock.sleep(rtt_s)
+            pacer.on_answer(method, 200 if ok else 429)
+            if not ok:
+                await clock.sleep(1.0)  # the worker's own Retry-After
+
+    async with clock.autojump(), anyio.create_task_group() as tg:
+        for _ in range(workers):
+            tg.start_soon(worker)
+
+
+class TestRequestPacer:
+    """Against a simulated token bucket in virtual time: learn the rate, then stay just under it."""
+
+    async def test_learns_the_limit_and_stops_being_refused(self) -> None:
+        clock = VirtualClock()
+        pacer = RequestPacer(clock=clock)
+        server = Bucket(rate=20.0, size=20.0)
+        await _drive(pacer, clock, server, seconds=60.0)
+        assert pacer.estimate is not None and 19.0 <= pacer.estimate <= 21.0
+        assert [t for t in server.refused if t > 5.0] == []  # nothing refused after the first seconds
+        late = [t for t in server.admitted if 5.0 <= t < 60.0]
+        assert len(late) / 55.0 >= 0.95 * 20.0
+        assert len(server.refused) <= 60  # 20 of the first 40 at t=0, the rest while learning
+
+    @pytest.mark.parametrize("limit", [3.0, 50.0, 200.0])
+    async def test_other_limits(self, limit: float) -> None:
+        clock = VirtualClock()
+        pacer = RequestPacer(clock=clock)
+        server = Bucket(rate=limit, size=max(1.0, limit))
+        await _drive(pacer, clock, server, seconds=40.0, workers=int(limit) + 20, rtt_s=0.002)
+        assert pacer.estimate is not None and abs(pacer.estimate - limit) <= 0.06 * limit + 0.5
+        assert [t for t in server.refused if t > 10.0] == []
+
+    async def test_no_limit_means_no_pacing(self) -> None:
+        clock = VirtualClock()
+        pacer = RequestPacer(clock=clock)
+        server = Bucket(rate=1e9, size=1e9)
+        await _drive(pacer, clock, server, seconds=5.0, workers=5)
+        assert pacer.rate is None and pacer.estimate is None
+
+    async def test_refused_submissions_alone_do_not_start_pacing(self) -> None:
+        """A POST can be refused for the job cap; only a refused GET proves a rate limit."""
+        clock = FakeClock()
+        pacer = RequestPacer(clock=clock)
+        for _ in range(10):
+            await pacer.acquire()
+            pacer.on_answer("POST", 429)
+        assert pacer.rate is None and not pacer.explains_429()
+        for _ in range(5):
+            pacer.on_answer("GET", 200)
+        pacer.on_answer("GET", 429)
+        assert pacer.learning and pacer.explains_429() and pacer.rate is not None
+        clock.advance(2.5)
+        assert pacer.learning and pacer.explains_429()
+
+    async def test_learning_gives_up_without_a_second_refusal(self) -> None:
+        clock = FakeClock()
+        calls: list[int] = []
+        pacer = RequestPacer(clock=clock, on_rate_limit=lambda: calls.append(1))
+        for _ in range(5):
+            pacer.on_answer("GET", 200)
+        pacer.on_answer("GET", 429)
+        assert calls == [1] and pacer.learning
+        for _ in range(12):
+            clock.advance(0.5)
+            pacer.on_answer("GET", 200)
+        assert not pacer.learning and pacer.rate is None
+
+    async def test_a_storm_of_refusals_with_nothing_admitted_does_not_throttle(self) -> None:
+        """Forty 429s in a row (an outage): no rate can be measured, so none is imposed."""
+        clock = FakeClock()
+        pacer = RequestPacer(clock=clock)
+        for _ in range(40):
+            await pacer.acquire()
+            pacer.on_answer("GET", 429)
+            clock.advance(0.3)
+        assert pacer.estimate is None
+        assert pacer.rate is None or pacer.rate >= 1.0
+        pacer.on_answer("GET", 200)
+        clock.advance(10)
+        pacer.on_answer("GET", 200)
+        assert pacer.rate is None
+
+    async def test_probes_upward_while_held_back_and_relearns_a_lower_limit(self) -> None:
+        clock = VirtualClock()
+        pacer = RequestPacer(clock=clock, probe_s=10.0, probe_step=0.05)
+        server = Bucket(rate=20.0, size=20.0)
+        await _drive(pacer, clock, server, seconds=30.0)
+        first = pacer.estimate
+        assert first is not None and pacer.rate is not None and pacer.rate > 0.97 * first  # probed up
+        server.rate = 10.0  # the operator halves the limit
+        await _drive(pacer, clock, server, seconds=60.0)
+        assert pacer.estimate is not None and 9.0 <= pacer.estimate <= 11.0
+        assert pacer.calibrations >= 2
+
+
+class TestForgive:
+    def test_cuts_the_rate_caused_are_undone(self) -> None:
+        clock = FakeClock()
+        limit = ActiveJobLimit(64, clock=clock)
+        for _ in range(20):
+            limit._take()
+            limit.on_accepted()
+        assert limit.on_rate_limited()
+        assert limit.target < 64
+        clock.advance(1.5)
+        limit.on_rate_limited()
+        limit.forgive()
+        assert limit.target == 64
+
+    def test_old_cuts_stand(self) -> None:
+        clock = FakeClock()
+        limit = ActiveJobLimit(64, clock=clock, forgive_s=10.0)
+        for _ in range(20):
+            limit._take()
+            limit.on_accepted()
+        limit.on_rate_limited()
+        cut = limit.target
+        clock.advance(11.0)
+        limit.forgive()
+        assert limit.target == cut
