@@ -71,42 +71,57 @@ def _check_segment(segment: str) -> None:
         raise UnsafeAssetError(f"output path: segment longer than {_NAME_MAX} bytes: {segment[:40]!r}…")
 
 
-def _relative(root: Path, path: Path) -> Path:
-    """``path`` relative to ``root``, lexically: no ``..`` and no escape."""
-    if ".." in path.parts:
+def _below(base: str, absolute: str) -> tuple[str, ...] | None:
+    """The segments of ``absolute`` under ``base`` (both normalised), or ``None`` if it is not under it."""
+    if absolute == base:
+        return ()
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    return tuple(absolute[len(prefix) :].split(os.sep)) if absolute.startswith(prefix) else None
+
+
+def _resolve(root: Path, path: Path) -> tuple[str, tuple[str, ...]]:
+    """``realpath(root)`` and the segments of ``path`` below the root, lexically: no ``..``, no escape.
+
+    Plain strings, and the root resolved once per call: these checks run several times
+    per downloaded file, and pathlib plus repeated ``realpath`` walks cost more than the I/O.
+    """
+    text = os.fspath(path)
+    if ".." in text.split(os.sep):
         raise UnsafeAssetError(f"{path}: '..' in an output path")
-    absolute = Path(os.path.abspath(path))
-    for base in (Path(os.path.abspath(root)), Path(os.path.realpath(root))):
-        if absolute.is_relative_to(base):
-            return absolute.relative_to(base)
-    raise UnsafeAssetError(f"{path} is outside the output root {root}")
+    absolute = os.path.abspath(text)
+    real_root = os.path.realpath(root)
+    rel = _below(os.path.abspath(root), absolute)
+    if rel is None:
+        rel = _below(real_root, absolute)
+    if rel is None:
+        raise UnsafeAssetError(f"{path} is outside the output root {root}")
+    return real_root, rel
 
 
 def check_inside(root: Path, path: Path) -> Path:
     """``path`` (spelled under ``root``) after proving no existing component under ``root`` is a symlink.
 
     The root itself may be a symlink (the user's choice of disk); below it we
-    follow nothing, so ``realpath(path)`` stays inside ``realpath(root)``.
+    follow nothing: each existing component under ``realpath(root)`` is ``lstat``-ed,
+    so ``realpath(path)`` stays inside ``realpath(root)``.
 
     Raises:
         UnsafeAssetError: ``..``, outside the root, or a symlink or file where a directory must be.
     """
-    rel = _relative(root, path)
-    real_root = Path(os.path.realpath(root))
+    real_root, rel = _resolve(root, path)
     current = real_root
-    for part in rel.parts:
-        current = current / part
+    for part in rel:
+        current = os.path.join(current, part)
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
             break  # nothing deeper exists, so nothing deeper is a symlink
         except NotADirectoryError:
-            raise UnsafeAssetError(f"{root / rel}: a file stands where a directory must be") from None
+            where = root.joinpath(*rel)
+            raise UnsafeAssetError(f"{where}: a file stands where a directory must be") from None
         if stat.S_ISLNK(mode):
             raise UnsafeAssetError(f"{current} is a symlink; refusing to follow it out of the output tree")
-    if not Path(os.path.realpath(real_root / rel)).is_relative_to(real_root):  # belt and braces
-        raise UnsafeAssetError(f"{path} resolves outside the output root {root}")
-    return root / rel
+    return root.joinpath(*rel)
 
 
 def make_dirs_inside(root: Path, directory: Path) -> Path:
@@ -115,20 +130,24 @@ def make_dirs_inside(root: Path, directory: Path) -> Path:
     Raises:
         UnsafeAssetError: as :func:`check_inside`, or a component exists as a symlink or a file.
     """
-    rel = _relative(root, directory)
-    root.mkdir(parents=True, exist_ok=True)
-    current = Path(os.path.realpath(root))
-    for part in rel.parts:
-        current = current / part
+    real_root, rel = _resolve(root, directory)
+    if not os.path.isdir(real_root):
+        root.mkdir(parents=True, exist_ok=True)
+        real_root = os.path.realpath(root)
+    current = real_root
+    for part in rel:
+        current = os.path.join(current, part)
         try:
-            os.mkdir(current)
-        except FileExistsError:
             mode = os.lstat(current).st_mode
-            if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
-                raise UnsafeAssetError(
-                    f"{current} is not a real directory; refusing to write through it"
-                ) from None
-    return root / rel
+        except FileNotFoundError:
+            try:
+                os.mkdir(current)
+                continue
+            except FileExistsError:
+                mode = os.lstat(current).st_mode
+        if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+            raise UnsafeAssetError(f"{current} is not a real directory; refusing to write through it")
+    return root.joinpath(*rel)
 
 
 def fsync_dir(directory: Path) -> None:

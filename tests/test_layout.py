@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ConfigError, UnsafeAssetError
-from pipeline.layout import OutputLayout, check_inside, slug
+from pipeline.layout import OutputLayout, check_inside, make_dirs_inside, slug
 from pipeline.sidecar import (
     append_index,
     read_index,
@@ -218,6 +218,26 @@ class TestTree:
         assert layout.ensure_dir(target) == target
         assert layout.ensure_dir(target) == target
         assert (target.stat().st_mode & 0o777, (layout.root / "a").stat().st_mode & 0o777) == (0o755, 0o755)
+
+    def test_a_sibling_sharing_the_root_name_prefix_is_outside(self, tmp_path: Path) -> None:
+        """``out-2/x`` is not under ``out``: containment compares whole segments, not string prefixes."""
+        root = tmp_path / "out"
+        root.mkdir()
+        for path in (tmp_path / "out-2" / "x", tmp_path / "outx"):
+            with pytest.raises(UnsafeAssetError, match="outside"):
+                check_inside(root, path)
+            with pytest.raises(UnsafeAssetError, match="outside"):
+                make_dirs_inside(root, path)
+
+    def test_paths_spelled_through_the_real_root_come_back_under_the_given_root(self, tmp_path: Path) -> None:
+        """A symlinked root accepts paths spelled through its target, and non-normal spellings."""
+        real = tmp_path / "disk"
+        (real / "sku-1").mkdir(parents=True)
+        (tmp_path / "out").symlink_to(real, target_is_directory=True)
+        root = tmp_path / "out"
+        assert check_inside(root, real / "sku-1" / "image-1.jpeg") == root / "sku-1" / "image-1.jpeg"
+        assert check_inside(root, Path(f"{root}/./sku-1//image-1.jpeg")) == root / "sku-1" / "image-1.jpeg"
+        assert check_inside(root, root) == root
 
     @pytest.mark.parametrize("path", ["../x", "sku/../../x", "/etc/passwd"])
     def test_check_refuses_paths_outside(self, layout: OutputLayout, path: str) -> None:
