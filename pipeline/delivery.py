@@ -82,6 +82,7 @@ class Delivery:
             return 0
         out = next(o for o in rec.outputs if o.n == n)
         number = file_number(unit, n)
+        # Paths are checked on the file system (lstat walks): worker threads, never the event loop.
         adopted = await anyio.to_thread.run_sync(self._adopt_published, unit, n)
         if adopted is not None:
             path, size, digest = adopted
@@ -90,16 +91,15 @@ class Delivery:
             )
             _log.info("asset_adopted", item=unit.item_id, unit=key, n=n, path=path)
             return 0
-        part = self.layout.part_path(unit.item_id, unit.step, number, key=key)
-        fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, part)
-        final = self.layout.asset_path(
-            unit.item_id, unit.step, number, fetched.ext, key=key, model=unit.model_id or ""
+        part = await anyio.to_thread.run_sync(
+            lambda: self.layout.part_path(unit.item_id, unit.step, number, key=key)
         )
+        fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, part)
+        final, side = await anyio.to_thread.run_sync(self._make_room, unit, number, fetched.ext)
         rel = final.relative_to(self.layout.root).as_posix()
-        await anyio.to_thread.run_sync(self._set_aside_stale, final, key)
         record = await self._record(unit, rec, n, out.asset_id, out.url, fetched)
         record["path"] = rel
-        await anyio.to_thread.run_sync(sidecar.write_sidecar, self.layout.sidecar_path(final), record)
+        await anyio.to_thread.run_sync(sidecar.write_sidecar, side, record)
         await self.downloader.publish(fetched, final)
         crash_point("after_replace_before_record")
         await anyio.to_thread.run_sync(sidecar.append_index, self.layout.index_path, record)
@@ -180,12 +180,14 @@ class Delivery:
 
     def _adopt_published(self, unit: WorkUnit, n: int) -> tuple[str, int, str] | None:
         """A file published before a crash but never recorded: verify it, index it once, keep it."""
+        number, model = file_number(unit, n), unit.model_id or ""
+        first = self.layout.asset_path(unit.item_id, unit.step, number, "jpeg", key=unit.key, model=model)
+        side = self.layout.sidecar_path(first)  # one sidecar name for every extension
+        if not side.exists():
+            return None  # the usual case: nothing was published
         for ext in ("jpeg", "png", "webp", "mp4"):
-            final = self.layout.asset_path(
-                unit.item_id, unit.step, file_number(unit, n), ext, key=unit.key, model=unit.model_id or ""
-            )
-            side = self.layout.sidecar_path(final)
-            if not (final.exists() and side.exists()):
+            final = self.layout.asset_path(unit.item_id, unit.step, number, ext, key=unit.key, model=model)
+            if not final.exists():
                 continue
             data = sidecar.read_sidecar(side)
             if not data or data.get("key") != unit.key or data.get("n", n) != n:
@@ -202,9 +204,17 @@ class Delivery:
             return rel, int(data["bytes"]), str(data["sha256"])
         return None
 
-    def _set_aside_stale(self, final: Path, key: str) -> None:
-        """A file of older work (another unit key) is in the way: move it aside, never overwrite it."""
+    def _make_room(self, unit: WorkUnit, number: int, ext: str) -> tuple[Path, Path]:
+        """The final and sidecar paths of a fetched file, with any older work moved out of the way."""
+        final = self.layout.asset_path(
+            unit.item_id, unit.step, number, ext, key=unit.key, model=unit.model_id or ""
+        )
         side = self.layout.sidecar_path(final)
+        self._set_aside_stale(final, side, unit.key)
+        return final, side
+
+    def _set_aside_stale(self, final: Path, side: Path, key: str) -> None:
+        """A file of older work (another unit key) is in the way: move it aside, never overwrite it."""
         if not final.exists():
             return
         try:

@@ -76,7 +76,8 @@ def _relative(root: Path, path: Path) -> Path:
     if ".." in path.parts:
         raise UnsafeAssetError(f"{path}: '..' in an output path")
     absolute = Path(os.path.abspath(path))
-    for base in (Path(os.path.abspath(root)), Path(os.path.realpath(root))):
+    for resolve in (os.path.abspath, os.path.realpath):  # realpath (a walk of lstats) only if needed
+        base = Path(resolve(root))
         if absolute.is_relative_to(base):
             return absolute.relative_to(base)
     raise UnsafeAssetError(f"{path} is outside the output root {root}")

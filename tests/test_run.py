@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.clock import SystemClock
 from pipeline.errors import LockedError, PipelineError
 from pipeline.lock import RunLock
 from pipeline.poller import PollPolicy
@@ -22,7 +23,7 @@ from pipeline.runner import RunRequest, execute
 from pipeline.scheduler import RunOptions, RunSummary
 from pipeline.sidecar import file_sha256, read_index
 from pipeline.simulator import Sandbox, SimConfig
-from pipeline.state import Phase, open_readonly
+from pipeline.state import Phase, StateStore, open_readonly
 from tests.conftest import TEST_KEY
 
 FAST = PollPolicy.fast()
@@ -141,6 +142,30 @@ class TestHappyPath:
         again = await run(sim, manifest, out)
         assert again.exit_code == 0 and victim.exists()
         assert sim.stats()["jobs_created"] == created
+
+    async def test_published_but_unrecorded_file_is_adopted_not_fetched(
+        self, sim: Sandbox, tmp_path: Path
+    ) -> None:
+        """A file on disk with its sidecar whose record was lost (S4) is verified and kept, not fetched."""
+        manifest = write_manifest(tmp_path, catalog(3, upscale_every=99, video_every=99))
+        out = tmp_path / "out"
+        await run(sim, manifest, out)
+        with open_readonly(out / ".state" / "state.db") as view:
+            key = next(r.key for r in view.units() if r.item_id == "sku-0001" and r.step == "image")
+        async with StateStore.open(out / ".state" / "state.db", clock=SystemClock(), run_id="t") as store:
+            await store.reopen(key, [1])  # as if the run died between the rename and the record
+        fetched = sim.stats()["requests"]
+        again = await run(sim, manifest, out)
+        assert again.exit_code == 0
+        assert {k: v for k, v in sim.stats()["requests"].items() if "/files/" in k} == {
+            k: v for k, v in fetched.items() if "/files/" in k
+        }
+        with open_readonly(out / ".state" / "state.db") as view:
+            rec = next(r for r in view.units() if r.key == key)
+        assert rec.phase == Phase.DONE
+        [output] = rec.outputs
+        assert output.sha256 == file_sha256(out / str(output.path))
+        assert len([r for r in assert_outputs_verify(out) if r["key"] == key]) == 1  # indexed once
 
     async def test_edited_prompt_is_new_work_and_old_output_is_kept(
         self, sim: Sandbox, tmp_path: Path
