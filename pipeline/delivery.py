@@ -95,14 +95,8 @@ class Delivery:
             lambda: self.layout.part_path(unit.item_id, unit.step, number, key=key)
         )
         fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, part)
-        final, side = await anyio.to_thread.run_sync(self._make_room, unit, number, fetched.ext)
-        rel = final.relative_to(self.layout.root).as_posix()
         record = await self._record(unit, rec, n, out.asset_id, out.url, fetched)
-        record["path"] = rel
-        await anyio.to_thread.run_sync(sidecar.write_sidecar, side, record)
-        await self.downloader.publish(fetched, final)
-        crash_point("after_replace_before_record")
-        await anyio.to_thread.run_sync(sidecar.append_index, self.layout.index_path, record)
+        rel = await anyio.to_thread.run_sync(self._put_in_place, unit, number, fetched, record)
         await self.store.record_download(
             key, n, path=rel, bytes=fetched.bytes, sha256=fetched.sha256, at=self.clock.now()
         )
@@ -204,14 +198,27 @@ class Delivery:
             return rel, int(data["bytes"]), str(data["sha256"])
         return None
 
-    def _make_room(self, unit: WorkUnit, number: int, ext: str) -> tuple[Path, Path]:
-        """The final and sidecar paths of a fetched file, with any older work moved out of the way."""
+    def _put_in_place(self, unit: WorkUnit, number: int, fetched: Fetched, record: dict[str, Any]) -> str:
+        """Older work aside, sidecar, rename, index line, in one worker-thread hop; returns the path.
+
+        The sidecar's rename is not fsynced on its own: the asset lands in the same directory
+        and :meth:`Downloader.publish_blocking` fsyncs it after its rename, which makes both
+        names durable before the index line and the state record. Until then nothing says the
+        file is done; a power cut that kept the asset but not its sidecar leaves a file the
+        next run sets aside (no sidecar, no key) and fetches again.
+        """
         final = self.layout.asset_path(
-            unit.item_id, unit.step, number, ext, key=unit.key, model=unit.model_id or ""
+            unit.item_id, unit.step, number, fetched.ext, key=unit.key, model=unit.model_id or ""
         )
         side = self.layout.sidecar_path(final)
         self._set_aside_stale(final, side, unit.key)
-        return final, side
+        rel = final.relative_to(self.layout.root).as_posix()
+        record["path"] = rel
+        sidecar.write_sidecar(side, record, sync_dir=False)
+        self.downloader.publish_blocking(fetched, final)
+        crash_point("after_replace_before_record")
+        sidecar.append_index(self.layout.index_path, record)
+        return rel
 
     def _set_aside_stale(self, final: Path, side: Path, key: str) -> None:
         """A file of older work (another unit key) is in the way: move it aside, never overwrite it."""

@@ -203,7 +203,7 @@ class Downloader:
             IntegrityError: the part is missing or no longer the size that was fetched.
             DownloadError: the rename failed (the part is kept).
         """
-        return await anyio.to_thread.run_sync(self._publish, fetched, final_path)
+        return await anyio.to_thread.run_sync(self.publish_blocking, fetched, final_path)
 
     # -- file system (run in a worker thread) --------------------------------------------------
 
@@ -233,7 +233,8 @@ class Downloader:
             return 0, None
         return st.st_size, kind
 
-    def _publish(self, fetched: Fetched, final: Path) -> Path:
+    def publish_blocking(self, fetched: Fetched, final: Path) -> Path:
+        """:meth:`publish` for a caller already in a worker thread (one hop for several file steps)."""
         part = fetched.part_path
         try:
             if self._root is not None:
