@@ -83,18 +83,15 @@ class Delivery:
         out = next(o for o in rec.outputs if o.n == n)
         number = file_number(unit, n)
         # Paths are checked on the file system (lstat walks): worker threads, never the event loop.
-        adopted = await anyio.to_thread.run_sync(self._adopt_published, unit, n)
-        if adopted is not None:
-            path, size, digest = adopted
+        found = await anyio.to_thread.run_sync(self._adopt_or_part, unit, n)
+        if not isinstance(found, Path):
+            path, size, digest = found
             await self.store.record_download(
                 key, n, path=path, bytes=size, sha256=digest, at=self.clock.now()
             )
             _log.info("asset_adopted", item=unit.item_id, unit=key, n=n, path=path)
             return 0
-        part = await anyio.to_thread.run_sync(
-            lambda: self.layout.part_path(unit.item_id, unit.step, number, key=key)
-        )
-        fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, part)
+        fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, found)
         record = await self._record(unit, rec, n, out.asset_id, out.url, fetched)
         rel = await anyio.to_thread.run_sync(self._put_in_place, unit, number, fetched, record)
         await self.store.record_download(
@@ -171,6 +168,13 @@ class Delivery:
             "submittedAt": rec.submitted_at,
             "downloadedAt": self.clock.now().isoformat().replace("+00:00", "Z"),
         }
+
+    def _adopt_or_part(self, unit: WorkUnit, n: int) -> tuple[str, int, str] | Path:
+        """What :meth:`_adopt_published` kept (path, bytes, sha256), or else the part to fetch into."""
+        adopted = self._adopt_published(unit, n)
+        if adopted is not None:
+            return adopted
+        return self.layout.part_path(unit.item_id, unit.step, file_number(unit, n), key=unit.key)
 
     def _adopt_published(self, unit: WorkUnit, n: int) -> tuple[str, int, str] | None:
         """A file published before a crash but never recorded: verify it, index it once, keep it."""

@@ -337,11 +337,9 @@ class Downloader:
         if total is not None and total > self._max_bytes:
             await anyio.to_thread.run_sync(_discard, part)
             raise UnsafeAssetError(f"{where}: {total} bytes declared, over the {self._max_bytes}-byte cap")
+        sink = _PartSink(part, offset, self._chunk)
         try:
-            sink = await anyio.to_thread.run_sync(_PartSink.open, part, offset > 0)
             try:
-                if offset and await anyio.to_thread.run_sync(sink.hash_existing, self._chunk) != offset:
-                    raise IntegrityError(f"{part}: the part changed size while resuming")
                 size, kind = await self._copy(response, sink, offset, kind, where)
             finally:
                 sink.close()
@@ -408,49 +406,53 @@ class Downloader:
 
 
 class _PartSink:
-    """An open ``.part`` file and the sha256 of everything in it; blocking, so call it in a worker thread.
+    """The ``.part`` file and the sha256 of everything in it; blocking, so call it in a worker thread.
 
     Hashing and writing a batch in the same thread hop keeps both off the event loop, and
     hashlib and ``os.write`` release the GIL on large buffers, so eight downloads hash in
-    parallel with the loop that reads their sockets.
+    parallel with the loop that reads their sockets. The file is opened by the first batch
+    (one hop fewer per file): truncated for a fresh download, or re-hashed for a resume.
     """
 
-    __slots__ = ("_fd", "_hasher")
+    __slots__ = ("_chunk", "_fd", "_hasher", "_part", "_resume_from")
 
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
+    def __init__(self, part: Path, resume_from: int, chunk_bytes: int) -> None:
+        self._part, self._resume_from, self._chunk = part, resume_from, chunk_bytes
+        self._fd: int | None = None
         self._hasher = hashlib.sha256()
 
-    @classmethod
-    def open(cls, part: Path, resume: bool) -> _PartSink:
-        """Open for appending to a kept part (``resume``) or a fresh one; a symlink fails with ELOOP."""
-        flags = os.O_RDWR if resume else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        return cls(os.open(part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
-
-    def hash_existing(self, chunk_bytes: int) -> int:
-        """Feed the bytes already in the part to the hash; leaves the file positioned at its end."""
-        seen = 0
-        while chunk := os.read(self._fd, chunk_bytes):
-            self._hasher.update(chunk)
-            seen += len(chunk)
-        return seen
-
     def absorb(self, chunks: list[bytes], sync: bool = False) -> None:
-        """Hash and append ``chunks``; with ``sync``, fsync too (the bytes a resume will trust)."""
+        """Hash and append ``chunks``; with ``sync``, fsync too (the bytes a resume or a record trusts)."""
+        fd = self._open() if self._fd is None else self._fd
         for chunk in chunks:
             self._hasher.update(chunk)
             view = memoryview(chunk)
             while view:
-                view = view[os.write(self._fd, view) :]
+                view = view[os.write(fd, view) :]
         crash_point("mid_download")  # bytes in the part, the download not finished (nor fsynced)
         if sync:
-            os.fsync(self._fd)
+            os.fsync(fd)
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
 
     def close(self) -> None:
-        os.close(self._fd)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _open(self) -> int:
+        """Open the part (a symlink fails with ELOOP); a kept part is hashed and must be as long as it was."""
+        flags = os.O_RDWR if self._resume_from else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        self._fd = fd = os.open(self._part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        if self._resume_from:
+            seen = 0
+            while chunk := os.read(fd, self._chunk):
+                self._hasher.update(chunk)
+                seen += len(chunk)
+            if seen != self._resume_from:
+                raise IntegrityError(f"{self._part}: the part changed size while resuming")
+        return fd
 
 
 def _is_ip_literal(host: str) -> bool:
