@@ -82,27 +82,18 @@ class Delivery:
             return 0
         out = next(o for o in rec.outputs if o.n == n)
         number = file_number(unit, n)
-        adopted = await anyio.to_thread.run_sync(self._adopt_published, unit, n)
-        if adopted is not None:
-            path, size, digest = adopted
+        # Paths are checked on the file system (lstat walks): worker threads, never the event loop.
+        found = await anyio.to_thread.run_sync(self._adopt_or_part, unit, n)
+        if not isinstance(found, Path):
+            path, size, digest = found
             await self.store.record_download(
                 key, n, path=path, bytes=size, sha256=digest, at=self.clock.now()
             )
             _log.info("asset_adopted", item=unit.item_id, unit=key, n=n, path=path)
             return 0
-        part = self.layout.part_path(unit.item_id, unit.step, number, key=key)
-        fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, part)
-        final = self.layout.asset_path(
-            unit.item_id, unit.step, number, fetched.ext, key=key, model=unit.model_id or ""
-        )
-        rel = final.relative_to(self.layout.root).as_posix()
-        await anyio.to_thread.run_sync(self._set_aside_stale, final, key)
+        fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, found)
         record = await self._record(unit, rec, n, out.asset_id, out.url, fetched)
-        record["path"] = rel
-        await anyio.to_thread.run_sync(sidecar.write_sidecar, self.layout.sidecar_path(final), record)
-        await self.downloader.publish(fetched, final)
-        crash_point("after_replace_before_record")
-        await anyio.to_thread.run_sync(sidecar.append_index, self.layout.index_path, record)
+        rel = await anyio.to_thread.run_sync(self._put_in_place, unit, number, fetched, record)
         await self.store.record_download(
             key, n, path=rel, bytes=fetched.bytes, sha256=fetched.sha256, at=self.clock.now()
         )
@@ -178,14 +169,23 @@ class Delivery:
             "downloadedAt": self.clock.now().isoformat().replace("+00:00", "Z"),
         }
 
+    def _adopt_or_part(self, unit: WorkUnit, n: int) -> tuple[str, int, str] | Path:
+        """What :meth:`_adopt_published` kept (path, bytes, sha256), or else the part to fetch into."""
+        adopted = self._adopt_published(unit, n)
+        if adopted is not None:
+            return adopted
+        return self.layout.part_path(unit.item_id, unit.step, file_number(unit, n), key=unit.key)
+
     def _adopt_published(self, unit: WorkUnit, n: int) -> tuple[str, int, str] | None:
         """A file published before a crash but never recorded: verify it, index it once, keep it."""
+        number, model = file_number(unit, n), unit.model_id or ""
+        first = self.layout.asset_path(unit.item_id, unit.step, number, "jpeg", key=unit.key, model=model)
+        side = self.layout.sidecar_path(first)  # one sidecar name for every extension
+        if not side.exists():
+            return None  # the usual case: nothing was published
         for ext in ("jpeg", "png", "webp", "mp4"):
-            final = self.layout.asset_path(
-                unit.item_id, unit.step, file_number(unit, n), ext, key=unit.key, model=unit.model_id or ""
-            )
-            side = self.layout.sidecar_path(final)
-            if not (final.exists() and side.exists()):
+            final = self.layout.asset_path(unit.item_id, unit.step, number, ext, key=unit.key, model=model)
+            if not final.exists():
                 continue
             data = sidecar.read_sidecar(side)
             if not data or data.get("key") != unit.key or data.get("n", n) != n:
@@ -202,9 +202,30 @@ class Delivery:
             return rel, int(data["bytes"]), str(data["sha256"])
         return None
 
-    def _set_aside_stale(self, final: Path, key: str) -> None:
-        """A file of older work (another unit key) is in the way: move it aside, never overwrite it."""
+    def _put_in_place(self, unit: WorkUnit, number: int, fetched: Fetched, record: dict[str, Any]) -> str:
+        """Older work aside, sidecar, rename, index line, in one worker-thread hop; returns the path.
+
+        The sidecar's rename is not fsynced on its own: the asset lands in the same directory
+        and :meth:`Downloader.publish_blocking` fsyncs it after its rename, which makes both
+        names durable before the index line and the state record. Until then nothing says the
+        file is done; a power cut that kept the asset but not its sidecar leaves a file the
+        next run sets aside (no sidecar, no key) and fetches again.
+        """
+        final = self.layout.asset_path(
+            unit.item_id, unit.step, number, fetched.ext, key=unit.key, model=unit.model_id or ""
+        )
         side = self.layout.sidecar_path(final)
+        self._set_aside_stale(final, side, unit.key)
+        rel = final.relative_to(self.layout.root).as_posix()
+        record["path"] = rel
+        sidecar.write_sidecar(side, record, sync_dir=False)
+        self.downloader.publish_blocking(fetched, final)
+        crash_point("after_replace_before_record")
+        sidecar.append_index(self.layout.index_path, record)
+        return rel
+
+    def _set_aside_stale(self, final: Path, side: Path, key: str) -> None:
+        """A file of older work (another unit key) is in the way: move it aside, never overwrite it."""
         if not final.exists():
             return
         try:

@@ -24,11 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-import aiofiles
 import aiohttp
 import anyio.to_thread
-from aiofiles.base import AiofilesContextManager
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from aiohttp import hdrs
 from yarl import URL
 
@@ -110,17 +107,6 @@ async def _strip_credentials(
     return await handler(request)
 
 
-def _nofollow(path: str, flags: int) -> int:
-    """``open()`` opener that refuses a symlink as the final component."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-
-
-def _open_part(part: Path, *, resume: bool) -> AiofilesContextManager[AsyncBufferedIOBase]:
-    if resume:
-        return aiofiles.open(part, "r+b", opener=_nofollow)
-    return aiofiles.open(part, "wb", opener=_nofollow)
-
-
 def _discard(part: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(part)
@@ -148,7 +134,7 @@ class Downloader:
         *,
         max_bytes: int = 2 * _GiB,
         allow_http_hosts: frozenset[str] = LOOPBACK_HOSTS,
-        chunk_bytes: int = 256 * 1024,
+        chunk_bytes: int = 1024 * 1024,
         max_redirects: int = 5,
         root: Path | None = None,
     ) -> None:
@@ -217,7 +203,7 @@ class Downloader:
             IntegrityError: the part is missing or no longer the size that was fetched.
             DownloadError: the rename failed (the part is kept).
         """
-        return await anyio.to_thread.run_sync(self._publish, fetched, final_path)
+        return await anyio.to_thread.run_sync(self.publish_blocking, fetched, final_path)
 
     # -- file system (run in a worker thread) --------------------------------------------------
 
@@ -247,7 +233,8 @@ class Downloader:
             return 0, None
         return st.st_size, kind
 
-    def _publish(self, fetched: Fetched, final: Path) -> Path:
+    def publish_blocking(self, fetched: Fetched, final: Path) -> Path:
+        """:meth:`publish` for a caller already in a worker thread (one hop for several file steps)."""
         part = fetched.part_path
         try:
             if self._root is not None:
@@ -350,14 +337,12 @@ class Downloader:
         if total is not None and total > self._max_bytes:
             await anyio.to_thread.run_sync(_discard, part)
             raise UnsafeAssetError(f"{where}: {total} bytes declared, over the {self._max_bytes}-byte cap")
-        hasher = hashlib.sha256()
+        sink = _PartSink(part, offset, self._chunk)
         try:
-            async with _open_part(part, resume=offset > 0) as f:
-                if offset and await self._hash_existing(f, hasher) != offset:
-                    raise IntegrityError(f"{part}: the part changed size while resuming")
-                size, kind = await self._copy(response, f, hasher, offset, kind, where)
-                await f.flush()
-                await anyio.to_thread.run_sync(os.fsync, f.fileno())
+            try:
+                size, kind = await self._copy(response, sink, offset, kind, where)
+            finally:
+                sink.close()
         except DownloadError as exc:  # unsafe content goes; a short body stays for the resume
             if not exc.retryable:
                 await anyio.to_thread.run_sync(_discard, part)
@@ -372,33 +357,25 @@ class Downloader:
         return Fetched(
             part_path=part,
             bytes=size,
-            sha256=hasher.hexdigest(),
+            sha256=sink.hexdigest(),
             kind=kind,
             ext=kind,
             content_type=response.headers.get(hdrs.CONTENT_TYPE, ""),
             resumed_from=offset,
         )
 
-    async def _hash_existing(self, f: AsyncBufferedIOBase, hasher: hashlib._Hash) -> int:
-        """Feed the bytes already in the part to ``hasher``; leaves the file positioned at its end."""
-        seen = 0
-        while chunk := await f.read(self._chunk):
-            hasher.update(chunk)
-            seen += len(chunk)
-        return seen
-
     async def _copy(
-        self,
-        response: aiohttp.ClientResponse,
-        f: AsyncBufferedIOBase,
-        hasher: hashlib._Hash,
-        offset: int,
-        kind: Kind | None,
-        where: str,
+        self, response: aiohttp.ClientResponse, sink: _PartSink, offset: int, kind: Kind | None, where: str
     ) -> tuple[int, Kind]:
-        """Body → file, chunk by chunk: cap, magic, hash. Returns the file's size and type."""
+        """Body → part: cap and magic checked per socket read; hash and write per ``chunk_bytes`` batch.
+
+        Each batch goes to :meth:`_PartSink.absorb` in one worker-thread hop, so the event loop
+        only reads sockets; the last one is fsynced too. Returns the file's size and type.
+        """
         size = offset
-        head = b""  # the first bytes, held back until the magic is known (at most _HEAD + one chunk)
+        head = b""  # the first bytes, held back until the magic is known (at most _HEAD + one read)
+        batch: list[bytes] = []
+        batched = 0
         try:
             async for chunk in response.content.iter_chunked(self._chunk):
                 size += len(chunk)
@@ -409,21 +386,73 @@ class Downloader:
                     if len(head) < _HEAD:
                         continue
                     kind, chunk, head = _require_kind(head, where), head, b""
-                hasher.update(chunk)
-                await f.write(chunk)
-                crash_point("mid_download")
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= self._chunk:
+                    await anyio.to_thread.run_sync(sink.absorb, batch)
+                    batch, batched = [], 0
         except (aiohttp.ClientError, TimeoutError) as exc:  # ClientPayloadError, reset, sock_read timeout
-            await f.flush()
-            await anyio.to_thread.run_sync(os.fsync, f.fileno())  # a resume must build on bytes that exist
+            # A resume must build on bytes that exist: what arrived (past the magic check) is kept.
+            await anyio.to_thread.run_sync(sink.absorb, batch, True)
             raise IntegrityError(
                 f"{where}: connection lost after {size - len(head)} bytes ({type(exc).__name__}); "
                 "the part is kept for a resume"
             ) from exc
         if kind is None:  # the whole body was shorter than the magic window
             kind = _require_kind(head, where)
-            hasher.update(head)
-            await f.write(head)
+            batch.append(head)
+        await anyio.to_thread.run_sync(sink.absorb, batch, True)
         return size, kind
+
+
+class _PartSink:
+    """The ``.part`` file and the sha256 of everything in it; blocking, so call it in a worker thread.
+
+    Hashing and writing a batch in the same thread hop keeps both off the event loop, and
+    hashlib and ``os.write`` release the GIL on large buffers, so eight downloads hash in
+    parallel with the loop that reads their sockets. The file is opened by the first batch
+    (one hop fewer per file): truncated for a fresh download, or re-hashed for a resume.
+    """
+
+    __slots__ = ("_chunk", "_fd", "_hasher", "_part", "_resume_from")
+
+    def __init__(self, part: Path, resume_from: int, chunk_bytes: int) -> None:
+        self._part, self._resume_from, self._chunk = part, resume_from, chunk_bytes
+        self._fd: int | None = None
+        self._hasher = hashlib.sha256()
+
+    def absorb(self, chunks: list[bytes], sync: bool = False) -> None:
+        """Hash and append ``chunks``; with ``sync``, fsync too (the bytes a resume or a record trusts)."""
+        fd = self._open() if self._fd is None else self._fd
+        for chunk in chunks:
+            self._hasher.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        crash_point("mid_download")  # bytes in the part, the download not finished (nor fsynced)
+        if sync:
+            os.fsync(fd)
+
+    def hexdigest(self) -> str:
+        return self._hasher.hexdigest()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _open(self) -> int:
+        """Open the part (a symlink fails with ELOOP); a kept part is hashed and must be as long as it was."""
+        flags = os.O_RDWR if self._resume_from else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        self._fd = fd = os.open(self._part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        if self._resume_from:
+            seen = 0
+            while chunk := os.read(fd, self._chunk):
+                self._hasher.update(chunk)
+                seen += len(chunk)
+            if seen != self._resume_from:
+                raise IntegrityError(f"{self._part}: the part changed size while resuming")
+        return fd
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -46,10 +46,14 @@ def strip_query(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
-def write_sidecar(path: Path, data: Mapping[str, Any]) -> None:
-    """Replace ``path`` with ``data`` as JSON (sorted keys, indent 2), all or nothing."""
+def write_sidecar(path: Path, data: Mapping[str, Any], *, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data`` as JSON (sorted keys, indent 2), all or nothing.
+
+    ``sync_dir=False`` leaves the directory fsync to the caller, who must make one before relying
+    on the new name (e.g. after renaming the asset into the same directory: one fsync for both).
+    """
     text = json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    _atomic_write(path, text.encode())
+    _atomic_write(path, text.encode(), sync_dir=sync_dir)
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -132,7 +136,7 @@ def verify_asset(asset_path: Path, sidecar: Mapping[str, Any]) -> bool:
     return file_sha256(asset_path) == digest
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
+def _atomic_write(path: Path, payload: bytes, *, sync_dir: bool = True) -> None:
     """Write ``payload`` to a fresh temp beside ``path``, fsync, rename over ``path``, fsync the directory."""
     directory = path.parent
     stem = f".{path.name[:200]}."
@@ -153,4 +157,5 @@ def _atomic_write(path: Path, payload: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
         raise
-    fsync_dir(directory)
+    if sync_dir:
+        fsync_dir(directory)

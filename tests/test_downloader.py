@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import os
 import random
 import socket
 import tracemalloc
@@ -265,6 +266,34 @@ class TestFetch:
         assert headers["Accept-Encoding"] == "identity"
         assert "Range" not in headers
 
+    @pytest.mark.parametrize("chunk_bytes", [5, 1000, 4 * 1024 * 1024])
+    async def test_any_batch_size_writes_and_hashes_every_byte_once(
+        self, traced: Traced, origin: Origin, tmp_path: Path, chunk_bytes: int
+    ) -> None:
+        """Batches smaller than the magic window, than one socket read, or than the whole body: same file."""
+        downloader = Downloader(traced.session, root=tmp_path, chunk_bytes=chunk_bytes)
+        part, data = part_in(tmp_path), FILES["a.png"]
+        fetched = await downloader.fetch(origin.url("/file/a.png"), part)
+        assert (fetched.bytes, fetched.sha256, fetched.kind) == (len(data), sha(data), "png")
+        assert part.read_bytes() == data
+
+    async def test_part_is_fsynced_whole_before_fetch_returns(
+        self, downloader: Downloader, origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Durable before anyone may record it: the last fsync of the part saw every byte."""
+        synced: list[tuple[int, int]] = []
+        real_fsync = os.fsync
+
+        def fsync(fd: int) -> None:
+            st = os.fstat(fd)
+            synced.append((st.st_ino, st.st_size))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        part, data = part_in(tmp_path), FILES["a.jpeg"]
+        await downloader.fetch(origin.url("/file/a.jpeg"), part)
+        assert synced[-1] == (part.stat().st_ino, len(data))
+
     async def test_type_comes_from_magic_not_name(
         self, downloader: Downloader, origin: Origin, tmp_path: Path
     ) -> None:
@@ -355,6 +384,7 @@ class TestFetch:
         cap = 4 * 1024 * 1024
         downloader = Downloader(traced.session, root=tmp_path, chunk_bytes=CHUNK, max_bytes=cap)
         part = part_in(tmp_path)
+        await downloader.fetch(origin.url("/file/a.jpeg"), part_in(tmp_path, "warm.part"))  # imports, threads
         tracemalloc.start()
         try:
             with pytest.raises(UnsafeAssetError, match="cap"):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.clock import SystemClock
 from pipeline.errors import LockedError, PipelineError
 from pipeline.lock import RunLock
 from pipeline.poller import PollPolicy
@@ -22,7 +23,7 @@ from pipeline.runner import RunRequest, execute
 from pipeline.scheduler import RunOptions, RunSummary
 from pipeline.sidecar import file_sha256, read_index
 from pipeline.simulator import Sandbox, SimConfig
-from pipeline.state import Phase, open_readonly
+from pipeline.state import Phase, StateStore, open_readonly
 from tests.conftest import TEST_KEY
 
 FAST = PollPolicy.fast()
@@ -141,6 +142,54 @@ class TestHappyPath:
         again = await run(sim, manifest, out)
         assert again.exit_code == 0 and victim.exists()
         assert sim.stats()["jobs_created"] == created
+
+    async def test_published_but_unrecorded_file_is_adopted_not_fetched(
+        self, sim: Sandbox, tmp_path: Path
+    ) -> None:
+        """A file on disk with its sidecar whose record was lost (S4) is verified and kept, not fetched."""
+        manifest = write_manifest(tmp_path, catalog(3, upscale_every=99, video_every=99))
+        out = tmp_path / "out"
+        await run(sim, manifest, out)
+        with open_readonly(out / ".state" / "state.db") as view:
+            key = next(r.key for r in view.units() if r.item_id == "sku-0001" and r.step == "image")
+        async with StateStore.open(out / ".state" / "state.db", clock=SystemClock(), run_id="t") as store:
+            await store.reopen(key, [1])  # as if the run died between the rename and the record
+        fetched = sim.stats()["requests"]
+        again = await run(sim, manifest, out)
+        assert again.exit_code == 0
+        assert {k: v for k, v in sim.stats()["requests"].items() if "/files/" in k} == {
+            k: v for k, v in fetched.items() if "/files/" in k
+        }
+        with open_readonly(out / ".state" / "state.db") as view:
+            rec = next(r for r in view.units() if r.key == key)
+        assert rec.phase == Phase.DONE
+        [output] = rec.outputs
+        assert output.sha256 == file_sha256(out / str(output.path))
+        assert len([r for r in assert_outputs_verify(out) if r["key"] == key]) == 1  # indexed once
+
+    async def test_asset_and_sidecar_names_are_fsynced_before_the_record(
+        self, sim: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One directory fsync after both renames covers both names, and precedes the index line."""
+        import pipeline.downloader
+
+        seen: list[tuple[Path, set[str], int]] = []
+        real = pipeline.downloader.fsync_dir
+        out = tmp_path / "out"
+
+        def fsync_dir(directory: Path) -> None:
+            real(directory)
+            indexed = len(read_index(out / "index.jsonl"))
+            seen.append((directory, {p.name for p in directory.iterdir()}, indexed))
+
+        monkeypatch.setattr(pipeline.downloader, "fsync_dir", fsync_dir)
+        await run(sim, write_manifest(tmp_path, catalog(4, upscale_every=99, video_every=99)), out)
+        for i, record in enumerate(assert_outputs_verify(out)):
+            asset = out / record["path"]
+            assert any(
+                d == asset.parent and {asset.name, asset.with_suffix(".json").name} <= names and indexed <= i
+                for d, names, indexed in seen
+            ), record["path"]
 
     async def test_edited_prompt_is_new_work_and_old_output_is_kept(
         self, sim: Sandbox, tmp_path: Path
@@ -312,7 +361,7 @@ class TestOutputFaults:
         from pipeline.downloader import Downloader
         from pipeline.errors import DownloadError
 
-        async def full(self: Downloader, fetched: Any, final: Path) -> Path:
+        def full(self: Downloader, fetched: Any, final: Path) -> Path:
             raise DownloadError(f"{final}: cannot publish: No space left on device") from OSError(
                 errno.ENOSPC, "No space left on device"
             )
@@ -320,7 +369,7 @@ class TestOutputFaults:
         manifest = write_manifest(tmp_path, catalog(6))
         out = tmp_path / "out"
         with monkeypatch.context() as patch:
-            patch.setattr(Downloader, "publish", full)
+            patch.setattr(Downloader, "publish_blocking", full)  # what publish() runs in its thread
             first = await run(sim, manifest, out, options=options(max_active=2))
         assert first.exit_code == 1 and first.stopped == "output_unwritable"
         assert any("No space left" in f.reason and "rerun" in f.reason for f in first.failures)
