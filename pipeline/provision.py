@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
+import aiofiles
 import anyio
 import structlog
 
@@ -85,7 +86,8 @@ class Provisioner:
             known = self._store.resource("upload", cache_key)
             if known:
                 return str(known["imageId"]), str(known["url"])
-            data = await anyio.Path(ref.path).read_bytes()
+            async with aiofiles.open(ref.path, "rb") as f:  # one read, off the event loop
+                data = await f.read()
             if hashlib.sha256(data).hexdigest() != ref.sha256:
                 raise ConfigError(f"{ref.path}: the file changed after the manifest was read; run again")
 
