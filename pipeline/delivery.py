@@ -64,6 +64,7 @@ class Delivery:
         layout: OutputLayout,
         downloader: Downloader,
         limiter: RateLimiter,
+        connections: anyio.CapacityLimiter,
         retry: RetryPolicy,
         poll: PollPolicy,
         clock: Clock,
@@ -73,6 +74,9 @@ class Delivery:
         self.api, self.store, self.layout, self.downloader = api, store, layout, downloader
         self.limiter, self.retry, self.poll, self.clock, self.rng = limiter, retry, poll, clock, rng
         self.sent_body = sent_body
+        #: Fetches in flight at once. More deliveries than connections run, so that one
+        #: file's verify/publish/record steps overlap the next file's fetch.
+        self.connections = connections
 
     async def deliver(self, unit: WorkUnit, n: int) -> int:
         """Output ``n`` of ``unit`` on disk and recorded; returns the bytes downloaded (0 if adopted)."""
@@ -124,8 +128,9 @@ class Delivery:
                     url = await self._prepare_video(asset_id)
 
     async def _fetch(self, url: str, part: Path) -> Fetched:
-        await self.limiter.acquire()
-        return await self.downloader.fetch(url, part)
+        async with self.connections:
+            await self.limiter.acquire()
+            return await self.downloader.fetch(url, part)
 
     async def _refresh_url(self, key: str, job_id: str, n: int) -> str:
         """An expired asset URL: read the job again for fresh URLs."""

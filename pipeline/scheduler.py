@@ -76,6 +76,7 @@ class RunOptions:
     poll_rate: float | None = None
     download_rate: float | None = None
     submit_workers: int = 16
+    #: Asset downloads in flight at once (connections to the asset host).
     download_workers: int = 8
     poll_concurrency: int = 32
     #: ``list``: learn running jobs' statuses from the job list, a page for dozens of jobs
@@ -217,6 +218,7 @@ class _Run:
             layout=layout,
             downloader=downloader,
             limiter=self.download_limiter,
+            connections=anyio.CapacityLimiter(max(1, options.download_workers)),
             retry=options.retry,
             poll=options.poll,
             clock=clock,
@@ -842,7 +844,8 @@ class _Run:
         async with anyio.create_task_group() as tg:
             for _ in range(max(1, self.options.submit_workers)):
                 tg.start_soon(self.submit_worker)
-            for _ in range(max(1, self.options.download_workers)):
+            # Twice as many deliveries as connections: bookkeeping overlaps the next fetch.
+            for _ in range(2 * max(1, self.options.download_workers)):
                 tg.start_soon(self.download_worker)
             for name in list(self.waiting):
                 tg.start_soon(self.provision_model, name)
