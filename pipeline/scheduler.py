@@ -59,7 +59,7 @@ from pipeline.records import Job, JobPage, JobStatus
 from pipeline.retry import RetryPolicy, outcome_is_known, retrying
 from pipeline.spec import thaw
 from pipeline.state import Phase, StateStore, UnitRecord
-from pipeline.sweep import Found, JobSweep
+from pipeline.sweep import Found, JobSweep, Window
 from pipeline.tally import Snapshot, Tally
 
 __all__ = ["RunOptions", "RunSummary", "run_pipeline"]
@@ -522,7 +522,8 @@ class _Run:
         now = self.clock.monotonic()
         self.started[key] = (now, 0)
         if self.sweeping:
-            self.sweep.add(job_id, key, unit.step, sent=intent_at, now=now)
+            due = now + self.estimator.earliest(unit.step)
+            self.sweep.add(job_id, key, unit.step, sent=intent_at, now=now, due=due)
             self.sweep_added.set()
         else:
             self.due.push(key, now + self.estimator.first_delay(unit.step))
@@ -643,24 +644,18 @@ class _Run:
             await self.poll_one(key, seen)
 
     async def sweep_loop(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
-        """List the jobs in flight every so often; fetch each one the list shows finished.
+        """List the jobs in flight as they fall due; fetch each one the list shows finished.
 
         Falls back to single polls for good when the list cannot be read three times running.
         """
         failures, last = 0, float("-inf")
         while not self.finished.is_set() and self.sweeping:
-            if not len(self.sweep):
-                self.sweep_added = anyio.Event()
-                await self.clock.wait_for(self.sweep_added, 0.5)
-                continue
             now = self.clock.monotonic()
-            soonest = min(
-                self.started.get(key, (now, 0))[0] + self.estimator.earliest(kind)
-                for _, key, kind in self.sweep.jobs()
-            )
-            wait = max(last + self.estimator.sweep_interval(self.sweep.kinds()), soonest) - now
-            if wait > 0:
-                await self.clock.sleep(wait)
+            # At most one sweep per interval of the quickest kind watched; each lists the jobs due.
+            wake = max(self.sweep.next_due(), last + self.estimator.sweep_interval(self.sweep.kinds()))
+            if wake > now:
+                self.sweep_added = anyio.Event()  # a new job may fall due sooner
+                await self.clock.wait_for(self.sweep_added, min(wake - now, 0.5))
                 continue
             last = now
             try:
@@ -676,34 +671,40 @@ class _Run:
             failures = 0
             self._sweep_deadlines()
 
+    def _next_look(self) -> dict[str, float]:
+        """Per kind: how long after seeing a job running to look at it again."""
+        return {kind: self.estimator.sweep_interval({kind}) for kind in self.sweep.kinds()}
+
     async def _sweep_once(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
-        start = self.sweep.window_start()
-        sweep = self.sweep.begin()
-        token: str | None = None
-        seen_tokens: set[str] = set()
-        while True:
+        next_look = self._next_look()
+        # Jobs due within half an interval come along now rather than a whole interval late.
+        soon = 0.5 * min(next_look.values(), default=0.0)
+        for window in self.sweep.windows(self.clock.monotonic() + soon):
+            token: str | None = None
+            seen_tokens: set[str] = set()
+            while True:
 
-            async def page_of(token: str | None = token) -> JobPage:
-                await self.poll_limiter.acquire()
-                return await self.api.list_jobs(start=start, page_token=token)
+                async def page_of(token: str | None = token, window: Window = window) -> JobPage:
+                    await self.poll_limiter.acquire()
+                    return await self.api.list_jobs(start=window.start, end=window.end, page_token=token)
 
-            page = await retrying(page_of, policy=self.options.retry, clock=self.clock, rng=self.rng)
-            for found in self.sweep.take(sweep, page.jobs, self.clock.monotonic()):
-                self._drop_slot(found.key)  # finished on the server: its slot is free now
-                if found.credits is not None:
-                    self.credits_seen[found.job_id] = found.credits
-                    self.tally.credits_spent = sum(self.credits_seen.values())
-                tg.start_soon(self._poll_guarded, found.key, limiter, found)
-            token = page.next_page_token
-            if sweep.complete:
-                return
-            if token is None or token in seen_tokens:
-                break
-            seen_tokens.add(token)
-        now = self.clock.monotonic()
-        for job_id, key in self.sweep.end(sweep, self.clock.now()):
-            _log.info("job_not_listed", unit=key, job_id=job_id)
-            self.due.push(key, now)
+                page = await retrying(page_of, policy=self.options.retry, clock=self.clock, rng=self.rng)
+                for found in self.sweep.take(window, page.jobs, self.clock.monotonic(), next_look):
+                    self._drop_slot(found.key)  # finished on the server: its slot is free now
+                    if found.credits is not None:
+                        self.credits_seen[found.job_id] = found.credits
+                        self.tally.credits_spent = sum(self.credits_seen.values())
+                    tg.start_soon(self._poll_guarded, found.key, limiter, found)
+                token = page.next_page_token
+                if window.complete or token is None or token in seen_tokens:
+                    break
+                seen_tokens.add(token)
+            if window.complete:
+                continue
+            mono = self.clock.monotonic()
+            for job_id, key in self.sweep.end(window, self.clock.now(), mono, next_look):
+                _log.info("job_not_listed", unit=key, job_id=job_id)
+                self.due.push(key, mono)
 
     def _sweep_deadlines(self) -> None:
         """Jobs past their deadline leave the sweep for one last poll, which settles them."""

@@ -8,26 +8,34 @@ That matters twice: a job's active-job slot is held until it is *seen* done (the
 sooner, the sooner the next job starts), and every request counts against the
 API's rate limit.
 
-A sweep lists the window that covers every watched job, stopping as soon as each
-was found (so the order the API lists in does not matter). A job found finished is
-handed back for one ``GET /jobs/{id}``, which carries its outputs; the list does not.
+Each watched job has a time it is next worth looking at (set by the caller from
+what it learned of durations: a video is looked at less often than an image). A
+sweep lists only windows around the jobs that are due, one window per cluster of
+creation times, so an old video among thousands of newer images costs one small
+window, not a listing of everything since it started. Paging stops as soon as each
+expected job was found, so the order the API lists in does not matter. A job found
+finished is handed back for one ``GET /jobs/{id}``, which carries its outputs; the
+list does not.
 
-The window is in the server's clock, which may not be ours: a job's ``createdAt``
-is learned the first time it is listed, and until then its start is guessed from
-when we sent it, the skew seen on earlier jobs and a margin. A job a complete sweep
-did not list, though it listed jobs sent later, ``max_misses`` times is given up on
-(the caller polls it alone) and the margin widens: a skewed clock or a list that lags
-costs a few requests, never a job.
+Windows are in the server's clock, which may not be ours: a job's ``createdAt``
+is learned the first time it is listed, and until then its place is guessed from
+when we sent it, the skew seen on earlier jobs and a margin. A job that a complete
+listing did not show, though it showed jobs sent later, ``max_misses`` times, is
+given up on (the caller polls it alone) and the margin widens: a skewed clock or a
+list that lags costs a few requests, never a job.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pipeline.records import JobStatus, JobSummary
 
-__all__ = ["Found", "JobSweep", "Pass"]
+__all__ = ["Found", "JobSweep", "Window"]
+
+_ROUNDING = timedelta(milliseconds=1)  # listed times may be rounded to the millisecond
 
 
 @dataclass(slots=True)
@@ -35,6 +43,7 @@ class _Watched:
     key: str
     kind: str
     sent: datetime  # our wall clock when the POST went out
+    due: float  # monotonic time it is next worth looking at
     created: datetime | None = None  # the server's createdAt, once listed
     running_at: float = 0.0  # monotonic time it was last known to be running
     misses: int = 0
@@ -58,9 +67,11 @@ class Found:
 
 
 @dataclass(slots=True)
-class Pass:
-    """One sweep in progress: the jobs it looks for and those it found so far."""
+class Window:
+    """One listing to make: jobs created in ``[start, end]`` (server time; ``end`` None: until now)."""
 
+    start: datetime
+    end: datetime | None
     expected: set[str]
     found: set[str] = field(default_factory=set)
     #: The latest send time among the jobs found: the list has caught up to at least there.
@@ -68,7 +79,7 @@ class Pass:
 
     @property
     def complete(self) -> bool:
-        """Every job the sweep looks for has been listed: no need for more pages."""
+        """Every job this window looks for has been listed: no need for more pages."""
         return not (self.expected - self.found)
 
 
@@ -82,12 +93,14 @@ class JobSweep:
         settled_margin_s: float = 2.0,
         max_misses: int = 2,
         patience_s: float = 10.0,
+        gap_s: float = 5.0,
     ) -> None:
         self._watched: dict[str, _Watched] = {}
-        self._patience = timedelta(seconds=patience_s)
         self._margin = timedelta(seconds=margin_s)
         self._settled_margin = timedelta(seconds=settled_margin_s)
         self._max_misses = max_misses
+        self._patience = timedelta(seconds=patience_s)
+        self._gap = timedelta(seconds=gap_s)
         self._skew: timedelta | None = None  # smallest (server createdAt - our send time) seen
 
     def __len__(self) -> int:
@@ -96,9 +109,9 @@ class JobSweep:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._watched
 
-    def add(self, job_id: str, key: str, kind: str, *, sent: datetime, now: float) -> None:
-        """Watch ``job_id`` (unit ``key``), submitted at our wall time ``sent``."""
-        self._watched[job_id] = _Watched(key, kind, sent, running_at=now)
+    def add(self, job_id: str, key: str, kind: str, *, sent: datetime, now: float, due: float) -> None:
+        """Watch ``job_id`` (unit ``key``), submitted at our wall time ``sent``; first look at ``due``."""
+        self._watched[job_id] = _Watched(key, kind, sent, due, running_at=now)
 
     def discard(self, job_id: str) -> None:
         self._watched.pop(job_id, None)
@@ -110,6 +123,30 @@ class JobSweep:
         """``(job id, key, kind)`` of every watched job."""
         return [(job_id, w.key, w.kind) for job_id, w in self._watched.items()]
 
+    def next_due(self) -> float:
+        """The earliest monotonic time a watched job is worth looking at (inf: none watched)."""
+        return min((w.due for w in self._watched.values()), default=math.inf)
+
+    def windows(self, now: float) -> list[Window]:
+        """The listings that cover every job due at ``now``: one per cluster of creation times."""
+        due = sorted(
+            (
+                (self._start_of(w), self._end_of(w), job_id)
+                for job_id, w in self._watched.items()
+                if w.due <= now
+            ),
+            key=lambda t: t[0],
+        )
+        windows: list[Window] = []
+        for start, end, job_id in due:
+            last = windows[-1] if windows else None
+            if last is not None and (last.end is None or start <= last.end + self._gap):
+                last.end = None if last.end is None or end is None else max(last.end, end)
+                last.expected.add(job_id)
+            else:
+                windows.append(Window(start, end, {job_id}))
+        return windows
+
     def window_start(self) -> datetime | None:
         """The earliest server time a watched job can have been created at (None: nothing watched)."""
         starts = [self._start_of(w) for w in self._watched.values()]
@@ -117,28 +154,39 @@ class JobSweep:
 
     def _start_of(self, w: _Watched) -> datetime:
         if w.created is not None:
-            return w.created - timedelta(milliseconds=1)  # listed times may be rounded
+            return w.created - _ROUNDING
         if self._skew is None:
             return w.sent - self._margin
         return w.sent + self._skew - self._settled_margin
 
-    def begin(self) -> Pass:
-        return Pass(expected=set(self._watched))
+    def _end_of(self, w: _Watched) -> datetime | None:
+        if w.created is not None:
+            return w.created + _ROUNDING
+        if self._skew is None:
+            return None  # the server's own "now"
+        return w.sent + self._skew + self._settled_margin
 
-    def take(self, sweep: Pass, jobs: tuple[JobSummary, ...] | list[JobSummary], now: float) -> list[Found]:
+    def take(
+        self,
+        window: Window,
+        jobs: tuple[JobSummary, ...] | list[JobSummary],
+        now: float,
+        next_look: dict[str, float],
+    ) -> list[Found]:
         """Read one listing page: learn creation times, and return the watched jobs that finished.
 
-        Finished jobs stop being watched; the caller owns them from here.
+        A job still running is next due ``next_look[kind]`` seconds from ``now``. Finished
+        jobs stop being watched; the caller owns them from here.
         """
         finished: list[Found] = []
         for item in jobs:
             w = self._watched.get(item.job_id)
             if w is None:
                 continue
-            sweep.found.add(item.job_id)
+            window.found.add(item.job_id)
             w.misses = 0
-            if sweep.caught_up is None or w.sent > sweep.caught_up:
-                sweep.caught_up = w.sent
+            if window.caught_up is None or w.sent > window.caught_up:
+                window.caught_up = w.sent
             if w.created is None and item.created_at is not None:
                 w.created = item.created_at
                 skew = item.created_at - w.sent
@@ -150,21 +198,26 @@ class JobSweep:
                 )
             else:
                 w.running_at = now
+                w.due = now + next_look.get(w.kind, 1.0)
         return finished
 
-    def end(self, sweep: Pass, now: datetime) -> list[tuple[str, str]]:
-        """After a sweep that read every page: ``(job id, key)`` of jobs given up on, no longer watched.
+    def end(
+        self, window: Window, now: datetime, mono: float, next_look: dict[str, float]
+    ) -> list[tuple[str, str]]:
+        """After a window whose every page was read: ``(job id, key)`` of jobs given up on.
 
         A job counts as missing when a job we sent after it was listed, or when we sent
         it more than ``patience`` ago (a list that lags a little is not a miss); missing
         ``max_misses`` times, it is polled alone, and the margin widens for the rest.
+        Jobs missing but kept are looked for again ``next_look[kind]`` from ``mono``.
         """
         given_up: list[tuple[str, str]] = []
-        for job_id in sweep.expected - sweep.found:
+        for job_id in window.expected - window.found:
             w = self._watched.get(job_id)
             if w is None:
                 continue
-            overtaken = sweep.caught_up is not None and w.sent < sweep.caught_up
+            w.due = mono + next_look.get(w.kind, 1.0)
+            overtaken = window.caught_up is not None and w.sent < window.caught_up
             if not overtaken and now - w.sent <= self._patience:
                 continue
             w.misses += 1

@@ -29,80 +29,115 @@ def item(job_id: str, status: str, created: datetime) -> JobSummary:
     return JobSummary(job_id=job_id, status=JobStatus.parse(status), created_at=created)
 
 
+LOOK = {"image": 0.5, "upscale": 0.5, "video": 5.0}
+
+
+def watch(
+    sweep: JobSweep, job_id: str, *, sent: datetime = T0, kind: str = "image", due: float = 0.0
+) -> None:
+    sweep.add(job_id, f"k-{job_id}", kind, sent=sent, now=0.0, due=due)
+
+
 class TestJobSweep:
     def test_window_starts_a_margin_before_the_first_send_until_the_server_clock_is_known(self) -> None:
         sweep = JobSweep(margin_s=30)
-        assert sweep.window_start() is None
-        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
-        assert sweep.window_start() == T0 - timedelta(seconds=30)
+        assert sweep.window_start() is None and sweep.windows(0.0) == []
+        watch(sweep, "j1")
+        (window,) = sweep.windows(0.0)
+        assert (window.start, window.end, window.expected) == (T0 - timedelta(seconds=30), None, {"j1"})
 
     def test_server_skew_is_learned_from_the_listing(self) -> None:
-        """The server runs an hour ahead: later jobs' windows start an hour after our send time."""
+        """The server runs an hour ahead: later jobs' windows sit an hour after our send time."""
         sweep = JobSweep(margin_s=30, settled_margin_s=2)
-        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
-        p = sweep.begin()
-        sweep.take(p, [item("j1", "running", T0 + timedelta(hours=1, seconds=0.2))], now=1.0)
-        assert p.complete
-        # j1 is listed: its own creation time bounds the window from now on.
-        assert sweep.window_start() == T0 + timedelta(hours=1, seconds=0.2) - timedelta(milliseconds=1)
+        watch(sweep, "j1")
+        (w,) = sweep.windows(0.0)
+        sweep.take(w, [item("j1", "running", T0 + timedelta(hours=1, seconds=0.2))], 1.0, LOOK)
+        assert w.complete
+        ms = timedelta(milliseconds=1)
+        created = T0 + timedelta(hours=1, seconds=0.2)
+        (w,) = sweep.windows(5.0)  # j1 is due again 0.5 s after it was seen running
+        assert (w.start, w.end) == (created - ms, created + ms)  # its own creation time bounds it
         sweep.discard("j1")
-        sweep.add("j2", "k2", "image", sent=T0 + timedelta(seconds=5), now=5.0)
-        assert sweep.window_start() == T0 + timedelta(hours=1, seconds=5.2 - 2)
+        watch(sweep, "j2", sent=T0 + timedelta(seconds=5))
+        (w,) = sweep.windows(5.0)
+        guess = T0 + timedelta(hours=1, seconds=5.2)
+        assert (w.start, w.end) == (guess - timedelta(seconds=2), guess + timedelta(seconds=2))
+
+    def test_only_due_jobs_are_listed_and_far_apart_jobs_get_windows_of_their_own(self) -> None:
+        """An old video among newer images: two small windows, not everything since the video."""
+        sweep = JobSweep(gap_s=5)
+        video, image = T0, T0 + timedelta(minutes=10)
+        watch(sweep, "video", sent=video, kind="video")
+        watch(sweep, "img1", sent=image)
+        watch(sweep, "img2", sent=image + timedelta(seconds=1))
+        watch(sweep, "img3", sent=image + timedelta(seconds=2), due=9.0)
+        first = sweep.windows(0.0)
+        page = [item("video", "running", video), item("img1", "running", image)]
+        page.append(item("img2", "running", image + timedelta(seconds=1)))
+        for w in first:
+            sweep.take(w, page, 1.0, LOOK)
+        windows = sweep.windows(2.0)  # the images are due again (0.5 s), the video not (5 s)
+        assert [w.expected for w in windows] == [{"img1", "img2"}]
+        windows = sweep.windows(9.0)
+        assert [sorted(w.expected) for w in windows] == [["video"], ["img1", "img2", "img3"]]
+        assert windows[0].end is not None and windows[0].end < windows[1].start
+        assert sweep.next_due() == 1.5
 
     def test_finished_jobs_are_handed_back_once_with_when_they_were_last_running(self) -> None:
         sweep = JobSweep()
-        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
-        sweep.add("j2", "k2", "upscale", sent=T0, now=0.0)
-        p = sweep.begin()
-        assert sweep.take(p, [item("j1", "queued", T0)], now=1.0) == []
-        found = sweep.take(p, [item("j2", "success", T0), item("other", "success", T0)], now=1.0)
+        watch(sweep, "j1")
+        watch(sweep, "j2", kind="upscale")
+        (w,) = sweep.windows(0.0)
+        assert sweep.take(w, [item("j1", "queued", T0)], 1.0, LOOK) == []
+        found = sweep.take(w, [item("j2", "success", T0), item("other", "success", T0)], 1.0, LOOK)
         assert [(f.job_id, f.key, f.kind, f.status) for f in found] == [
-            ("j2", "k2", "upscale", JobStatus.SUCCESS)
+            ("j2", "k-j2", "upscale", JobStatus.SUCCESS)
         ]
         assert "j2" not in sweep and "j1" in sweep and len(sweep) == 1
-        p = sweep.begin()
-        (failed,) = sweep.take(p, [item("j1", "FAILED", T0)], now=2.5)
+        (w,) = sweep.windows(2.5)
+        (failed,) = sweep.take(w, [item("j1", "FAILED", T0)], 2.5, LOOK)
         assert (failed.status, failed.running_at, failed.seen_at) == (JobStatus.FAILED, 1.0, 2.5)
         assert len(sweep) == 0
 
-    def test_a_pass_is_complete_only_when_every_watched_job_was_listed(self) -> None:
+    def test_a_window_is_complete_only_when_every_expected_job_was_listed(self) -> None:
         sweep = JobSweep()
         for n in range(3):
-            sweep.add(f"j{n}", f"k{n}", "image", sent=T0, now=0.0)
-        p = sweep.begin()
-        sweep.take(p, [item("j0", "running", T0), item("j2", "success", T0)], now=1.0)
-        assert not p.complete
-        sweep.take(p, [item("j1", "running", T0)], now=1.0)
-        assert p.complete
+            watch(sweep, f"j{n}")
+        (w,) = sweep.windows(0.0)
+        sweep.take(w, [item("j0", "running", T0), item("j2", "success", T0)], 1.0, LOOK)
+        assert not w.complete
+        sweep.take(w, [item("j1", "running", T0)], 1.0, LOOK)
+        assert w.complete
 
     def test_a_job_the_list_overtook_twice_is_given_up_and_the_margin_widens(self) -> None:
         sweep = JobSweep(settled_margin_s=2, max_misses=2)
-        sweep.add("old", "k-old", "image", sent=T0, now=0.0)
-        sweep.add("new", "k-new", "image", sent=T0 + timedelta(seconds=1), now=1.0)
+        watch(sweep, "old")
+        watch(sweep, "new", sent=T0 + timedelta(seconds=1))
         for attempt in range(2):
-            p = sweep.begin()
-            sweep.take(p, [item("new", "running", T0 + timedelta(seconds=1))], now=2.0)
-            given_up = sweep.end(p, T0 + timedelta(seconds=2))
+            (w,) = sweep.windows(10.0 * (attempt + 1))
+            sweep.take(w, [item("new", "running", T0 + timedelta(seconds=1))], 2.0, LOOK)
+            given_up = sweep.end(w, T0 + timedelta(seconds=2), 2.0, LOOK)
             assert given_up == ([] if attempt == 0 else [("old", "k-old")])
         assert "old" not in sweep
-        sweep.add("later", "k", "image", sent=T0 + timedelta(seconds=10), now=10.0)
         sweep.discard("new")
+        watch(sweep, "later", sent=T0 + timedelta(seconds=10))
         assert sweep.window_start() == T0 + timedelta(seconds=10 - 8)  # skew 0, margin 2 s -> 8 s
 
     def test_a_list_that_lags_a_little_is_not_a_miss(self) -> None:
         """Nothing later was listed and the job is young: wait for the list rather than give up."""
         sweep = JobSweep(max_misses=1, patience_s=10)
-        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
-        p = sweep.begin()
-        assert sweep.end(p, T0 + timedelta(seconds=3)) == []
-        p = sweep.begin()
-        assert sweep.end(p, T0 + timedelta(seconds=11)) == [("j1", "k1")]
+        watch(sweep, "j1")
+        (w,) = sweep.windows(0.0)
+        assert sweep.end(w, T0 + timedelta(seconds=3), 3.0, LOOK) == []
+        assert sweep.next_due() == 3.5  # looked for again after the image interval
+        (w,) = sweep.windows(4.0)
+        assert sweep.end(w, T0 + timedelta(seconds=11), 11.0, LOOK) == [("j1", "k-j1")]
 
     def test_drain_hands_back_every_job(self) -> None:
         sweep = JobSweep()
-        sweep.add("j1", "k1", "image", sent=T0, now=0.0)
-        sweep.add("j2", "k2", "video", sent=T0, now=0.0)
-        assert sorted(sweep.drain()) == [("j1", "k1"), ("j2", "k2")]
+        watch(sweep, "j1")
+        watch(sweep, "j2", kind="video")
+        assert sorted(sweep.drain()) == [("j1", "k-j1"), ("j2", "k-j2")]
         assert len(sweep) == 0 and sweep.window_start() is None
 
 
@@ -200,3 +235,19 @@ class TestRunsOnTheList:
             got = await _complete_run(sim, tmp_path, 30, list_usable=hours > 0)
             if hours > 0:
                 assert got["GET /api/jobs/{id}"] == 30
+
+
+class TestMixedDurations:
+    async def test_a_long_job_among_many_quick_ones(self, tmp_path: Path) -> None:
+        """One 5 s video started first, then 300 quick images: every job is read once, none twice paid."""
+        config = {"video_s": (5.0, 5.0), "job_list_page_size": 5}
+        async for sim in _sandbox(**config):
+            items: list[dict[str, Any]] = [
+                {"id": "film", "prompt": "a film", "video": {"prompt": "orbit"}},
+                *({"id": f"sku-{i:03d}", "prompt": f"photo {i}"} for i in range(300)),
+            ]
+            summary = await run(sim, write_manifest(tmp_path, items), tmp_path / "out", options=options())
+            assert summary.exit_code == 0, summary.failures
+            got = requests(sim)
+            assert got["GET /api/jobs/{id}"] == 302  # one read per job: the list did the waiting
+            assert sim.stats()["jobs_created"] == 302 and max(jobs_per_body(sim).values()) == 1
