@@ -748,8 +748,9 @@ class StateStore(_Reads):
     async def mark_done(self, key: str) -> None:
         """Close the unit: refused while any recorded output is not downloaded.
 
-        Lingers: lost in a crash, the unit stays ``succeeded`` with every output recorded, and
-        the next run closes it again without a request."""
+        Lingers: lost in a crash, the unit stays ``succeeded``; the next run finds its outputs
+        recorded (or adopts the published files, if their records were lost too) and closes it
+        without a request."""
         now = self._now()
 
         def apply(conn: sqlite3.Connection) -> None:
