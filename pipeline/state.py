@@ -10,6 +10,14 @@ change and waits for the write lock; whoever holds it commits the whole queue in
 IMMEDIATE`` transaction (200 concurrent calls cost a few fsyncs, not 200). Each change runs in a
 savepoint, so a refused change never sinks its batch. Reads use a second, read-only connection.
 
+Lingering: the changes whose loss in a crash costs only a repeat of free work (``mark_succeeded``:
+a rerun polls the recorded job again; ``record_download`` and ``mark_done``: a rerun finds the
+published file and its sidecar and adopts it) do not start a commit of their own. They wait up to
+``linger_s`` (default 30 ms) for one to carry them: an urgent change's (intent, job id, failure…),
+``flush()``'s, or the one the first of them starts when its time is up, so a handful share one
+fsync. They still return only once committed (and so durable), which keeps read-your-writes
+simple: reads go through the read-only connection, which sees committed transactions only.
+
 Phases::
 
     pending → submitting → submitted → succeeded → done
@@ -59,6 +67,8 @@ SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_S = 5.0
 _DETAIL_MAX = 300  # event details are a hint, not a log: the history must stay small
 _QUIET = frozenset({"succeeded", "done"})  # no event: the row keeps all they say, and nothing overwrites it
+_LINGER_S = 0.03  # the longest a change that may wait waits for a commit to carry it
+_BATCH_MAX = 64  # lingering changes queued: commit now, do not wait for more
 
 T = TypeVar("T")
 
@@ -457,6 +467,9 @@ class _Change:
 class StateStore(_Reads):
     """The one writer of a state file. Mutators are async and durable on return; reads are sync.
 
+    Durable on return holds for every mutator; ``mark_succeeded``, ``record_download`` and
+    ``mark_done`` may take up to ``linger_s`` longer to return, so that they share commits.
+
     Open with ``async with StateStore.open(path, clock=clock) as store:`` (or ``await`` it and
     ``await store.aclose()``). Hold a :class:`~pipeline.lock.RunLock` first: one run per file.
     """
@@ -470,6 +483,7 @@ class StateStore(_Reads):
         clock: Clock,
         run_id: str,
         limiter: anyio.CapacityLimiter,
+        linger_s: float = _LINGER_S,
     ) -> None:
         self._path = path
         self._writer = writer
@@ -481,6 +495,9 @@ class StateStore(_Reads):
         self._queue: list[_Change] = []
         self._closed = False
         self._commits = 0
+        self._linger_s = max(0.0, linger_s)
+        #: Set once the commit that takes the current queue is over; ``None`` until a change lingers.
+        self._taken: anyio.Event | None = None
 
     @classmethod
     def open(
@@ -490,9 +507,14 @@ class StateStore(_Reads):
         clock: Clock,
         run_id: str | None = None,
         app_version: str = __version__,
+        linger_s: float = _LINGER_S,
     ) -> _Opening:
-        """Open (creating if missing) a state file: awaitable, or an async context manager that closes it."""
-        return _Opening(Path(path), clock, run_id or uuid.uuid4().hex[:12], app_version)
+        """Open (creating if missing) a state file: awaitable, or an async context manager that closes it.
+
+        ``linger_s``: how long a change that may wait (see the module docstring) waits for a commit
+        to share; 0 commits each at once, as urgent changes always are.
+        """
+        return _Opening(Path(path), clock, run_id or uuid.uuid4().hex[:12], app_version, linger_s)
 
     @property
     def path(self) -> Path:
@@ -511,12 +533,10 @@ class StateStore(_Reads):
         await self.aclose()
 
     async def flush(self) -> None:
-        """Commit anything still queued (every mutator already waits for its own commit)."""
+        """Commit anything still queued now, lingering changes included."""
         with anyio.CancelScope(shield=True):
             async with self._lock:
-                if self._queue:
-                    batch, self._queue = self._queue, []
-                    await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+                await self._commit_queue()
 
     async def aclose(self) -> None:
         """Commit anything queued, then close both connections (SQLite checkpoints the WAL)."""
@@ -534,21 +554,48 @@ class StateStore(_Reads):
 
     # ---- group commit ---------------------------------------------------------------------
 
-    async def _write(self, apply: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, apply: Callable[[sqlite3.Connection], T], *, urgent: bool = True) -> T:
         """Queue a change and return once a commit containing it is durable (shielded: once
-        called, a change commits or fails definitely; cancellation lands after it returns)."""
+        called, a change commits or fails definitely; cancellation lands after it returns).
+
+        An urgent change commits the queue as soon as the write lock is free. One that is not
+        (``urgent=False``) lingers first: the first of a queue waits up to ``linger_s`` for another
+        commit to take it, then commits the queue itself; the others wait for that commit."""
         if self._closed:
             raise StateError(f"state file {self._path}: the store is closed")
         change = _Change(apply)
         self._queue.append(change)
         with anyio.CancelScope(shield=True):
-            async with self._lock:
-                if not change.done:
-                    batch, self._queue = self._queue, []
-                    await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+            if not urgent and self._linger_s > 0 and len(self._queue) < _BATCH_MAX:
+                taken = self._taken
+                if taken is None:  # the first to linger on this queue: it keeps the time
+                    self._taken = taken = anyio.Event()
+                    with anyio.move_on_after(self._linger_s):
+                        await taken.wait()
+                else:
+                    await taken.wait()  # the first one's commit, or an earlier one, takes us too
+            if not change.done:
+                async with self._lock:
+                    if not change.done:
+                        await self._commit_queue()
         if change.error is not None:
             raise change.error
         return cast(T, change.result)
+
+    async def _commit_queue(self) -> None:
+        """Commit everything queued in one transaction (write lock held), then wake its lingerers."""
+        batch, self._queue = self._queue, []
+        taken, self._taken = self._taken, None
+        try:
+            if batch:
+                await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+        finally:
+            for change in batch:
+                if not change.done:  # the hand-off itself failed: say so, never report success
+                    change.done = True
+                    change.error = StateError(f"state file {self._path}: commit interrupted")
+            if taken is not None:
+                taken.set()
 
     def _commit(self, batch: list[_Change]) -> None:
         """Apply a batch in one transaction (worker thread). A refused change rolls back to its
@@ -657,7 +704,10 @@ class StateStore(_Reads):
         await self._write(apply)
 
     async def mark_succeeded(self, key: str, outputs: Sequence[tuple[str, str]]) -> None:
-        """The job finished: record its outputs as (asset_id, url), numbered from 1; downloads follow."""
+        """The job finished: record its outputs as (asset_id, url), numbered from 1; downloads follow.
+
+        Lingers (see the module docstring): lost in a crash, the unit is still ``submitted`` with
+        its job id, and the next run polls that job again for free."""
         now, outs = self._now(), [(str(a), str(u)) for a, u in outputs]
         if not outs:
             raise StateError(f"unit {key}: a success needs at least one output (mark it failed instead)")
@@ -671,12 +721,15 @@ class StateStore(_Reads):
             )
             self._transition(conn, key, Phase.SUCCEEDED, now, f"{len(outs)} outputs", ", finished_at=?", now)
 
-        await self._write(apply)
+        await self._write(apply, urgent=False)
 
     async def record_download(
         self, key: str, n: int, *, path: str, bytes: int, sha256: str, at: datetime | None = None
     ) -> None:
-        """Record that output ``n`` is on disk and verified (after the file's rename was fsynced)."""
+        """Record that output ``n`` is on disk and verified (after the file's rename was fsynced).
+
+        Lingers: lost in a crash, the next run finds the published file with its sidecar and
+        adopts it (``Delivery._adopt_published``) without downloading or paying again."""
         now, when = self._now(), _rfc3339(at or self._clock.now())
 
         def apply(conn: sqlite3.Connection) -> None:
@@ -690,10 +743,14 @@ class StateStore(_Reads):
                 raise StateError(f"unit {key} has no output {n}")
             conn.execute("UPDATE units SET updated_at = ?, run_id = ? WHERE key = ?", (now, self.run_id, key))
 
-        await self._write(apply)
+        await self._write(apply, urgent=False)
 
     async def mark_done(self, key: str) -> None:
-        """Close the unit: refused while any recorded output is not downloaded."""
+        """Close the unit: refused while any recorded output is not downloaded.
+
+        Lingers: lost in a crash, the unit stays ``succeeded``; the next run finds its outputs
+        recorded (or adopts the published files, if their records were lost too) and closes it
+        without a request."""
         now = self._now()
 
         def apply(conn: sqlite3.Connection) -> None:
@@ -704,7 +761,7 @@ class StateStore(_Reads):
                 raise StateError(f"unit {key}: outputs {missing} are not downloaded yet")
             self._transition(conn, key, Phase.DONE, now, "done")
 
-        await self._write(apply)
+        await self._write(apply, urgent=False)
 
     async def put_resource(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
         """Record a shared resource durably (an upload's id and URL, a model's id and training state)."""
@@ -809,17 +866,19 @@ def _expect(conn: sqlite3.Connection, key: str, action: str, allowed: Set[Phase]
 class _Opening:
     """What ``StateStore.open`` returns: ``await`` it, or use it as ``async with``."""
 
-    def __init__(self, path: Path, clock: Clock, run_id: str, app_version: str) -> None:
-        self._args = (path, clock, run_id, app_version)
+    def __init__(self, path: Path, clock: Clock, run_id: str, app_version: str, linger_s: float) -> None:
+        self._args = (path, clock, run_id, app_version, linger_s)
         self._store: StateStore | None = None
 
     async def _open(self) -> StateStore:
-        path, clock, run_id, app_version = self._args
+        path, clock, run_id, app_version, linger_s = self._args
         limiter = anyio.CapacityLimiter(1)
         writer, reader = await anyio.to_thread.run_sync(
             _open_writer, path, _rfc3339(clock.now()), app_version, limiter=limiter
         )
-        return StateStore(path, writer, reader, clock=clock, run_id=run_id, limiter=limiter)
+        return StateStore(
+            path, writer, reader, clock=clock, run_id=run_id, limiter=limiter, linger_s=linger_s
+        )
 
     def __await__(self) -> Generator[Any, None, StateStore]:
         return self._open().__await__()

@@ -324,6 +324,164 @@ class TestGroupCommit:
         assert store._writer.execute("PRAGMA foreign_keys").fetchone() == (1,)
 
 
+async def submitted(store: StateStore, *indexes: int) -> None:
+    """Units ``indexes`` as far as ``submitted`` (job ``job-i``)."""
+    for i in indexes:
+        await store.mark_submitting(key(i))
+        await store.mark_submitted(key(i), f"job-{i}")
+
+
+async def until_queued(store: StateStore, count: int) -> None:
+    """Yield until ``count`` changes wait in the store's queue (they linger there)."""
+    with anyio.fail_after(5):
+        while len(store._queue) < count:  # noqa: ASYNC110 - the store has no event for "queued"
+            await anyio.sleep(0.001)
+
+
+class TestLinger:
+    """mark_succeeded, record_download and mark_done wait a little to share a commit; the rest never do."""
+
+    async def test_urgent_changes_are_durable_when_they_return(self, path: Path, clock: FakeClock) -> None:
+        """The intent and the job id are on disk for another connection the moment their call returns,
+        however long the store lets other changes linger."""
+        async with StateStore.open(path, clock=clock, linger_s=60) as store:
+            await store.sync_units([unit(0)])
+            with anyio.fail_after(5):
+                await store.mark_submitting(key(0))
+            assert raw(path, "SELECT phase, attempts FROM units") == [("submitting", 1)]
+            with open_readonly(path) as view:
+                assert view.phases() == {key(0): Phase.SUBMITTING}
+            with anyio.fail_after(5):
+                await store.mark_submitted(key(0), "job-0")
+            assert raw(path, "SELECT phase, job_id FROM units") == [("submitted", "job-0")]
+            with open_readonly(path) as view:
+                assert view.get(key(0)).job_id == "job-0"  # type: ignore[union-attr]
+
+    async def test_alone_it_commits_after_its_delay(self, path: Path, clock: FakeClock) -> None:
+        """Alone, a lingering change waits about linger_s, then commits itself: durable, and seen by
+        the store's own reads, when it returns."""
+        async with StateStore.open(path, clock=clock, linger_s=0.2) as store:
+            await store.sync_units([unit(0)])
+            await submitted(store, 0)
+            before, started = store.commits, anyio.current_time()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.mark_succeeded, key(0), [("asset-0", "https://cdn/0.png")])
+                await anyio.sleep(0.05)
+                assert store.commits == before  # still waiting for company
+                assert raw(path, "SELECT phase FROM units") == [("submitted",)]
+            assert 0.15 <= anyio.current_time() - started < 5
+            assert store.commits == before + 1
+            assert store.get(key(0)).phase is Phase.SUCCEEDED  # type: ignore[union-attr]
+            assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
+
+    async def test_flush_commits_lingering_changes_at_once(self, path: Path, clock: FakeClock) -> None:
+        """flush() does not wait out the delay: it commits what lingers and its callers return."""
+        async with StateStore.open(path, clock=clock, linger_s=60) as store:
+            await store.sync_units([unit(0)])
+            await submitted(store, 0)
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(store.mark_succeeded, key(0), [("asset-0", "https://cdn/0.png")])
+                    await until_queued(store, 1)
+                    assert raw(path, "SELECT phase FROM units") == [("submitted",)]
+                    await store.flush()
+                    assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
+                    assert store.get(key(0)).phase is Phase.SUCCEEDED  # type: ignore[union-attr]
+
+    async def test_close_commits_lingering_changes(self, path: Path, clock: FakeClock) -> None:
+        """aclose() commits what lingers before it closes; the lingering callers return normally."""
+        store = await StateStore.open(path, clock=clock, linger_s=60)
+        await store.sync_units([unit(0)])
+        await submitted(store, 0)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.mark_succeeded, key(0), [("asset-0", "https://cdn/0.png")])
+                await until_queued(store, 1)
+                await store.aclose()
+        assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
+
+    async def test_an_urgent_commit_carries_lingering_changes(self, path: Path, clock: FakeClock) -> None:
+        """An intent arriving while downloads linger commits them with it, in one transaction, and
+        their callers return with it (not after their own delay)."""
+        async with StateStore.open(path, clock=clock, linger_s=60) as store:
+            await store.sync_units(unit(i) for i in range(4))
+            await submitted(store, 0, 1, 2)
+            with anyio.fail_after(5):  # the lingering callers return with the intent, not after 60 s
+                async with anyio.create_task_group() as tg:
+                    for i in (0, 1, 2):
+                        tg.start_soon(store.mark_succeeded, key(i), [(f"asset-{i}", f"https://cdn/{i}.png")])
+                    await until_queued(store, 3)
+                    before = store.commits
+                    with anyio.fail_after(5):
+                        await store.mark_submitting(key(3))
+                    assert store.commits == before + 1
+                    rows = raw(path, "SELECT key, phase FROM units ORDER BY key")
+                    assert rows == [*((key(i), "succeeded") for i in (0, 1, 2)), (key(3), "submitting")]
+            assert store.counts()[Phase.SUCCEEDED] == 3
+
+    async def test_lingering_changes_share_commits(self, path: Path, clock: FakeClock) -> None:
+        """50 units downloaded and closed concurrently: a handful of commits, not 100."""
+        async with StateStore.open(path, clock=clock, linger_s=0.05) as store:
+            await store.sync_units(unit(i) for i in range(50))
+            for i in range(50):
+                await store.mark_submitting(key(i))
+                await store.mark_submitted(key(i), f"job-{i}")
+            async with anyio.create_task_group() as tg:
+                for i in range(50):
+                    tg.start_soon(store.mark_succeeded, key(i), [(f"asset-{i}", f"https://cdn/{i}.png")])
+            before = store.commits
+
+            async def finish(i: int) -> None:
+                await store.record_download(key(i), 1, path=f"out/{i}.png", bytes=1, sha256="ab" * 32)
+                assert store.get(key(i)).outputs[0].downloaded  # type: ignore[union-attr]
+                await store.mark_done(key(i))
+
+            async with anyio.create_task_group() as tg:
+                for i in range(50):
+                    tg.start_soon(finish, i)
+            assert store.commits - before <= 4
+            assert raw(path, "SELECT phase, count(*) FROM units GROUP BY phase") == [("done", 50)]
+
+    async def test_a_refused_lingering_change_raises_for_its_caller_only(self, store: StateStore) -> None:
+        """mark_done before the download is refused; the lingering changes beside it commit."""
+        await submitted(store, 0, 1)
+        await store.mark_succeeded(key(0), [("asset-0", "https://cdn/0.png")])
+        await store.mark_succeeded(key(1), [("asset-1", "https://cdn/1.png")])
+        errors: list[str] = []
+
+        async def done_too_early() -> None:
+            try:
+                await store.mark_done(key(0))
+            except StateError as exc:
+                errors.append(str(exc))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(done_too_early)
+            tg.start_soon(
+                lambda: store.record_download(key(1), 1, path="out/1.png", bytes=1, sha256="ab" * 32)
+            )
+        assert len(errors) == 1 and "not downloaded" in errors[0]
+        assert store.get(key(1)).outputs[0].downloaded  # type: ignore[union-attr]
+
+    async def test_a_cancelled_lingering_caller_still_commits(self, path: Path, clock: FakeClock) -> None:
+        """Lingering is shielded like every write: cancelling the caller does not drop the change."""
+        async with StateStore.open(path, clock=clock, linger_s=0.1) as store:
+            await store.sync_units([unit(0)])
+            await submitted(store, 0)
+            with anyio.move_on_after(0.01):
+                await store.mark_succeeded(key(0), [("asset-0", "https://cdn/0.png")])
+            assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
+
+    async def test_no_linger_commits_at_once(self, path: Path, clock: FakeClock) -> None:
+        """linger_s=0: every change commits as soon as the write lock is free, as urgent ones do."""
+        async with StateStore.open(path, clock=clock, linger_s=0) as store:
+            await store.sync_units([unit(0)])
+            await submitted(store, 0)
+            with anyio.fail_after(5):
+                await store.mark_succeeded(key(0), [("asset-0", "https://cdn/0.png")])
+            assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
+
+
 CHILD = textwrap.dedent(
     """
     import os, signal, sys
