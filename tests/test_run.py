@@ -221,6 +221,16 @@ class TestFaults:
         assert summary.exit_code == 0
         assert max(jobs_per_body(sim).values()) == 1
 
+    async def test_an_unannounced_request_rate_limit_is_learned(self, sim: Sandbox, tmp_path: Path) -> None:
+        """20 requests/s per key, never announced: the run learns it from refused GETs and paces
+        itself under it (without the pacer this run draws ~120 429s; with it ~35, all early)."""
+        sim.control(rps_limit=20.0, retry_after="seconds")
+        items = [{"id": f"s{i:03d}", "prompt": f"product {i}"} for i in range(80)]
+        summary = await run(sim, write_manifest(tmp_path, items), tmp_path / "out")
+        assert summary.exit_code == 0, summary.failures
+        assert sim.stats()["sent_429"] <= 60
+        assert max(jobs_per_body(sim).values()) == 1
+
     async def test_hidden_active_cap_with_retry_after(self, sim: Sandbox, tmp_path: Path) -> None:
         """The server allows 4 active jobs; the client asked for 64: it adapts and finishes."""
         sim.control(max_active_jobs=4, retry_after="seconds")
