@@ -570,8 +570,7 @@ class StateStore(_Reads):
                 taken = self._taken
                 if taken is None:  # the first to linger on this queue: it keeps the time
                     self._taken = taken = anyio.Event()
-                    with anyio.move_on_after(self._linger_s):
-                        await taken.wait()
+                    await self._clock.wait_for(taken, self._linger_s)
                 else:
                     await taken.wait()  # the first one's commit, or an earlier one, takes us too
             if not change.done:

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.clock import FakeClock
+from pipeline.clock import FakeClock, SystemClock
 from pipeline.errors import StateError
 from pipeline.state import SCHEMA_VERSION, Phase, StateStore, UnitLike, open_readonly
 
@@ -71,7 +71,9 @@ def _path(tmp_path: Path) -> Path:
 
 @pytest.fixture(name="store")
 async def _store(path: Path, clock: FakeClock) -> AsyncIterator[StateStore]:
-    async with StateStore.open(path, clock=clock, run_id="run-1") as store:
+    # No lingering: a FakeClock's waits advance it, and these tests pin exact timestamps
+    # (lingering has its own tests, on the system clock).
+    async with StateStore.open(path, clock=clock, run_id="run-1", linger_s=0) as store:
         await store.sync_units([unit(i) for i in range(5)])
         yield store
 
@@ -339,12 +341,16 @@ async def until_queued(store: StateStore, count: int) -> None:
 
 
 class TestLinger:
-    """mark_succeeded, record_download and mark_done wait a little to share a commit; the rest never do."""
+    """mark_succeeded, record_download and mark_done wait a little to share a commit; the rest never do.
 
-    async def test_urgent_changes_are_durable_when_they_return(self, path: Path, clock: FakeClock) -> None:
+    Lingering waits on the store's clock; these tests give it the system clock (a FakeClock's
+    waits pass at once, so nothing would linger) and keep every real wait under a second.
+    """
+
+    async def test_urgent_changes_are_durable_when_they_return(self, path: Path) -> None:
         """The intent and the job id are on disk for another connection the moment their call returns,
         however long the store lets other changes linger."""
-        async with StateStore.open(path, clock=clock, linger_s=60) as store:
+        async with StateStore.open(path, clock=SystemClock(), linger_s=60) as store:
             await store.sync_units([unit(0)])
             with anyio.fail_after(5):
                 await store.mark_submitting(key(0))
@@ -357,10 +363,10 @@ class TestLinger:
             with open_readonly(path) as view:
                 assert view.get(key(0)).job_id == "job-0"  # type: ignore[union-attr]
 
-    async def test_alone_it_commits_after_its_delay(self, path: Path, clock: FakeClock) -> None:
+    async def test_alone_it_commits_after_its_delay(self, path: Path) -> None:
         """Alone, a lingering change waits about linger_s, then commits itself: durable, and seen by
         the store's own reads, when it returns."""
-        async with StateStore.open(path, clock=clock, linger_s=0.2) as store:
+        async with StateStore.open(path, clock=SystemClock(), linger_s=0.2) as store:
             await store.sync_units([unit(0)])
             await submitted(store, 0)
             before, started = store.commits, anyio.current_time()
@@ -374,9 +380,9 @@ class TestLinger:
             assert store.get(key(0)).phase is Phase.SUCCEEDED  # type: ignore[union-attr]
             assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
 
-    async def test_flush_commits_lingering_changes_at_once(self, path: Path, clock: FakeClock) -> None:
+    async def test_flush_commits_lingering_changes_at_once(self, path: Path) -> None:
         """flush() does not wait out the delay: it commits what lingers and its callers return."""
-        async with StateStore.open(path, clock=clock, linger_s=60) as store:
+        async with StateStore.open(path, clock=SystemClock(), linger_s=60) as store:
             await store.sync_units([unit(0)])
             await submitted(store, 0)
             with anyio.fail_after(5):
@@ -388,9 +394,9 @@ class TestLinger:
                     assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
                     assert store.get(key(0)).phase is Phase.SUCCEEDED  # type: ignore[union-attr]
 
-    async def test_close_commits_lingering_changes(self, path: Path, clock: FakeClock) -> None:
+    async def test_close_commits_lingering_changes(self, path: Path) -> None:
         """aclose() commits what lingers before it closes; the lingering callers return normally."""
-        store = await StateStore.open(path, clock=clock, linger_s=60)
+        store = await StateStore.open(path, clock=SystemClock(), linger_s=60)
         await store.sync_units([unit(0)])
         await submitted(store, 0)
         with anyio.fail_after(5):
@@ -400,10 +406,10 @@ class TestLinger:
                 await store.aclose()
         assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
 
-    async def test_an_urgent_commit_carries_lingering_changes(self, path: Path, clock: FakeClock) -> None:
+    async def test_an_urgent_commit_carries_lingering_changes(self, path: Path) -> None:
         """An intent arriving while downloads linger commits them with it, in one transaction, and
         their callers return with it (not after their own delay)."""
-        async with StateStore.open(path, clock=clock, linger_s=60) as store:
+        async with StateStore.open(path, clock=SystemClock(), linger_s=60) as store:
             await store.sync_units(unit(i) for i in range(4))
             await submitted(store, 0, 1, 2)
             with anyio.fail_after(5):  # the lingering callers return with the intent, not after 60 s
@@ -419,9 +425,9 @@ class TestLinger:
                     assert rows == [*((key(i), "succeeded") for i in (0, 1, 2)), (key(3), "submitting")]
             assert store.counts()[Phase.SUCCEEDED] == 3
 
-    async def test_lingering_changes_share_commits(self, path: Path, clock: FakeClock) -> None:
+    async def test_lingering_changes_share_commits(self, path: Path) -> None:
         """50 units downloaded and closed concurrently: a handful of commits, not 100."""
-        async with StateStore.open(path, clock=clock, linger_s=0.05) as store:
+        async with StateStore.open(path, clock=SystemClock(), linger_s=0.05) as store:
             await store.sync_units(unit(i) for i in range(50))
             for i in range(50):
                 await store.mark_submitting(key(i))
@@ -463,18 +469,18 @@ class TestLinger:
         assert len(errors) == 1 and "not downloaded" in errors[0]
         assert store.get(key(1)).outputs[0].downloaded  # type: ignore[union-attr]
 
-    async def test_a_cancelled_lingering_caller_still_commits(self, path: Path, clock: FakeClock) -> None:
+    async def test_a_cancelled_lingering_caller_still_commits(self, path: Path) -> None:
         """Lingering is shielded like every write: cancelling the caller does not drop the change."""
-        async with StateStore.open(path, clock=clock, linger_s=0.1) as store:
+        async with StateStore.open(path, clock=SystemClock(), linger_s=0.1) as store:
             await store.sync_units([unit(0)])
             await submitted(store, 0)
             with anyio.move_on_after(0.01):
                 await store.mark_succeeded(key(0), [("asset-0", "https://cdn/0.png")])
             assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
 
-    async def test_no_linger_commits_at_once(self, path: Path, clock: FakeClock) -> None:
+    async def test_no_linger_commits_at_once(self, path: Path) -> None:
         """linger_s=0: every change commits as soon as the write lock is free, as urgent ones do."""
-        async with StateStore.open(path, clock=clock, linger_s=0) as store:
+        async with StateStore.open(path, clock=SystemClock(), linger_s=0) as store:
             await store.sync_units([unit(0)])
             await submitted(store, 0)
             with anyio.fail_after(5):
