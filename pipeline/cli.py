@@ -252,6 +252,8 @@ def _log_summary(summary: RunSummary) -> None:
         downloaded_bytes=summary.downloaded_bytes,
         requests=sum(summary.requests.values()),
         credits_spent=summary.credits_spent,
+        learned_rate_limit=summary.rate_limit_rps,
+        learned_active_cap=summary.active_cap,
         left=summary.left,
         stopped=summary.stopped,
         elapsed_s=round(summary.elapsed_s, 3),
@@ -270,6 +272,14 @@ def _render_summary(summary: RunSummary) -> str:
         f"{sum(summary.requests.values())} requests, "
         f"{human_bytes(summary.downloaded_bytes)} downloaded{credits}"
     ]
+    if summary.rate_limit_rps is not None:
+        lines.append(
+            f"the API limits requests to about {summary.rate_limit_rps:.1f}/s (learned from its 429s); "
+            "requests were paced just under it"
+        )
+    if summary.active_cap is not None:
+        cap = summary.active_cap
+        lines.append(f"the API refused jobs beyond about {cap} running at once; the run adapted to it")
     if summary.stopped:
         why = {
             "quota": "the account is out of credits",

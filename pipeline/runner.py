@@ -242,6 +242,8 @@ def _write_run_record(layout: OutputLayout, summary: RunSummary, clock: Clock) -
         "requests": dict(sorted(summary.requests.items())),
         "requestsTotal": sum(summary.requests.values()),
         "creditsSpent": summary.credits_spent,
+        "learnedRateLimit": None if summary.rate_limit_rps is None else round(summary.rate_limit_rps, 2),
+        "learnedActiveCap": summary.active_cap,
         "exitCode": summary.exit_code,
         "failures": [
             {

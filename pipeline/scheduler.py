@@ -127,6 +127,10 @@ class RunSummary:
     requests: Mapping[str, int] = field(default_factory=dict)
     #: Credits the job list reports for this run's jobs (None when it was not asked).
     credits_spent: float | None = None
+    #: The API's request-rate limit as measured from its 429s (req/s; None: never hit).
+    rate_limit_rps: float | None = None
+    #: The active-job target at the end, when 429s on submissions lowered it below ``--max-active``.
+    active_cap: int | None = None
 
     @property
     def exit_code(self) -> int:
@@ -911,6 +915,8 @@ class _Run:
             left=left,
             requests=dict(self.api.stats),
             credits_spent=sum(self.credits_seen.values()) if self.credits_seen else None,
+            rate_limit_rps=self.pacer.estimate,
+            active_cap=self.active.target if self.active.decreases else None,
         )
 
     async def final_credits(self) -> None:

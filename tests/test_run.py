@@ -230,6 +230,9 @@ class TestFaults:
         assert summary.exit_code == 0, summary.failures
         assert sim.stats()["sent_429"] <= 60
         assert max(jobs_per_body(sim).values()) == 1
+        assert summary.rate_limit_rps is not None and 15 <= summary.rate_limit_rps <= 25
+        record = json.loads(sorted((tmp_path / "out" / "runs").glob("*.json"))[-1].read_text())
+        assert record["learnedRateLimit"] == round(summary.rate_limit_rps, 2)
 
     async def test_hidden_active_cap_with_retry_after(self, sim: Sandbox, tmp_path: Path) -> None:
         """The server allows 4 active jobs; the client asked for 64: it adapts and finishes."""
@@ -237,6 +240,8 @@ class TestFaults:
         summary = await run(sim, write_manifest(tmp_path, catalog(12)), tmp_path / "out")
         assert summary.exit_code == 0
         assert max(sim.stats()["peak_active_jobs"].values()) <= 4
+        assert summary.active_cap is not None and summary.active_cap <= 5
+        assert summary.rate_limit_rps is None  # refused submissions alone prove no rate limit
         assert max(jobs_per_body(sim).values()) == 1
 
     async def test_5xx_burst_on_submissions_and_polls(self, sim: Sandbox, tmp_path: Path) -> None:
