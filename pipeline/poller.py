@@ -137,6 +137,14 @@ class DurationEstimator:
             return 0.9 * min(seen)
         return 0.5 * self._guess(kind)
 
+    def overdue(self, kind: str) -> float:
+        """Seconds after which a job the job list still shows running is asked about directly
+        (a list served from a stale cache must not hold a finished job until its deadline)."""
+        seen = self._seen.get(kind)
+        learned = seen is not None and len(seen) >= self.MIN_SAMPLES
+        typical = self.typical(kind) if learned else 10.0 * self._guess(kind) / 3.0  # a guess: be patient
+        return max(3.0 * typical, 10 * self._policy.min_interval_s)
+
     def sweep_interval(self, kinds: set[str]) -> float:
         """Seconds between two listings of the jobs of ``kinds`` (see :mod:`pipeline.sweep`)."""
         policy = self._policy

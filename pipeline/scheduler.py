@@ -202,6 +202,8 @@ class _Run:
         self.sweep = JobSweep()
         self.sweeping = options.poll_via == "list"
         self.sweep_added = anyio.Event()
+        self.verifying: set[str] = set()  # overdue in the sweep: asked about directly once
+        self.list_stale = 0  # jobs the list showed running that had finished
         self.started: dict[str, tuple[float, int]] = {}  # key -> (monotonic submit time, polls)
         self.known_jobs: set[str] = set()
         self.holding: set[str] = set()
@@ -711,13 +713,31 @@ class _Run:
                 self.due.push(key, mono)
 
     def _sweep_deadlines(self) -> None:
-        """Jobs past their deadline leave the sweep for one last poll, which settles them."""
+        """Jobs past their deadline leave the sweep for one last poll, which settles them; jobs
+        running far longer than their kind's typical duration are asked about directly (the
+        list could be stale: :meth:`poll_one` counts it) and are polled alone from then on."""
         now = self.clock.monotonic()
         for job_id, key, kind in self.sweep.jobs():
-            started = self.started.get(key, (now, 0))[0]
-            if now - started > self.options.poll.deadline_s.get(kind, 900.0):
+            elapsed = now - self.started.get(key, (now, 0))[0]
+            if elapsed > self.options.poll.deadline_s.get(kind, 900.0):
                 self.sweep.discard(job_id)
                 self.due.push(key, now)
+            elif elapsed > self.estimator.overdue(kind):
+                self.sweep.discard(job_id)
+                self.verifying.add(key)
+                self.due.push(key, now)
+
+    def _check_list_freshness(self, key: str, job: Job) -> None:
+        """An overdue job the list showed running, found finished: three of those and the list
+        is taken for stale, and the run polls every job alone."""
+        if key not in self.verifying:
+            return
+        self.verifying.discard(key)
+        if job.status.is_terminal and self.sweeping:
+            self.list_stale += 1
+            _log.warning("job_list_stale", unit=key, job_id=job.job_id, seen=self.list_stale)
+            if self.list_stale >= 3:
+                self._stop_sweeping("the job list shows finished jobs as still running")
 
     def _stop_sweeping(self, reason: str) -> None:
         _log.warning("job_list_unusable", reason=reason, fallback="single polls")
@@ -756,6 +776,7 @@ class _Run:
         elapsed = now - submitted_at
         polls += 1
         self.started[key] = (submitted_at, polls)
+        self._check_list_freshness(key, job)
         if job.status is JobStatus.SUCCESS:
             self._drop_slot(key)
             if seen is None:

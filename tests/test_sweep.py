@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from pipeline.clock import SystemClock
@@ -152,6 +153,13 @@ class TestSweepInterval:
         assert 5.5 <= est.sweep_interval({"image"}) <= 6.0
         assert 0.9 * 39 <= est.earliest("image") <= 0.9 * 40
 
+    def test_overdue_is_patient_until_durations_are_known(self) -> None:
+        est = DurationEstimator(PollPolicy(min_interval_s=1.0))
+        assert est.overdue("image") == pytest.approx(200.0)  # 10x the 20 s guess
+        for seconds in (40.0, 50.0, 60.0, 70.0, 80.0):
+            est.observe_between("image", seconds, seconds)
+        assert est.overdue("image") == pytest.approx(180.0)  # 3x the learned median
+
     def test_bounds_hold(self) -> None:
         est = DurationEstimator(PollPolicy(min_interval_s=1.0, max_interval_s=3.0))
         assert est.sweep_interval({"video"}) == 3.0
@@ -251,3 +259,13 @@ class TestMixedDurations:
             got = requests(sim)
             assert got["GET /api/jobs/{id}"] == 302  # one read per job: the list did the waiting
             assert sim.stats()["jobs_created"] == 302 and max(jobs_per_body(sim).values()) == 1
+
+
+class TestStaleList:
+    async def test_a_list_that_never_shows_jobs_finished_is_noticed(self, tmp_path: Path) -> None:
+        """The list shows every job running for 1,000 s after it finished: overdue jobs are asked about
+        directly, three found finished mark the list stale, and the run finishes on single polls."""
+        async for sim in _sandbox(job_list_status_lag_s=1000.0):
+            with anyio.fail_after(60):
+                got = await _complete_run(sim, tmp_path, 40, list_usable=False)
+            assert got["GET /api/jobs/{id}"] >= 40

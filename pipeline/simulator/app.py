@@ -407,7 +407,15 @@ async def list_jobs(request: web.Request) -> web.Response:
     if len(hits) > size:
         raw = json.dumps({"s": start.isoformat(), "e": end.isoformat(), "a": page[-1].seq})
         nxt = base64.urlsafe_b64encode(raw.encode()).decode()
-    return ok({"jobs": [store.job_item(j) for j in page], "nextPageToken": nxt})
+    items = [store.job_item(j) for j in page]
+    lag = sim.config.job_list_status_lag_s
+    if lag > 0:
+        stale_after = sim.clock.monotonic() - lag
+        for job, item in zip(page, items, strict=True):
+            if job.finished is not None and job.finished > stale_after:
+                item["status"] = "running"
+                item.pop("errorMessage", None)
+    return ok({"jobs": items, "nextPageToken": nxt})
 
 
 async def get_image(request: web.Request) -> web.Response:

@@ -71,6 +71,9 @@ class SimConfig:
     job_list_available: bool = True
     #: A job shows in ``GET /jobs`` only this long after it was created (an eventually consistent list).
     job_list_lag_s: float = 0.0
+    #: ``GET /jobs`` shows a job as it was this long ago: a finished job still reads ``running``
+    #: there for a while (a list served from a stale cache; its freshness is [I]).
+    job_list_status_lag_s: float = 0.0
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -118,6 +121,7 @@ _NON_NEGATIVE = (
     "training_s",
     "download_prepare_s",
     "job_list_lag_s",
+    "job_list_status_lag_s",
 )
 _CHOICES = {"progress": ("time", "polls"), "retry_after": ("off", "seconds", "date")}
 
