@@ -70,6 +70,10 @@ class PollPolicy:
     #: share of a kind's typical duration: 0.1 holds a finished job's slot about 5 % longer
     #: than the job ran, for a page or two per sweep.
     sweep_fraction: float = 0.1
+    #: Fewer jobs than this in flight: each is polled alone. A sweep costs a request however
+    #: few jobs it covers, so for a handful (a cron run picking up a few new units) the
+    #: quantile schedule is cheaper; the list pays off once many jobs share each page.
+    sweep_min_jobs: int = 8
 
     def __post_init__(self) -> None:
         if not 0 < self.min_interval_s <= self.max_interval_s:
@@ -81,6 +85,8 @@ class PollPolicy:
             raise ValueError("poll quantiles must increase strictly within (0, 1]")
         if not 0 < self.sweep_fraction <= 1:
             raise ValueError("sweep_fraction must be within (0, 1]")
+        if self.sweep_min_jobs < 1:
+            raise ValueError("sweep_min_jobs must be at least 1")
 
     @classmethod
     def fast(cls) -> PollPolicy:

@@ -527,7 +527,7 @@ class _Run:
         self._show(key, "running")
         now = self.clock.monotonic()
         self.started[key] = (now, 0)
-        if self.sweeping:
+        if self.sweeping and self.active.in_use >= self.options.poll.sweep_min_jobs:
             due = now + self.estimator.earliest(unit.step)
             self.sweep.add(job_id, key, unit.step, sent=intent_at, now=now, due=due)
             self.sweep_added.set()

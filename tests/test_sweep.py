@@ -7,6 +7,7 @@ missing, lags behind, or runs on a clock an hour off ours.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,9 +22,11 @@ from pipeline.records import JobStatus, JobSummary
 from pipeline.simulator import Sandbox, SimConfig
 from pipeline.sweep import JobSweep
 from tests.conftest import TEST_KEY
-from tests.test_run import assert_outputs_verify, jobs_per_body, options, run, write_manifest
+from tests.test_run import FAST, assert_outputs_verify, jobs_per_body, options, run, write_manifest
 
 T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+#: Sweep from the first job on, so that every job's status comes from the list.
+LIST_ALWAYS = dataclasses.replace(FAST, sweep_min_jobs=1)
 
 
 def item(job_id: str, status: str, created: datetime) -> JobSummary:
@@ -201,7 +204,7 @@ async def _complete_run(
 ) -> dict[str, int]:
     items = [{"id": f"sku-{i:03d}", "prompt": f"product photo {i}"} for i in range(n)]
     manifest = write_manifest(tmp_path, items)
-    summary = await run(sim, manifest, tmp_path / "out", options=options(**opts))
+    summary = await run(sim, manifest, tmp_path / "out", options=options(**{"poll": LIST_ALWAYS, **opts}))
     assert summary.exit_code == 0, summary.failures
     assert summary.counts["done"] == n
     assert len(assert_outputs_verify(tmp_path / "out")) == n
@@ -217,6 +220,13 @@ class TestRunsOnTheList:
             got = await _complete_run(sim, tmp_path, 60)
             assert got["GET /api/jobs/{id}"] == 60  # one read per job, for its outputs
             assert 1 <= got["GET /api/jobs"] < 60
+
+    async def test_a_handful_of_jobs_is_polled_alone(self, tmp_path: Path) -> None:
+        """Five jobs in flight (a cron run picking up a few new units): a sweep would cost more than
+        the quantile schedule, so no job is looked for in the list."""
+        async for sim in _sandbox():
+            got = await _complete_run(sim, tmp_path, 5, poll=FAST)
+            assert got.get("GET /api/jobs", 0) <= 1  # the closing pass that reads credits
 
     async def test_single_polls_when_asked(self, tmp_path: Path) -> None:
         async for sim in _sandbox():
@@ -254,7 +264,8 @@ class TestMixedDurations:
                 {"id": "film", "prompt": "a film", "video": {"prompt": "orbit"}},
                 *({"id": f"sku-{i:03d}", "prompt": f"photo {i}"} for i in range(300)),
             ]
-            summary = await run(sim, write_manifest(tmp_path, items), tmp_path / "out", options=options())
+            opts = options(poll=LIST_ALWAYS)
+            summary = await run(sim, write_manifest(tmp_path, items), tmp_path / "out", options=opts)
             assert summary.exit_code == 0, summary.failures
             got = requests(sim)
             assert got["GET /api/jobs/{id}"] == 302  # one read per job: the list did the waiting
