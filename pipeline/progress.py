@@ -47,9 +47,10 @@ def render(snap: Snapshot) -> Group:
         table.add_column(phase, justify="right", style=_STYLE.get(phase, ""))
     for step in sorted(snap.counts):
         table.add_row(step, *(str(snap.counts[step].get(p, 0)) for p in PHASES))
+    paced = f"paced {snap.paced_rps:.1f} req/s · " if snap.paced_rps is not None else ""
     line = Text(
         f"{snap.finished}/{snap.total} finished · {snap.per_minute:.0f} submissions/min · "
-        f"active {snap.in_use}/{snap.target} · 429s {snap.rate_limited} · "
+        f"active {snap.in_use}/{snap.target} · 429s {snap.rate_limited} · {paced}"
         f"{human_bytes(snap.downloaded_bytes)} · "
         f"elapsed {_duration(snap.elapsed_s)} · ETA {_duration(snap.eta_s)}"
         + (f" · {snap.credits_spent:g} credits" if snap.credits_spent else "")

@@ -263,11 +263,13 @@ class _Run:
 
     def snapshot(self) -> Snapshot:
         """The run right now, for the progress display."""
+        pacer = self.pacer
         return self.tally.snapshot(
             now=self.clock.monotonic(),
             started=self.started_at,
             target=self.active.target,
             in_use=self.active.in_use,
+            paced_rps=pacer.rate if pacer.estimate is not None and not pacer.learning else None,
         )
 
     def stop_submitting(self, reason: str) -> None:

@@ -33,6 +33,8 @@ class Snapshot:
     credits_spent: float
     elapsed_s: float
     eta_s: float | None
+    #: Requests per second the run paces itself at, once it has learned the API's limit.
+    paced_rps: float | None = None
 
 
 class Tally:
@@ -69,7 +71,9 @@ class Tally:
         if phase in ("done", "failed", "unknown"):
             self._finishes.append(now)
 
-    def snapshot(self, *, now: float, started: float, target: int, in_use: int) -> Snapshot:
+    def snapshot(
+        self, *, now: float, started: float, target: int, in_use: int, paced_rps: float | None = None
+    ) -> Snapshot:
         """What the progress display shows; rates over the last minute, ETA from the finish rate."""
         total = len(self._phase)
         finished = sum(c["done"] + c["failed"] + c["unknown"] for c in self._counts.values())
@@ -93,4 +97,5 @@ class Tally:
             credits_spent=self.credits_spent,
             elapsed_s=now - started,
             eta_s=eta,
+            paced_rps=paced_rps,
         )
