@@ -639,8 +639,7 @@ class _Run:
 
     # -- polling -----------------------------------------------------------------------------------
 
-    async def poll_loop(self, tg: anyio.abc.TaskGroup) -> None:
-        limiter = anyio.CapacityLimiter(self.options.poll_concurrency)
+    async def poll_loop(self, tg: anyio.abc.TaskGroup, limiter: anyio.CapacityLimiter) -> None:
         while not self.finished.is_set():
             for key in await self.due.pop_due(idle_s=0.5):
                 tg.start_soon(self._poll_guarded, key, limiter)
@@ -877,8 +876,10 @@ class _Run:
                 tg.start_soon(self.download_worker)
             for name in list(self.waiting):
                 tg.start_soon(self.provision_model, name)
-            tg.start_soon(self.poll_loop, tg)
-            tg.start_soon(self.sweep_loop, tg, anyio.CapacityLimiter(self.options.poll_concurrency))
+            # One cap on job reads in flight, whether a due time or a sweep asked for them.
+            polls = anyio.CapacityLimiter(self.options.poll_concurrency)
+            tg.start_soon(self.poll_loop, tg, polls)
+            tg.start_soon(self.sweep_loop, tg, polls)
             tg.start_soon(self.reconcile_loop)
             if self.options.budget is not None:
                 tg.start_soon(self.credits_loop)
