@@ -308,7 +308,7 @@ def write_manifest(folder: Path, units: int, *, name: str = "bench") -> Path:
 
 def write_bodies(manifest: Path, dest: Path) -> Path:
     """The manifest's request bodies, one JSON object a line, for the baseline scripts."""
-    from pipeline.manifest import load_manifest
+    from pipeline.manifest.load import load_manifest
 
     units = load_manifest(manifest).units
     dest.write_text("".join(json.dumps(u.body()) + "\n" for u in units), encoding="utf-8")

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.manifest import load_manifest
+from pipeline.manifest.load import load_manifest
 
 TARGET_S = 5.0
 

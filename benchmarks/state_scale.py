@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from pipeline.clock import SystemClock
-from pipeline.state import StateStore
+from pipeline.state.sqlite import StateStore
 
 
 @dataclass(frozen=True, slots=True)

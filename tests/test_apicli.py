@@ -19,12 +19,13 @@ from typing import Any
 
 import pytest
 
-from pipeline import cli, logs
-from pipeline.apicli import register
-from pipeline.client import ApiClient
-from pipeline.config import ApiConfig, ApiKey
+from pipeline import logs
+from pipeline.api.client import ApiClient
+from pipeline.api.config import ApiConfig, ApiKey
+from pipeline.api.records import Job
+from pipeline.cli import main as cli
+from pipeline.cli.api_commands import register
 from pipeline.errors import PipelineError
-from pipeline.records import Job
 from pipeline.simulator import Sandbox, SimConfig
 from tests.conftest import TEST_KEY
 

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

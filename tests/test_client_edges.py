@@ -25,9 +25,10 @@ from aioresponses import CallbackResult, aioresponses
 from aioresponses import core as aioresponses_core
 from yarl import URL
 
-from pipeline.client import ApiClient
+from pipeline.api.client import ApiClient
+from pipeline.api.config import ApiConfig, ApiKey
+from pipeline.api.records import JobStatus
 from pipeline.clock import FakeClock
-from pipeline.config import ApiConfig, ApiKey
 from pipeline.errors import (
     ApiError,
     AuthError,
@@ -41,7 +42,6 @@ from pipeline.errors import (
     ServerError,
     TransportError,
 )
-from pipeline.records import JobStatus
 
 BASE = "https://api.photogpt.test/api"
 KEY = "sk-edge-5e4d3c2b1a-secret"

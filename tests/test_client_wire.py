@@ -11,9 +11,10 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.client import ApiClient
+from pipeline.api.client import ApiClient
+from pipeline.api.config import ApiConfig, ApiKey
+from pipeline.api.records import JobStatus
 from pipeline.clock import FakeClock
-from pipeline.config import ApiConfig, ApiKey
 from pipeline.errors import (
     AuthError,
     ConflictError,
@@ -23,7 +24,6 @@ from pipeline.errors import (
     RejectedError,
     ServerError,
 )
-from pipeline.records import JobStatus
 from pipeline.simulator import Sandbox
 from tests.conftest import OTHER_KEY, TEST_KEY
 

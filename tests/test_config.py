@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import ApiConfig, ApiKey, load_api_key
+from pipeline.api.config import ApiConfig, ApiKey, load_api_key
 from pipeline.errors import ConfigError
 
 KEY = "sk-config-test-0f9e8d7c6b5a"

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.sidecar import file_sha256, read_index
-from pipeline.state import open_readonly
+from pipeline.output.sidecar import file_sha256, read_index
+from pipeline.state.sqlite import open_readonly
 from tests.conftest import CRASH_KEY as KEY
 from tests.conftest import sim_request as _sim
 

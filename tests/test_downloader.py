@@ -19,8 +19,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from aiohttp.typedefs import Handler
 
-from pipeline.downloader import Downloader, Fetched, TransientDownloadError, sniff
 from pipeline.errors import AssetGoneError, DownloadError, IntegrityError, UnsafeAssetError
+from pipeline.output.downloader import Downloader, Fetched, TransientDownloadError, sniff
 
 HEADS = {
     "jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",

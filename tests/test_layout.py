@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ConfigError, UnsafeAssetError
-from pipeline.layout import OutputLayout, check_inside, make_dirs_inside, slug
-from pipeline.sidecar import (
+from pipeline.output.layout import OutputLayout, check_inside, make_dirs_inside, slug
+from pipeline.output.sidecar import (
     append_index,
     read_index,
     read_sidecar,

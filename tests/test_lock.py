@@ -16,14 +16,14 @@ import pytest
 
 from pipeline.clock import FakeClock
 from pipeline.errors import LockedError, StateError
-from pipeline.lock import LockHolder, RunLock
+from pipeline.state.lock import LockHolder, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HOLDER = textwrap.dedent(
     """
     import sys, time
-    from pipeline.lock import RunLock
+    from pipeline.state.lock import RunLock
     lock = RunLock(sys.argv[1])
     lock.acquire()
     print("locked", flush=True)

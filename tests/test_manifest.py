@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.manifest import DEFAULT_OUTPUT_TEMPLATE, Manifest, Step, describe, load_manifest
+from pipeline.manifest.load import DEFAULT_OUTPUT_TEMPLATE, Manifest, Step, describe, load_manifest
 
 Expansion = list[tuple[str, str, int, int | None, dict[str, Any]]]
 
@@ -543,7 +543,7 @@ class TestKeys:
 
         path = write(tmp_path, CHAIN)
         code = (
-            f"from pathlib import Path; from pipeline.manifest import load_manifest; "
+            f"from pathlib import Path; from pipeline.manifest.load import load_manifest; "
             f"print(' '.join(u.key for u in load_manifest(Path({str(path)!r})).units))"
         )
         runs = {

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from pipeline.errors import ManifestError, ManifestProblem
-from pipeline.manifest import load_manifest
+from pipeline.manifest.load import load_manifest
 
 
 def write(folder: Path, text: str, name: str = "m.yaml") -> Path:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ManifestError, ManifestProblem
-from pipeline.manifest import load_manifest
+from pipeline.manifest.load import load_manifest
 
 
 def problems_of(path: Path, **kwargs: int) -> tuple[ManifestProblem, ...]:

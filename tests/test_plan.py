@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.manifest import Manifest, Step, load_manifest
-from pipeline.plan import PlanRow, price_of, render, summarize
+from pipeline.manifest.load import Manifest, Step, load_manifest
+from pipeline.manifest.plan import PlanRow, price_of, render, summarize
 
 MANIFEST = """\
     prices: {gpt-image-2: 4, upscale: 1, video: 40}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from pipeline.progress import render
-from pipeline.tally import Tally
+from pipeline.cli.progress import render
+from pipeline.engine.tally import Tally
 
 
 def text_of(paced: float | None) -> str:

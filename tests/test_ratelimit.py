@@ -19,9 +19,9 @@ import anyio.lowlevel
 import pytest
 
 from pipeline.clock import FakeClock
+from pipeline.engine.limits import ActiveJobLimit, RateLimiter, RequestPacer
+from pipeline.engine.retry import RetryPolicy, retrying
 from pipeline.errors import RateLimitedError
-from pipeline.ratelimit import ActiveJobLimit, RateLimiter, RequestPacer
-from pipeline.retry import RetryPolicy, retrying
 from tests.virtual_clock import VirtualClock
 
 

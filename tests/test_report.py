@@ -24,10 +24,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from pipeline import logs
-from pipeline.report import build_report
-from pipeline.runner import RunRequest, execute
-from pipeline.scheduler import RunOptions, RunSummary
-from pipeline.sidecar import read_index
+from pipeline.engine.run import RunOptions, RunSummary
+from pipeline.engine.wiring import RunRequest, execute
+from pipeline.output.report import build_report
+from pipeline.output.sidecar import read_index
 from pipeline.simulator import Sandbox, SimConfig
 from tests.conftest import TEST_KEY
 from tests.test_run import FAST, QUICK, write_manifest

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock
+from pipeline.engine.retry import RetryPolicy, is_transient, outcome_is_known, retrying, safe_to_resubmit
 from pipeline.errors import (
     ApiError,
     AuthError,
@@ -28,7 +29,6 @@ from pipeline.errors import (
     ServerError,
     TransportError,
 )
-from pipeline.retry import RetryPolicy, is_transient, outcome_is_known, retrying, safe_to_resubmit
 
 
 class RecordingClock(FakeClock):

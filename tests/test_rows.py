@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ManifestError, ManifestProblem
-from pipeline.manifest import load_manifest
-from pipeline.rows import Rows, load_rows
+from pipeline.manifest.load import load_manifest
+from pipeline.manifest.rows import Rows, load_rows
 
 
 def rows_of(tmp_path: Path, name: str, content: str | bytes) -> Rows:

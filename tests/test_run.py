@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 
 from pipeline.clock import SystemClock
+from pipeline.engine.poller import PollPolicy
+from pipeline.engine.retry import RetryPolicy
+from pipeline.engine.run import RunOptions, RunSummary
+from pipeline.engine.wiring import RunRequest, execute
 from pipeline.errors import LockedError, PipelineError
-from pipeline.lock import RunLock
-from pipeline.poller import PollPolicy
-from pipeline.retry import RetryPolicy
-from pipeline.runner import RunRequest, execute
-from pipeline.scheduler import RunOptions, RunSummary
-from pipeline.sidecar import file_sha256, read_index
+from pipeline.output.sidecar import file_sha256, read_index
 from pipeline.simulator import Sandbox, SimConfig
-from pipeline.state import Phase, StateStore, open_readonly
+from pipeline.state.lock import RunLock
+from pipeline.state.sqlite import Phase, StateStore, open_readonly
 from tests.conftest import TEST_KEY
 
 FAST = PollPolicy.fast()
@@ -171,10 +171,10 @@ class TestHappyPath:
         self, sim: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """One directory fsync after both renames covers both names, and precedes the index line."""
-        import pipeline.downloader
+        import pipeline.output.downloader
 
         seen: list[tuple[Path, set[str], int]] = []
-        real = pipeline.downloader.fsync_dir
+        real = pipeline.output.downloader.fsync_dir
         out = tmp_path / "out"
 
         def fsync_dir(directory: Path) -> None:
@@ -182,7 +182,7 @@ class TestHappyPath:
             indexed = len(read_index(out / "index.jsonl"))
             seen.append((directory, {p.name for p in directory.iterdir()}, indexed))
 
-        monkeypatch.setattr(pipeline.downloader, "fsync_dir", fsync_dir)
+        monkeypatch.setattr(pipeline.output.downloader, "fsync_dir", fsync_dir)
         await run(sim, write_manifest(tmp_path, catalog(4, upscale_every=99, video_every=99)), out)
         for i, record in enumerate(assert_outputs_verify(out)):
             asset = out / record["path"]
@@ -373,8 +373,8 @@ class TestOutputFaults:
         """ENOSPC while saving: the run stops submitting, says why, and the rerun downloads without paying."""
         import errno
 
-        from pipeline.downloader import Downloader
         from pipeline.errors import DownloadError
+        from pipeline.output.downloader import Downloader
 
         def full(self: Downloader, fetched: Any, final: Path) -> Path:
             raise DownloadError(f"{final}: cannot publish: No space left on device") from OSError(
@@ -410,7 +410,7 @@ class TestOutputFaults:
         self, sim: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A 403 on an asset URL: the job is read again for a fresh URL; no job is created twice."""
-        from pipeline.downloader import Downloader
+        from pipeline.output.downloader import Downloader
 
         sim.control(signed_urls=True)
         original = Downloader.fetch
@@ -433,7 +433,7 @@ class TestOutputFaults:
         self, sim: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Every URL expires before use: one refresh, then the unit is failed with a clear reason."""
-        from pipeline.downloader import Downloader
+        from pipeline.output.downloader import Downloader
 
         sim.control(signed_urls=True)
         original = Downloader.fetch

@@ -8,9 +8,9 @@ import traceback
 import structlog
 
 from pipeline import logs
-from pipeline.client import ApiClient
+from pipeline.api.client import ApiClient
+from pipeline.api.config import ApiConfig, ApiKey
 from pipeline.clock import FakeClock
-from pipeline.config import ApiConfig, ApiKey
 from pipeline.errors import PipelineError
 from pipeline.simulator import Sandbox
 from tests.conftest import TEST_KEY

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock, SystemClock
 from pipeline.errors import StateError
-from pipeline.state import SCHEMA_VERSION, Phase, StateStore, UnitLike, open_readonly
+from pipeline.state.sqlite import SCHEMA_VERSION, Phase, StateStore, UnitLike, open_readonly
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -493,7 +493,7 @@ CHILD = textwrap.dedent(
     import os, signal, sys
     import anyio
     from pipeline.clock import FakeClock
-    from pipeline.state import StateStore
+    from pipeline.state.sqlite import StateStore
 
     async def main(path, how):
         store = await StateStore.open(path, clock=FakeClock())
@@ -544,7 +544,7 @@ class TestCrashes:
             import resource, signal, sys, anyio
             from pipeline.clock import FakeClock
             from pipeline.errors import StateError
-            from pipeline.state import StateStore
+            from pipeline.state.sqlite import StateStore
 
             class Big:
                 def __init__(self, i):

@@ -1,6 +1,6 @@
 """Statuses from the job list: the sweep's bookkeeping, and whole runs that rely on it.
 
-The unit tests drive :class:`~pipeline.sweep.JobSweep` with listing pages by hand; the run
+The unit tests drive :class:`~pipeline.engine.sweep.JobSweep` with listing pages by hand; the run
 tests use the real client against the simulator on 127.0.0.1, including a list that is
 missing, lags behind, or runs on a clock an hour off ours.
 """
@@ -16,11 +16,11 @@ from typing import Any
 import anyio
 import pytest
 
+from pipeline.api.records import JobStatus, JobSummary
 from pipeline.clock import SystemClock
-from pipeline.poller import DurationEstimator, PollPolicy
-from pipeline.records import JobStatus, JobSummary
+from pipeline.engine.poller import DurationEstimator, PollPolicy
+from pipeline.engine.sweep import JobSweep
 from pipeline.simulator import Sandbox, SimConfig
-from pipeline.sweep import JobSweep
 from tests.conftest import TEST_KEY
 from tests.test_run import FAST, assert_outputs_verify, jobs_per_body, options, run, write_manifest
 

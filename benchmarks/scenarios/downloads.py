@@ -48,7 +48,7 @@ class Size:
 
 
 def run(ctx: Context, size: Size) -> list[Figure]:
-    from pipeline.state import open_readonly
+    from pipeline.state.sqlite import open_readonly
 
     folder = ctx.folder("downloads")
     manifest = write_manifest(folder, size.assets)

@@ -3,7 +3,7 @@
 what scales with the manifest.
 
 1. ``photogpt-pipeline plan`` on it (no state yet): wall time and peak RSS of that process.
-2. An "all done" state is built through the public :class:`~pipeline.state.StateStore` API
+2. An "all done" state is built through the public :class:`~pipeline.state.sqlite.StateStore` API
    (intent, job id, outputs, download, done for every unit, 2,000 units at once so group commit
    batches them), and every recorded output file exists with its recorded size (the resume
    checks each file with one ``stat``). Not judged: it stands in for 100k paid jobs.
@@ -37,8 +37,8 @@ from benchmarks.harness import (
 from benchmarks.manifest_scale import write_catalog
 
 if TYPE_CHECKING:
-    from pipeline.spec import Unit
-    from pipeline.state import StateStore
+    from pipeline.manifest.spec import Unit
+    from pipeline.state.sqlite import StateStore
 
 #: What every fake output file holds: a JPEG start, so it is what its name says.
 _CONTENT = b"\xff\xd8\xff\xe0 benchmark placeholder"
@@ -80,9 +80,9 @@ async def build_done_state(manifest: Path, out: Path) -> int:
     with the recorded size, and a link costs a fraction of a file create on ext4.
     """
     from pipeline.clock import SystemClock
-    from pipeline.manifest import load_manifest
-    from pipeline.runner import default_state
-    from pipeline.state import StateStore
+    from pipeline.engine.wiring import default_state
+    from pipeline.manifest.load import load_manifest
+    from pipeline.state.sqlite import StateStore
 
     units = list(load_manifest(manifest).units)
     async with StateStore.open(default_state(out), clock=SystemClock()) as store:

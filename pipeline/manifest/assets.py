@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from pipeline.catalog import MAX_UPLOAD_BYTES, MAX_UPLOADS_PER_TYPE, MIN_TRAINING_IMAGES, UPLOAD_FORMATS
-from pipeline.spec import LocalRef
+from pipeline.manifest.spec import LocalRef
 
 __all__ = ["AssetError", "Assets", "is_image_path", "is_url"]
 

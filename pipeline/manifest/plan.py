@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.schema import is_trained_id
-from pipeline.spec import Manifest, Step, Unit
+from pipeline.manifest.schema import is_trained_id
+from pipeline.manifest.spec import Manifest, Step, Unit
 
 __all__ = ["IN_FLIGHT_PHASES", "PlanRow", "PlanSummary", "price_of", "render", "summarize"]
 

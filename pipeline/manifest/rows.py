@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ManifestError, ManifestProblem
-from pipeline.yamlsource import Document, Node, decode_text, parse_yaml, read_bytes
+from pipeline.manifest.yamlsource import Document, Node, decode_text, parse_yaml, read_bytes
 
 __all__ = ["ROWS_SUFFIXES", "Cell", "Rows", "load_rows", "rows_from_node"]
 

@@ -2,7 +2,7 @@
 
 This module reads the top-level sections (``version``, ``name``, ``defaults``,
 ``rows``, ``models``, ``output``, ``prices``) and hands ``items`` to
-:mod:`pipeline.expansion`. Nothing here talks to the network: a manifest that
+:mod:`pipeline.manifest.expansion`. Nothing here talks to the network: a manifest that
 loads is one whose every request already passed the reference's rules.
 ``manifests/reference.yaml`` shows every feature; in short:
 
@@ -24,16 +24,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.assets import Assets
 from pipeline.catalog import IMAGE_MODELS, VIDEO_MODELS
-from pipeline.chain import Defaults
 from pipeline.errors import ConfigError, ManifestError, ManifestProblem
-from pipeline.expansion import Expander
-from pipeline.ids import RESERVED_IDS, unsafe_segment
-from pipeline.layout import OutputLayout, slug
-from pipeline.problems import ProblemLog, format_path
-from pipeline.rows import Rows, load_rows, rows_from_node
-from pipeline.schema import (
+from pipeline.manifest.assets import Assets
+from pipeline.manifest.chain import Defaults
+from pipeline.manifest.expansion import Expander
+from pipeline.manifest.ids import RESERVED_IDS, unsafe_segment
+from pipeline.manifest.problems import ProblemLog, format_path
+from pipeline.manifest.rows import Rows, load_rows, rows_from_node
+from pipeline.manifest.schema import (
     TRAINED_SIGIL,
     FieldPath,
     Finding,
@@ -42,10 +41,17 @@ from pipeline.schema import (
     is_trained_id,
     suggest,
 )
-from pipeline.spec import Item, LocalRef, Manifest, ModelSpec, Step, Unit, freeze
-from pipeline.template import DEFAULT_OUTPUT_TEMPLATE, OUTPUT_FIELDS, Template, compile_template, unescape
-from pipeline.training import read_models
-from pipeline.yamlsource import Document, Node, descend, load_yaml, plain
+from pipeline.manifest.spec import Item, LocalRef, Manifest, ModelSpec, Step, Unit, freeze
+from pipeline.manifest.training import read_models
+from pipeline.manifest.yamlsource import Document, Node, descend, load_yaml, plain
+from pipeline.output.layout import OutputLayout, slug
+from pipeline.output.template import (
+    DEFAULT_OUTPUT_TEMPLATE,
+    OUTPUT_FIELDS,
+    Template,
+    compile_template,
+    unescape,
+)
 
 __all__ = [
     "DEFAULT_OUTPUT_TEMPLATE",

@@ -138,7 +138,7 @@ async def retrying(
     refill credits), attempts run out, or the wait would end past the deadline.
     Cancellation and other ``BaseException``\\ s propagate at once.
     ``on_retry(exc, attempt, delay)`` runs before each sleep (log it; push a
-    shared :meth:`RateLimiter.defer <pipeline.ratelimit.RateLimiter.defer>`).
+    shared :meth:`RateLimiter.defer <pipeline.engine.limits.RateLimiter.defer>`).
     """
     started = clock.monotonic()
     delays = policy.delays(rng)

@@ -16,40 +16,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import inspect
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from pipeline import apicli, logs
+from pipeline import logs
+from pipeline.cli import api_commands as apicli
+from pipeline.cli.flags import add_logging_flags
 from pipeline.errors import ConfigError, PipelineError
 
 if TYPE_CHECKING:
-    from pipeline.scheduler import RunSummary
+    from pipeline.engine.run import RunSummary
+    from pipeline.engine.tally import Snapshot
 
 __all__ = ["main"]
 
-_log = structlog.get_logger("pipeline.cli")
-
-
-def _add_logging_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--log-format",
-        choices=("auto", "console", "json"),
-        default="auto",
-        help="auto: readable lines on a terminal, JSON lines otherwise",
-    )
-    p.add_argument(
-        "--log-level",
-        default=None,
-        choices=("debug", "info", "warning", "error"),
-        help="default info (warning while the live progress display is on)",
-    )
-    p.add_argument("--log-file", type=Path, default=None, help="write logs there instead of stderr")
+_log = structlog.get_logger("pipeline.cli.main")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -66,11 +54,11 @@ def _build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--key", action="append", default=[], help="an API key to accept (repeatable)")
     sb.add_argument("--profile", choices=("fast", "realistic", "chaos"), default="fast")
     sb.add_argument("--seed", type=int, default=None, help="seed for timings and faults")
-    _add_logging_flags(sb)
+    add_logging_flags(sb)
 
     ping = sub.add_parser("ping", help="check the base URL and the key (GET /ping, GET /models)")
     ping.add_argument("--key-file", type=Path, default=None, help="file holding the API key (mode 600)")
-    _add_logging_flags(ping)
+    add_logging_flags(ping)
 
     run = sub.add_parser("run", help="run a manifest: submit, poll, download; resumes where it stopped")
     run.add_argument("manifest", type=Path)
@@ -119,30 +107,30 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="submit units whose earlier submission has an unknown outcome again (may pay twice)",
     )
-    _add_logging_flags(run)
+    add_logging_flags(run)
 
     status = sub.add_parser("status", help="what the state file holds (read-only; safe during a run)")
     status.add_argument("manifest", type=Path, nargs="?")
     status.add_argument("--out", type=Path, default=None)
     status.add_argument("--state", type=Path, default=None)
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_logging_flags(status)
+    add_logging_flags(status)
 
     report = sub.add_parser("report", help="write the static HTML gallery of a run (report.html)")
     report.add_argument("manifest", type=Path, nargs="?")
     report.add_argument("--out", type=Path, default=None)
     report.add_argument("--state", type=Path, default=None)
-    _add_logging_flags(report)
+    add_logging_flags(report)
 
     validate = sub.add_parser("validate", help="check a manifest; exit 0 or 2 with every problem")
     validate.add_argument("manifest", type=Path)
-    _add_logging_flags(validate)
+    add_logging_flags(validate)
 
     plan = sub.add_parser("plan", help="what a run would do and cost; sends no paid request")
     plan.add_argument("manifest", type=Path)
     plan.add_argument("--out", type=Path, default=None)
     plan.add_argument("--state", type=Path, default=None)
-    _add_logging_flags(plan)
+    add_logging_flags(plan)
 
     _COMMANDS.update(apicli.register(sub))
     return parser
@@ -178,8 +166,8 @@ async def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 async def _cmd_ping(args: argparse.Namespace) -> int:
-    from pipeline.client import ApiClient
-    from pipeline.config import ApiConfig
+    from pipeline.api.client import ApiClient
+    from pipeline.api.config import ApiConfig
 
     config = ApiConfig.from_env(key_file=args.key_file)
     async with ApiClient(config) as api:
@@ -190,8 +178,8 @@ async def _cmd_ping(args: argparse.Namespace) -> int:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.runner import RunRequest, execute
-    from pipeline.scheduler import RunOptions
+    from pipeline.engine.run import RunOptions
+    from pipeline.engine.wiring import RunRequest, execute
 
     if args.max_active < 1:
         raise ConfigError("--max-active must be at least 1")
@@ -214,7 +202,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         resubmit_unknown=args.resubmit_unknown,
         poll_profile=args.poll_profile,
-        progress=not (args.quiet or args.no_progress) and sys.stderr.isatty(),
+        progress=_progress_display(args),
     )
     summary = await execute(request)
     if args.quiet and summary.exit_code == 0:
@@ -262,7 +250,7 @@ def _log_summary(summary: RunSummary) -> None:
 
 
 def _render_summary(summary: RunSummary) -> str:
-    from pipeline.progress import human_bytes
+    from pipeline.cli.progress import human_bytes
 
     counts = ", ".join(f"{n} {phase}" for phase, n in sorted(summary.counts.items()) if n)
     credits = f", {summary.credits_spent:g} credits" if summary.credits_spent is not None else ""
@@ -297,8 +285,8 @@ def _render_summary(summary: RunSummary) -> str:
 
 
 def _state_path(args: argparse.Namespace) -> Path:
-    from pipeline.manifest import load_manifest
-    from pipeline.runner import default_out, default_state
+    from pipeline.engine.wiring import default_out, default_state
+    from pipeline.manifest.load import load_manifest
 
     if args.state:
         return Path(args.state)
@@ -312,7 +300,7 @@ def _state_path(args: argparse.Namespace) -> Path:
 def _cmd_status(args: argparse.Namespace) -> int:
     import json
 
-    from pipeline.state import open_readonly
+    from pipeline.state.sqlite import open_readonly
 
     path = _state_path(args)
     if not path.exists():
@@ -380,9 +368,9 @@ def _render_status(path: Path, units: list[dict[str, Any]]) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.manifest import load_manifest
-    from pipeline.report import build_report
-    from pipeline.runner import default_out
+    from pipeline.engine.wiring import default_out
+    from pipeline.manifest.load import load_manifest
+    from pipeline.output.report import build_report
 
     if args.out:
         out = Path(args.out)
@@ -398,17 +386,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.manifest import describe, load_manifest
+    from pipeline.manifest.load import describe, load_manifest
 
     print(describe(load_manifest(args.manifest)))
     return 0
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline import plan
-    from pipeline.manifest import load_manifest
-    from pipeline.runner import default_out, default_state
-    from pipeline.state import open_readonly
+    from pipeline.engine.wiring import default_out, default_state
+    from pipeline.manifest import plan
+    from pipeline.manifest.load import load_manifest
+    from pipeline.state.sqlite import open_readonly
 
     manifest = load_manifest(args.manifest)
     path = args.state or default_state(args.out or default_out(manifest))
@@ -432,6 +420,17 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Any]] = {
     "validate": _cmd_validate,
     "plan": _cmd_plan,
 }
+
+
+def _progress_display(
+    args: argparse.Namespace,
+) -> Callable[[Callable[[], Snapshot]], Coroutine[Any, Any, None]] | None:
+    """The live display on a terminal unless --quiet/--no-progress; nothing for cron and pipes."""
+    if args.quiet or args.no_progress or not sys.stderr.isatty():
+        return None
+    from pipeline.cli.progress import show_progress
+
+    return functools.partial(show_progress, stream=sys.stderr)
 
 
 def _default_level(args: argparse.Namespace) -> str:

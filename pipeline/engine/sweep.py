@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from pipeline.records import JobStatus, JobSummary
+from pipeline.api.records import JobStatus, JobSummary
 
 __all__ = ["Found", "JobSweep", "Window"]
 

@@ -13,10 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.assets import AssetError, Assets, is_image_path, is_url
 from pipeline.catalog import find_model
-from pipeline.ids import unit_key
-from pipeline.schema import (
+from pipeline.manifest.assets import AssetError, Assets, is_image_path, is_url
+from pipeline.manifest.ids import unit_key
+from pipeline.manifest.schema import (
     EXTRA,
     OPTION_GROUPS,
     TRAINED_SIGIL,
@@ -28,8 +28,8 @@ from pipeline.schema import (
     check_video,
     image_fields_for,
 )
-from pipeline.spec import LocalRef, Step, Unit, freeze
-from pipeline.yamlsource import Node
+from pipeline.manifest.spec import LocalRef, Step, Unit, freeze
+from pipeline.manifest.yamlsource import Node
 
 __all__ = ["ITEM_KEYS", "Chain", "Defaults", "Report"]
 

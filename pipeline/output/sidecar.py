@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pipeline.layout import fsync_dir
+from pipeline.output.layout import fsync_dir
 
 __all__ = [
     "append_index",

@@ -66,7 +66,7 @@ class PollPolicy:
     #: poll at 0.85 this replaces held it about two thirds of the spread.
     quantile: float = 0.75
     later_quantiles: tuple[float, ...] = (0.95, 1.0)
-    #: When statuses come from the job list (:mod:`pipeline.sweep`), how often to list, as a
+    #: When statuses come from the job list (:mod:`pipeline.engine.sweep`), how often to list, as a
     #: share of a kind's typical duration: 0.1 holds a finished job's slot about 5 % longer
     #: than the job ran, for a page or two per sweep.
     sweep_fraction: float = 0.1
@@ -152,7 +152,7 @@ class DurationEstimator:
         return max(3.0 * typical, 10 * self._policy.min_interval_s)
 
     def sweep_interval(self, kinds: set[str]) -> float:
-        """Seconds between two listings of the jobs of ``kinds`` (see :mod:`pipeline.sweep`)."""
+        """Seconds between two listings of the jobs of ``kinds`` (see :mod:`pipeline.engine.sweep`)."""
         policy = self._policy
         typical = min((self.typical(k) for k in kinds), default=policy.max_interval_s)
         return min(policy.max_interval_s, max(policy.min_interval_s, policy.sweep_fraction * typical))

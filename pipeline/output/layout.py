@@ -1,6 +1,6 @@
 """Where every output file goes, and the guarantee that it stays inside the output root.
 
-Paths are computed from the output template (the syntax of :mod:`pipeline.template`);
+Paths are computed from the output template (the syntax of :mod:`pipeline.output.template`);
 unsafe values are rejected, never rewritten, so two different ids can never be
 folded onto one file. Containment is checked on the real file system: no component
 under the root may be a symlink, so nothing planted in the tree can send a write
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import ConfigError, UnsafeAssetError
-from pipeline.template import DEFAULT_OUTPUT_TEMPLATE, Template, compile_template
+from pipeline.output.template import DEFAULT_OUTPUT_TEMPLATE, Template, compile_template
 
 __all__ = [
     "PLACEHOLDERS",

@@ -20,25 +20,25 @@ from urllib.parse import urlsplit
 import anyio
 import structlog
 
-from pipeline import sidecar
-from pipeline.client import ApiClient
+from pipeline.api.client import ApiClient
 from pipeline.clock import Clock
 from pipeline.crashpoints import crash_point
-from pipeline.downloader import Downloader, Fetched
+from pipeline.engine.limits import RateLimiter
+from pipeline.engine.poller import PollPolicy
+from pipeline.engine.retry import RetryPolicy, retrying
 from pipeline.errors import AssetGoneError, DownloadError
-from pipeline.layout import OutputLayout
-from pipeline.poller import PollPolicy
-from pipeline.ratelimit import RateLimiter
-from pipeline.retry import RetryPolicy, retrying
-from pipeline.state import StateStore, UnitLike, UnitRecord
+from pipeline.output import sidecar
+from pipeline.output.downloader import Downloader, Fetched
+from pipeline.output.layout import OutputLayout
+from pipeline.state.sqlite import StateStore, UnitLike, UnitRecord
 
 __all__ = ["Delivery", "WorkUnit", "file_number"]
 
-_log = structlog.get_logger("pipeline.delivery")
+_log = structlog.get_logger("pipeline.engine.delivery")
 
 
 class WorkUnit(UnitLike, Protocol):
-    """What the engine reads from a manifest unit (see :class:`pipeline.spec.Unit`)."""
+    """What the engine reads from a manifest unit (see :class:`pipeline.manifest.spec.Unit`)."""
 
     @property
     def model_id(self) -> str | None: ...

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from pipeline.records import JobSummary
+from pipeline.api.records import JobSummary
 
 __all__ = ["Decision", "Uncertain", "Verdict", "decide", "window_of"]
 

@@ -3,10 +3,10 @@
 This is the only module that opens task groups. Its shape:
 
 - **submit workers** take ready units from a stream, hold an active-job slot
-  (the adaptive cap of :mod:`pipeline.ratelimit`), record the intent durably,
+  (the adaptive cap of :mod:`pipeline.engine.limits`), record the intent durably,
   POST, and record the job id durably before doing anything else;
 - **one poll loop** takes due jobs from a single due-time queue
-  (:mod:`pipeline.poller`) and asks about each at most once per due time;
+  (:mod:`pipeline.engine.poller`) and asks about each at most once per due time;
 - **download workers** fetch every output as soon as its job succeeds (hosted
   URLs expire), verify it, publish it atomically, then write its sidecar and
   the state.
@@ -14,7 +14,7 @@ This is the only module that opens task groups. Its shape:
 Money rules: a unit is POSTed only from ``pending``; an answer that proves
 nothing was created (429, 4xx, connection refused) sends it back to ``pending``;
 an answer that cannot (timeout, reset, 5xx, garbled 2xx) makes it *uncertain*,
-resolved by :mod:`pipeline.reconcile` from the job list, at most once. A job
+resolved by :mod:`pipeline.engine.reconcile` from the job list, at most once. A job
 that outlives its deadline stays ``submitted`` for the next run.
 """
 
@@ -31,11 +31,18 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from pipeline.client import ApiClient
+from pipeline.api.client import ApiClient
+from pipeline.api.records import Job, JobPage, JobStatus
 from pipeline.clock import Clock
 from pipeline.crashpoints import crash_point
-from pipeline.delivery import Delivery, WorkUnit
-from pipeline.downloader import Downloader
+from pipeline.engine.delivery import Delivery, WorkUnit
+from pipeline.engine.limits import ActiveJobLimit, RateLimiter, RequestPacer
+from pipeline.engine.poller import DueQueue, DurationEstimator, PollPolicy
+from pipeline.engine.provision import Provisioner
+from pipeline.engine.reconcile import Uncertain, Verdict, decide, window_of
+from pipeline.engine.retry import RetryPolicy, outcome_is_known, retrying
+from pipeline.engine.sweep import Found, JobSweep, Window
+from pipeline.engine.tally import Snapshot, Tally
 from pipeline.errors import (
     ApiError,
     AssetGoneError,
@@ -49,22 +56,15 @@ from pipeline.errors import (
     RejectedError,
     ServerError,
 )
-from pipeline.layout import OutputLayout
-from pipeline.plan import price_of
-from pipeline.poller import DueQueue, DurationEstimator, PollPolicy
-from pipeline.provision import Provisioner
-from pipeline.ratelimit import ActiveJobLimit, RateLimiter, RequestPacer
-from pipeline.reconcile import Uncertain, Verdict, decide, window_of
-from pipeline.records import Job, JobPage, JobStatus
-from pipeline.retry import RetryPolicy, outcome_is_known, retrying
-from pipeline.spec import thaw
-from pipeline.state import Phase, StateStore, UnitRecord
-from pipeline.sweep import Found, JobSweep, Window
-from pipeline.tally import Snapshot, Tally
+from pipeline.manifest.plan import price_of
+from pipeline.manifest.spec import thaw
+from pipeline.output.downloader import Downloader
+from pipeline.output.layout import OutputLayout
+from pipeline.state.sqlite import Phase, StateStore, UnitRecord
 
 __all__ = ["RunOptions", "RunSummary", "run_pipeline"]
 
-_log = structlog.get_logger("pipeline.scheduler")
+_log = structlog.get_logger("pipeline.engine.run")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,11 +80,11 @@ class RunOptions:
     download_workers: int = 8
     poll_concurrency: int = 32
     #: ``list``: learn running jobs' statuses from the job list, a page for dozens of jobs
-    #: (:mod:`pipeline.sweep`), falling back to single polls if the list cannot be read;
+    #: (:mod:`pipeline.engine.sweep`), falling back to single polls if the list cannot be read;
     #: ``job``: ask ``GET /jobs/{id}`` for each job on its own schedule.
     poll_via: str = "list"
     #: Learn the API's request-rate limit from 429s and keep every request under it
-    #: (:class:`~pipeline.ratelimit.RequestPacer`).
+    #: (:class:`~pipeline.engine.limits.RequestPacer`).
     adaptive_rate: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     poll: PollPolicy = field(default_factory=PollPolicy)
@@ -593,7 +593,7 @@ class _Run:
     # -- reconciliation ------------------------------------------------------------------------------
 
     async def reconcile(self, uncertain: list[Uncertain], *, final: bool) -> None:
-        """Settle uncertain submissions from the job list (see :mod:`pipeline.reconcile`)."""
+        """Settle uncertain submissions from the job list (see :mod:`pipeline.engine.reconcile`)."""
         if not uncertain:
             return
         slack = timedelta(seconds=self.options.reconcile_slack_s)

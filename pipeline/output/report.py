@@ -35,9 +35,9 @@ from typing import Any
 from urllib.parse import quote
 
 from pipeline.errors import StateError
-from pipeline.layout import fsync_dir
-from pipeline.sidecar import read_index, read_sidecar, strip_query
-from pipeline.state import Phase, UnitRecord, open_readonly
+from pipeline.output.layout import fsync_dir
+from pipeline.output.sidecar import read_index, read_sidecar, strip_query
+from pipeline.state.sqlite import Phase, UnitRecord, open_readonly
 
 __all__ = ["build_report"]
 

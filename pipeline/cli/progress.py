@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from pipeline.tally import PHASES, Snapshot
+from pipeline.engine.tally import PHASES, Snapshot
 
 __all__ = ["human_bytes", "render", "show_progress"]
 

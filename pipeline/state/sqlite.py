@@ -471,7 +471,7 @@ class StateStore(_Reads):
     ``mark_done`` may take up to ``linger_s`` longer to return, so that they share commits.
 
     Open with ``async with StateStore.open(path, clock=clock) as store:`` (or ``await`` it and
-    ``await store.aclose()``). Hold a :class:`~pipeline.lock.RunLock` first: one run per file.
+    ``await store.aclose()``). Hold a :class:`~pipeline.state.lock.RunLock` first: one run per file.
     """
 
     def __init__(

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pipeline.assets import AssetError, Assets
-from pipeline.ids import unit_key
-from pipeline.problems import ProblemLog, format_path
-from pipeline.schema import EXTRA, TRAINED_SIGIL, FieldPath, describe_value, suggest
-from pipeline.spec import LocalRef, ModelSpec, freeze
-from pipeline.yamlsource import Document, Node, plain
+from pipeline.manifest.assets import AssetError, Assets
+from pipeline.manifest.ids import unit_key
+from pipeline.manifest.problems import ProblemLog, format_path
+from pipeline.manifest.schema import EXTRA, TRAINED_SIGIL, FieldPath, describe_value, suggest
+from pipeline.manifest.spec import LocalRef, ModelSpec, freeze
+from pipeline.manifest.yamlsource import Document, Node, plain
 
 __all__ = ["MODEL_FIELDS", "read_models"]
 

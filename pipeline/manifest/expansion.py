@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.assets import Assets
-from pipeline.chain import ITEM_KEYS, Chain, Defaults
-from pipeline.ids import RESERVED_IDS, slug, unsafe_segment
-from pipeline.problems import ProblemLog, format_path
-from pipeline.rows import Cell, Rows
-from pipeline.schema import (
+from pipeline.manifest.assets import Assets
+from pipeline.manifest.chain import ITEM_KEYS, Chain, Defaults
+from pipeline.manifest.ids import RESERVED_IDS, slug, unsafe_segment
+from pipeline.manifest.problems import ProblemLog, format_path
+from pipeline.manifest.rows import Cell, Rows
+from pipeline.manifest.schema import (
     EXTRA,
     FIELD_TYPES,
     FREE_TEXT_FIELDS,
@@ -29,9 +29,9 @@ from pipeline.schema import (
     Finding,
     suggest,
 )
-from pipeline.spec import Item, Step, Unit, freeze
-from pipeline.template import Template, compile_template, unescape
-from pipeline.yamlsource import Document, Node, descend
+from pipeline.manifest.spec import Item, Step, Unit, freeze
+from pipeline.manifest.yamlsource import Document, Node, descend
+from pipeline.output.template import Template, compile_template, unescape
 
 __all__ = ["MAX_ITEMS", "MAX_VARIANTS", "Expander"]
 

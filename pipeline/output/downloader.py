@@ -37,8 +37,8 @@ from pipeline.errors import (
     TransientDownloadError,
     UnsafeAssetError,
 )
-from pipeline.layout import check_inside, fsync_dir, make_dirs_inside
-from pipeline.sidecar import strip_query
+from pipeline.output.layout import check_inside, fsync_dir, make_dirs_inside
+from pipeline.output.sidecar import strip_query
 
 __all__ = ["LOOPBACK_HOSTS", "Downloader", "Fetched", "Kind", "TransientDownloadError", "sniff"]
 
@@ -122,7 +122,7 @@ def _retry_after(value: str | None) -> float | None:
 class Downloader:
     """Downloads asset URLs with a session that carries no credentials.
 
-    ``root`` (the output root) turns on the tree checks of :mod:`pipeline.layout`
+    ``root`` (the output root) turns on the tree checks of :mod:`pipeline.output.layout`
     for part and final paths; without it only the final component is guarded
     (``O_NOFOLLOW``). ``allow_http_hosts`` are the only hosts allowed over plain
     http and the only IP literals or loopback names allowed at all.

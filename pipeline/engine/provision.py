@@ -20,16 +20,16 @@ import aiofiles
 import anyio
 import structlog
 
-from pipeline.client import ApiClient
+from pipeline.api.client import ApiClient
 from pipeline.clock import Clock
+from pipeline.engine.retry import RetryPolicy, retrying
 from pipeline.errors import ConfigError, NotFoundError, PipelineError, RateLimitedError
-from pipeline.retry import RetryPolicy, retrying
-from pipeline.spec import LOCAL_PREFIX, LocalRef, ModelSpec, thaw
-from pipeline.state import StateStore
+from pipeline.manifest.spec import LOCAL_PREFIX, LocalRef, ModelSpec, thaw
+from pipeline.state.sqlite import StateStore
 
 __all__ = ["ModelNotReadyError", "Provisioner"]
 
-_log = structlog.get_logger("pipeline.provision")
+_log = structlog.get_logger("pipeline.engine.provision")
 
 
 class ModelNotReadyError(PipelineError):

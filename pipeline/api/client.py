@@ -29,22 +29,8 @@ import structlog
 from yarl import URL
 
 from pipeline import logs
-from pipeline.clock import Clock, SystemClock
-from pipeline.config import ApiConfig
-from pipeline.errors import (
-    ApiError,
-    AuthError,
-    ConflictError,
-    NotFoundError,
-    ProtocolError,
-    QuotaExhaustedError,
-    RateLimitedError,
-    RejectedError,
-    RequestTimeoutError,
-    ServerError,
-    TransportError,
-)
-from pipeline.records import (
+from pipeline.api.config import ApiConfig
+from pipeline.api.records import (
     Image,
     ImagePage,
     Job,
@@ -58,10 +44,24 @@ from pipeline.records import (
     VideoPage,
     WireFormatError,
 )
+from pipeline.clock import Clock, SystemClock
+from pipeline.errors import (
+    ApiError,
+    AuthError,
+    ConflictError,
+    NotFoundError,
+    ProtocolError,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RejectedError,
+    RequestTimeoutError,
+    ServerError,
+    TransportError,
+)
 
 __all__ = ["ApiClient"]
 
-log = structlog.get_logger("pipeline.client")
+log = structlog.get_logger("pipeline.api.client")
 
 T = TypeVar("T")
 
@@ -118,7 +118,7 @@ class _BadBody(Exception):
 
 
 class Pacer(Protocol):
-    """Spaces API requests (see :class:`pipeline.ratelimit.RequestPacer`)."""
+    """Spaces API requests (see :class:`pipeline.engine.limits.RequestPacer`)."""
 
     async def acquire(self) -> None: ...
 
@@ -131,7 +131,7 @@ class ApiClient:
     ``stats`` counts requests per endpoint template (``"GET /jobs/{job_id}"``). A
     ``session`` passed in is used as is and left open on :meth:`aclose`. ``pacer``
     (settable) is asked before every request and told every answer's status: the
-    run's :class:`~pipeline.ratelimit.RequestPacer` keeps requests under the API's rate.
+    run's :class:`~pipeline.engine.limits.RequestPacer` keeps requests under the API's rate.
     """
 
     def __init__(

@@ -27,10 +27,11 @@ from typing import Any
 
 import aiohttp
 
-from pipeline.client import ApiClient
-from pipeline.config import ApiConfig
-from pipeline.downloader import Downloader
+from pipeline.api.client import ApiClient
+from pipeline.api.config import ApiConfig
+from pipeline.cli.flags import add_logging_flags
 from pipeline.errors import ApiError, ConfigError, DownloadError, UnsafeAssetError
+from pipeline.output.downloader import Downloader
 
 __all__ = ["register"]
 
@@ -322,13 +323,11 @@ async def _jobs_list(args: argparse.Namespace) -> int:
 
 def _common() -> argparse.ArgumentParser:
     """Flags every API command takes (a parent parser)."""
-    from pipeline.cli import _add_logging_flags  # here, not at import: cli imports this module
-
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--key-file", type=Path, default=None, help="file holding the API key (mode 600)")
     p.add_argument("--base-url", default=None, help="API base URL (default $PHOTOGPT_BASE_URL)")
     p.add_argument("--json", action="store_true", help="machine-readable output (snake_case fields)")
-    _add_logging_flags(p)
+    add_logging_flags(p)
     return p
 
 

@@ -11,36 +11,35 @@ import json
 import os
 import random
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import anyio
 import structlog
 
-from pipeline.client import ApiClient
+from pipeline.api.client import ApiClient
+from pipeline.api.config import ApiConfig, ApiKey
 from pipeline.clock import Clock, SystemClock
-from pipeline.config import ApiConfig, ApiKey
-from pipeline.downloader import Downloader
+from pipeline.engine.poller import PollPolicy
+from pipeline.engine.provision import Provisioner
+from pipeline.engine.retry import retrying
+from pipeline.engine.run import RunOptions, RunSummary, run_pipeline
+from pipeline.engine.tally import Snapshot
 from pipeline.errors import ApiError, AuthError, ConfigError, InterruptedRunError, PipelineError
-from pipeline.layout import OutputLayout
-from pipeline.lock import RunLock
-from pipeline.manifest import Manifest, load_manifest
-from pipeline.poller import PollPolicy
-from pipeline.progress import show_progress
-from pipeline.provision import Provisioner
-from pipeline.report import build_report
-from pipeline.retry import retrying
-from pipeline.scheduler import RunOptions, RunSummary, run_pipeline
-from pipeline.state import Phase, StateStore
-from pipeline.tally import Snapshot
+from pipeline.manifest.load import Manifest, load_manifest
+from pipeline.output.downloader import Downloader
+from pipeline.output.layout import OutputLayout
+from pipeline.output.report import build_report
+from pipeline.state.lock import RunLock
+from pipeline.state.sqlite import Phase, StateStore
 
 __all__ = ["PreflightError", "RunRequest", "default_out", "default_state", "execute"]
 
-_log = structlog.get_logger("pipeline.runner")
+_log = structlog.get_logger("pipeline.engine.wiring")
 
 #: The key the embedded sandbox accepts; it is not a secret.
 SANDBOX_KEY = "sandbox"
@@ -69,8 +68,9 @@ class RunRequest:
     #: ``auto``: sub-second polling against a loopback API (a local simulator), the
     #: reference's patient polling anywhere else.
     poll_profile: str = "auto"
-    #: Draw the live progress display on stderr (the CLI decides: a terminal, not --quiet).
-    progress: bool = False
+    #: Draws the live progress display from the run's snapshots until cancelled (the CLI passes
+    #: one when stderr is a terminal and not --quiet; the engine never imports the display).
+    progress: Callable[[Callable[[], Snapshot]], Coroutine[Any, Any, None]] | None = None
 
 
 def _is_loopback(base_url: str) -> bool:
@@ -167,7 +167,7 @@ async def _run(
     clock: Clock,
     *,
     fast: bool = False,
-    progress: bool = False,
+    progress: Callable[[Callable[[], Snapshot]], Coroutine[Any, Any, None]] | None = None,
 ) -> RunSummary:
     interrupted: list[int] = []
     summary: RunSummary | None = None
@@ -196,8 +196,8 @@ async def _run(
                 tg.start_soon(_watch_signals, scope, interrupted)
 
                 def monitor(snapshot: Callable[[], Snapshot]) -> None:
-                    if progress:
-                        tg.start_soon(show_progress, snapshot, sys.stderr)
+                    if progress is not None:
+                        tg.start_soon(progress, snapshot)
 
                 summary = await run_pipeline(
                     manifest.units,
@@ -227,7 +227,7 @@ async def _run(
 
 def _write_run_record(layout: OutputLayout, summary: RunSummary, clock: Clock) -> None:
     """``runs/<timestamp>.json``: the run's facts for scripts, written atomically."""
-    from pipeline.sidecar import write_sidecar
+    from pipeline.output.sidecar import write_sidecar
 
     stamp = clock.now().strftime("%Y%m%dT%H%M%S%fZ")
     record = {

@@ -1,0 +1,1 @@
+"""The command line: every command, its flags, and the live progress display."""

@@ -1,0 +1,25 @@
+"""Flags shared by every command: one definition, so the commands cannot drift apart."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["add_logging_flags"]
+
+
+def add_logging_flags(p: argparse.ArgumentParser) -> None:
+    """``--log-format``, ``--log-level`` and ``--log-file``."""
+    p.add_argument(
+        "--log-format",
+        choices=("auto", "console", "json"),
+        default="auto",
+        help="auto: readable lines on a terminal, JSON lines otherwise",
+    )
+    p.add_argument(
+        "--log-level",
+        default=None,
+        choices=("debug", "info", "warning", "error"),
+        help="default info (warning while the live progress display is on)",
+    )
+    p.add_argument("--log-file", type=Path, default=None, help="write logs there instead of stderr")

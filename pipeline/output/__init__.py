@@ -1,0 +1,2 @@
+"""Where finished assets land: verified downloads, output paths, sidecars and the index, the
+gallery. Imports no engine."""
