@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock, SystemClock
 from pipeline.errors import StateError
+from pipeline.state.lifecycle import PERSISTED
 from pipeline.state.sqlite import SCHEMA_VERSION, Phase, StateStore, UnitLike, open_readonly
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,19 +125,24 @@ class TestLifecycle:
         )  # fmt: skip
         assert await store.mark_submitting(key(1)) == 2
 
-    async def test_resend_with_the_same_key_counts_attempts(self, store: StateStore) -> None:
-        """Resuming an intent (same idempotency key) is allowed from submitting and counted."""
+    async def test_a_second_intent_needs_proof_that_nothing_was_created(self, store: StateStore) -> None:
+        """A unit whose POST may have left is never sent again directly (the API has no idempotency
+        key): only back in ``pending`` (a refusal, or the job list showing nothing) may it POST again,
+        and attempts count every intent."""
         assert await store.mark_submitting(key(1)) == 1
+        with pytest.raises(StateError, match="cannot mark submitting while submitting"):
+            await store.mark_submitting(key(1))
+        await store.mark_pending(key(1), "429 rate limited")
         assert await store.mark_submitting(key(1)) == 2
 
-    @pytest.mark.parametrize("phase", sorted(set(Phase) - {Phase.PENDING, Phase.SUBMITTING}))
+    @pytest.mark.parametrize("phase", sorted(PERSISTED - {Phase.PENDING, Phase.REJECTED, Phase.SUPERSEDED}))
     async def test_never_submits_twice(self, store: StateStore, phase: Phase) -> None:
         """Once a job id exists, or the unit is parked, a new intent is refused: that would pay twice."""
         k = key(2)
         await store.mark_submitting(k)
         if phase is Phase.UNKNOWN:
             await store.mark_unknown(k, "died mid-POST")
-        else:
+        elif phase is not Phase.SUBMITTING:  # submitting: the intent above, whose POST may have left
             await store.mark_submitted(k, "job-2")
         if phase in (Phase.SUCCEEDED, Phase.DONE):
             await store.mark_succeeded(k, [("a", "https://cdn/a")])
@@ -694,12 +700,12 @@ class TestReadonly:
 # ---- property: the phase graph is exactly the documented one --------------------------------
 
 ALLOWED = {
-    "submitting": {Phase.PENDING, Phase.SUBMITTING},
+    "submitting": {Phase.PENDING},
     "submitted": {Phase.SUBMITTING, Phase.UNKNOWN},
     "succeeded": {Phase.SUBMITTED},
     "download": {Phase.SUCCEEDED},
     "done": {Phase.SUCCEEDED},
-    "failed": set(Phase) - {Phase.DONE},
+    "failed": {Phase.PENDING, Phase.SUBMITTING, Phase.SUBMITTED, Phase.SUCCEEDED},
     "unknown": {Phase.SUBMITTING, Phase.SUBMITTED},
     "pending": {Phase.SUBMITTING},
     "reset_failed": {Phase.FAILED},

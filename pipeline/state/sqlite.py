@@ -18,13 +18,8 @@ published file and its sidecar and adopts it) do not start a commit of their own
 fsync. They still return only once committed (and so durable), which keeps read-your-writes
 simple: reads go through the read-only connection, which sees committed transactions only.
 
-Phases::
-
-    pending → submitting → submitted → succeeded → done
-                  ├→ pending   (nothing was created, e.g. a 429)
-                  └→ unknown   (the run died mid-POST and reconciliation could not tell)
-    submitted → unknown (the server no longer knows the job)
-    any phase but done → failed;     reset(): failed | unknown → pending
+Phases and the transitions each mutator may make come from :mod:`pipeline.state.lifecycle`: a
+write that the table forbids is refused with a :class:`~pipeline.errors.StateError`.
 """
 
 from __future__ import annotations
@@ -38,7 +33,6 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Se
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, Self, TypeVar, cast
 from urllib.request import pathname2url
@@ -49,6 +43,7 @@ import anyio.to_thread
 from pipeline import __version__
 from pipeline.clock import Clock
 from pipeline.errors import StateError
+from pipeline.state.lifecycle import Event, Phase, allowed_from
 
 __all__ = [
     "EventRecord",
@@ -73,21 +68,16 @@ _BATCH_MAX = 64  # lingering changes queued: commit now, do not wait for more
 T = TypeVar("T")
 
 
-class Phase(StrEnum):
-    """Where a unit stands. Only ``pending`` may lead to a POST; every other phase means paid or parked."""
-
-    PENDING = "pending"
-    SUBMITTING = "submitting"  #: intent durable; the POST may or may not have left
-    SUBMITTED = "submitted"  #: job id known and durable
-    SUCCEEDED = "succeeded"  #: job finished, outputs recorded, downloads outstanding
-    DONE = "done"  #: every output downloaded, verified and recorded
-    FAILED = "failed"  #: permanent failure with a reason; only ``reset`` retries it
-    UNKNOWN = "unknown"  #: outcome unknowable (lost intent, vanished job); paying again needs the operator
-
-
 _PHASE = {p.value: p for p in Phase}
-_CAN_SUBMIT = frozenset({Phase.PENDING, Phase.SUBMITTING})  # submitting: resend with the same key
-_CAN_FAIL = frozenset(Phase) - {Phase.DONE}
+# Which phases each write starts from: the lifecycle's table, so no store can open a path it lacks.
+_CAN_SUBMIT = allowed_from(Event.INTENT)
+_CAN_RECORD_JOB = allowed_from(Event.ACCEPTED, Event.ADOPTED)
+_CAN_SUCCEED = allowed_from(Event.JOB_SUCCEEDED)
+_CAN_FINISH = allowed_from(Event.FETCHED)
+_CAN_REOPEN = allowed_from(Event.FILES_MISSING)
+_CAN_FAIL = allowed_from(Event.CHAIN_BROKEN, Event.INVALID, Event.JOB_FAILED, Event.OUTPUTS_GONE)
+_CAN_PARK = allowed_from(Event.AMBIGUOUS, Event.VANISHED)
+_CAN_UNSEND = allowed_from(Event.REFUSED, Event.NOTHING_CREATED)
 
 
 class UnitLike(Protocol):
@@ -691,7 +681,7 @@ class StateStore(_Reads):
             row = conn.execute("SELECT phase, job_id FROM units WHERE key = ?", (key,)).fetchone()
             if row is not None and row[0] == Phase.SUBMITTED and row[1] == job_id:
                 return
-            _expect(conn, key, "record a job id", {Phase.SUBMITTING, Phase.UNKNOWN})
+            _expect(conn, key, "record a job id", _CAN_RECORD_JOB)
             other = conn.execute("SELECT key FROM units WHERE job_id = ? AND key <> ?", (job_id, key))
             if (owner := other.fetchone()) is not None:
                 raise StateError(f"job {job_id} already belongs to unit {owner[0]}, not to {key}")
@@ -712,7 +702,7 @@ class StateStore(_Reads):
             raise StateError(f"unit {key}: a success needs at least one output (mark it failed instead)")
 
         def apply(conn: sqlite3.Connection) -> None:
-            _expect(conn, key, "mark succeeded", {Phase.SUBMITTED})
+            _expect(conn, key, "mark succeeded", _CAN_SUCCEED)
             conn.execute("DELETE FROM outputs WHERE unit_key = ?", (key,))
             conn.executemany(
                 "INSERT INTO outputs (unit_key, n, asset_id, url) VALUES (?, ?, ?, ?)",
@@ -753,7 +743,7 @@ class StateStore(_Reads):
         now = self._now()
 
         def apply(conn: sqlite3.Connection) -> None:
-            _expect(conn, key, "mark done", {Phase.SUCCEEDED})
+            _expect(conn, key, "mark done", _CAN_FINISH)
             sql = "SELECT n FROM outputs WHERE unit_key = ? AND downloaded_at IS NULL ORDER BY n"
             missing = [n for (n,) in conn.execute(sql, (key,))]
             if missing:
@@ -784,7 +774,7 @@ class StateStore(_Reads):
         numbers = sorted(set(missing))
 
         def apply(conn: sqlite3.Connection) -> None:
-            _expect(conn, key, "reopen", {Phase.DONE, Phase.SUCCEEDED})
+            _expect(conn, key, "reopen", _CAN_REOPEN)
             conn.executemany(
                 "UPDATE outputs SET path = NULL, bytes = NULL, sha256 = NULL, downloaded_at = NULL"
                 " WHERE unit_key = ? AND n = ?",
@@ -800,11 +790,11 @@ class StateStore(_Reads):
 
     async def mark_unknown(self, key: str, reason: str) -> None:
         """Park a unit whose outcome cannot be learned (lost intent, vanished job); see ``reset``."""
-        await self._simple(key, Phase.UNKNOWN, {Phase.SUBMITTING, Phase.SUBMITTED}, reason, "unknown")
+        await self._simple(key, Phase.UNKNOWN, _CAN_PARK, reason, "unknown")
 
     async def mark_pending(self, key: str, reason: str) -> None:
         """Back to pending when the API certainly created nothing (e.g. a 429); attempts are kept."""
-        await self._simple(key, Phase.PENDING, {Phase.SUBMITTING}, reason, None)
+        await self._simple(key, Phase.PENDING, _CAN_UNSEND, reason, None)
 
     async def _simple(self, key: str, to: Phase, allowed: Set[Phase], reason: str, kind: str | None) -> None:
         now = self._now()
