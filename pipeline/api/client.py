@@ -10,6 +10,7 @@ redirects are never followed.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import mimetypes
@@ -130,8 +131,9 @@ class ApiClient:
 
     ``stats`` counts requests per endpoint template (``"GET /jobs/{job_id}"``). A
     ``session`` passed in is used as is and left open on :meth:`aclose`. ``pacer``
-    (settable) is asked before every request and told every answer's status: the
-    run's :class:`~pipeline.engine.limits.RequestPacer` keeps requests under the API's rate.
+    is asked before every request and told every answer's status: the run's
+    :class:`~pipeline.engine.limits.RequestPacer` keeps requests under the API's rate
+    (:meth:`paced` gives a run its own paced view without changing the client it was handed).
     """
 
     def __init__(
@@ -155,6 +157,14 @@ class ApiClient:
     async def __aenter__(self) -> Self:
         self._open()
         return self
+
+    def paced(self, pacer: Pacer) -> ApiClient:
+        """A view of this client whose requests go through ``pacer``: same session, same ``stats``."""
+        self._open()
+        view = copy.copy(self)
+        view.pacer = pacer
+        view._owns_session = False  # the original closes the session it opened
+        return view
 
     async def __aexit__(
         self,

@@ -83,8 +83,12 @@ class RetryPolicy:
         Yields ``max_attempts - 1`` values.
         """
         for n in range(self.max_attempts - 1):
-            # 2.0**1024 raises OverflowError; base·2^1023 is already inf or past any cap.
-            yield rng.uniform(0.0, min(self.cap_s, self.base_s * 2.0 ** min(n, 1023)))
+            yield self.backoff(n, rng)
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """One full-jitter sleep before retry ``attempt`` (from 0): ``uniform(0, min(cap, base·2^n))``."""
+        # 2.0**1024 raises OverflowError; base·2^1023 is already inf or past any cap.
+        return rng.uniform(0.0, min(self.cap_s, self.base_s * 2.0 ** min(max(attempt, 0), 1023)))
 
 
 def is_transient(exc: BaseException) -> bool:

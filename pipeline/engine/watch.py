@@ -1,0 +1,256 @@
+"""The watch stage: learn when each running job ends, with as few requests as possible.
+
+Two sources, one due-time per job:
+
+- **sweeps**: pages of ``GET /jobs`` answer for dozens of running jobs at once
+  (:mod:`pipeline.engine.sweep`); a job seen finished frees its active-job slot at once and is then
+  read alone, once, for its outputs;
+- **due-time polls**: ``GET /jobs/{id}`` for one job at the time its kind's learned durations say
+  (:mod:`pipeline.engine.poller`): used for a handful of jobs, for jobs the list misses or shows
+  stale, and for good once the list proves unusable.
+
+Deadlines: a job running past its kind's deadline is left ``submitted`` for the next run.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import anyio
+import anyio.abc
+import structlog
+
+from pipeline.api.records import Job, JobPage, JobStatus
+from pipeline.engine.budget import Budget
+from pipeline.engine.context import RunContext, Started
+from pipeline.engine.fetch import Fetch
+from pipeline.engine.limits import RateLimiter
+from pipeline.engine.poller import DueQueue, DurationEstimator
+from pipeline.engine.retry import retrying
+from pipeline.engine.sweep import Found, JobSweep, Window
+from pipeline.errors import AuthError, NotFoundError, PipelineError, RejectedError
+from pipeline.state.lifecycle import Ending, Event
+
+__all__ = ["Watch"]
+
+_log = structlog.get_logger("pipeline.engine.watch")
+
+
+class Watch:
+    """Owns the due-time queue, the sweep and every job read; hands finished jobs to :class:`Fetch`."""
+
+    def __init__(self, ctx: RunContext, fetch: Fetch, budget: Budget) -> None:
+        self.ctx, self.fetch, self.budget = ctx, fetch, budget
+        policy = ctx.options.poll
+        self.limiter = RateLimiter(ctx.options.poll_rate, clock=ctx.clock)
+        self.due: DueQueue[str] = DueQueue(ctx.clock)
+        self.estimator = DurationEstimator(policy)
+        self.sweep = JobSweep()
+        self.sweeping = ctx.options.poll_via == "list"
+        self._added = anyio.Event()
+        self._verifying: set[str] = set()  # overdue in the sweep: asked about directly once
+        self._stale_seen = 0  # jobs the list showed running that had finished
+        # One cap on job reads in flight, whether a due time or a sweep asked for them.
+        self._reads = anyio.CapacityLimiter(ctx.options.poll_concurrency)
+
+    # -- the inbox -------------------------------------------------------------------------------
+
+    def track(self, key: str, job_id: str, sent: datetime) -> None:
+        """A job this run just started: watch it from its kind's earliest likely end."""
+        ctx, step = self.ctx, self.ctx.units[key].step
+        now = ctx.clock.monotonic()
+        ctx.started[key] = Started(now)
+        if self.sweeping and ctx.active.in_use >= ctx.options.poll.sweep_min_jobs:
+            self.sweep.add(job_id, key, step, sent=sent, now=now, due=now + self.estimator.earliest(step))
+            self._added.set()
+        else:
+            self.due.push(key, now + self.estimator.first_delay(step))
+
+    def look_now(self, key: str) -> None:
+        """A job known from the state (resumed or adopted): ask about it at once."""
+        now = self.ctx.clock.monotonic()
+        self.ctx.started[key] = Started(now)
+        self.due.push(key, now)
+
+    # -- loops ------------------------------------------------------------------------------------
+
+    async def poll_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        while not self.ctx.finished.is_set():
+            for key in await self.due.pop_due(idle_s=0.5):
+                tg.start_soon(self._read, key, None)
+
+    async def _read(self, key: str, seen: Found | None) -> None:
+        async with self._reads:
+            await self.poll_one(key, seen)
+
+    async def sweep_loop(self, tg: anyio.abc.TaskGroup) -> None:
+        """List the jobs in flight as they fall due; read each one the list shows finished.
+
+        Falls back to single polls for good when the list cannot be read three times running.
+        """
+        ctx, failures, last = self.ctx, 0, float("-inf")
+        while not ctx.finished.is_set() and self.sweeping:
+            now = ctx.clock.monotonic()
+            # At most one sweep per interval of the quickest kind watched; each lists the jobs due.
+            wake = max(self.sweep.next_due(), last + self.estimator.sweep_interval(self.sweep.kinds()))
+            if wake > now:
+                self._added = anyio.Event()  # a new job may fall due sooner
+                await ctx.clock.wait_for(self._added, min(wake - now, 0.5))
+                continue
+            last = now
+            try:
+                await self._sweep_once(tg)
+            except AuthError:
+                raise
+            except PipelineError as exc:
+                failures += 1
+                _log.warning("job_list_failed", error=str(exc), failures=failures)
+                if failures >= 3 or isinstance(exc, RejectedError):
+                    self._stop_sweeping(str(exc))
+                continue
+            failures = 0
+            self._sweep_deadlines()
+
+    def _next_look(self) -> dict[str, float]:
+        """Per kind: how long after seeing a job running to look at it again."""
+        return {kind: self.estimator.sweep_interval({kind}) for kind in self.sweep.kinds()}
+
+    async def _sweep_once(self, tg: anyio.abc.TaskGroup) -> None:
+        ctx, next_look = self.ctx, self._next_look()
+        # Jobs due within half an interval come along now rather than a whole interval late.
+        soon = 0.5 * min(next_look.values(), default=0.0)
+        for window in self.sweep.windows(ctx.clock.monotonic() + soon):
+            await self._sweep_window(tg, window, next_look)
+            if window.complete:
+                continue
+            mono = ctx.clock.monotonic()
+            for job_id, key in self.sweep.end(window, ctx.clock.now(), mono, next_look):
+                _log.info("job_not_listed", unit=key, job_id=job_id)
+                self.due.push(key, mono)
+
+    async def _sweep_window(
+        self, tg: anyio.abc.TaskGroup, window: Window, next_look: dict[str, float]
+    ) -> None:
+        """Page through one window of the job list until every job expected in it was seen."""
+        ctx, token, seen_tokens = self.ctx, None, set[str]()
+        while True:
+
+            async def page_of(token: str | None = token) -> JobPage:
+                await self.limiter.acquire()
+                return await ctx.api.list_jobs(start=window.start, end=window.end, page_token=token)
+
+            page = await retrying(page_of, policy=ctx.options.retry, clock=ctx.clock, rng=ctx.rng)
+            for found in self.sweep.take(window, page.jobs, ctx.clock.monotonic(), next_look):
+                ctx.drop_slot(found.key)  # finished on the server: its slot is free now
+                self.budget.saw(found.job_id, found.credits)
+                tg.start_soon(self._read, found.key, found)
+            token = page.next_page_token
+            if window.complete or token is None or token in seen_tokens:
+                return
+            seen_tokens.add(token)
+
+    def _sweep_deadlines(self) -> None:
+        """Jobs past their deadline leave the sweep for one last poll, which settles them; jobs
+        running far longer than their kind's typical duration are asked about directly (the
+        list could be stale: :meth:`poll_one` counts it) and are polled alone from then on."""
+        now = self.ctx.clock.monotonic()
+        for job_id, key, kind in self.sweep.jobs():
+            started = self.ctx.started.get(key)
+            elapsed = now - (started.at if started else now)
+            if elapsed > self.ctx.options.poll.deadline_s.get(kind, 900.0):
+                self.sweep.discard(job_id)
+                self.due.push(key, now)
+            elif elapsed > self.estimator.overdue(kind):
+                self.sweep.discard(job_id)
+                self._verifying.add(key)
+                self.due.push(key, now)
+
+    def _check_list_freshness(self, key: str, job: Job) -> None:
+        """An overdue job the list showed running, found finished: three of those and the list
+        is taken for stale, and the run polls every job alone."""
+        if key not in self._verifying:
+            return
+        self._verifying.discard(key)
+        if job.status.is_terminal and self.sweeping:
+            self._stale_seen += 1
+            _log.warning("job_list_stale", unit=key, job_id=job.job_id, seen=self._stale_seen)
+            if self._stale_seen >= 3:
+                self._stop_sweeping("the job list shows finished jobs as still running")
+
+    def _stop_sweeping(self, reason: str) -> None:
+        _log.warning("job_list_unusable", reason=reason, fallback="single polls")
+        self.sweeping = False
+        now = self.ctx.clock.monotonic()
+        for _, key in self.sweep.drain():
+            self.due.push(key, now)
+
+    # -- one job ----------------------------------------------------------------------------------
+
+    async def poll_one(self, key: str, seen: Found | None = None) -> None:
+        """Read one job and act on what it says (or look again later)."""
+        ctx = self.ctx
+        rec = ctx.store.get(key)
+        if rec is None or not rec.job_id:
+            return
+        job_id = rec.job_id
+
+        async def get() -> Job:
+            await self.limiter.acquire()
+            return await ctx.api.get_job(job_id)
+
+        try:
+            job = await retrying(get, policy=ctx.options.retry, clock=ctx.clock, rng=ctx.rng)
+        except AuthError:
+            raise
+        except NotFoundError:
+            ctx.drop_slot(key)
+            await ctx.store.mark_unknown(key, f"job {job_id} is not found on the server")
+            ctx.move(key, Event.VANISHED)
+            ctx.settle(key, Ending.UNKNOWN)
+            return
+        except PipelineError as exc:
+            _log.warning("poll_failed", unit=key, job_id=job_id, error=str(exc))
+            self.due.push(key, ctx.clock.monotonic() + ctx.options.poll.max_interval_s)
+            return
+        started = ctx.started.setdefault(key, Started(ctx.clock.monotonic()))
+        started.polls += 1
+        self._check_list_freshness(key, job)
+        await self._on_job(key, job, started, seen)
+
+    async def _on_job(self, key: str, job: Job, started: Started, seen: Found | None) -> None:
+        ctx, unit = self.ctx, self.ctx.units[key]
+        now = ctx.clock.monotonic()
+        elapsed = now - started.at
+        log = _log.bind(item=unit.item_id, unit=key, job_id=job.job_id)
+        if job.status is JobStatus.SUCCESS:
+            ctx.drop_slot(key)
+            if seen is None:
+                self.estimator.observe(unit.step, elapsed)
+            else:
+                self.estimator.observe_between(
+                    unit.step, seen.running_at - started.at, seen.seen_at - started.at
+                )
+            outputs = [(o.id, o.url) for o in (*job.images, *job.videos)]
+            if not outputs:
+                await self._failed(key, job.job_id, "the job succeeded without outputs")
+                return
+            await ctx.store.mark_succeeded(key, outputs)
+            ctx.move(key, Event.JOB_SUCCEEDED)
+            log.info("job_succeeded", outputs=len(outputs), polls=started.polls)
+            if (rec := ctx.store.get(key)) is not None:
+                self.fetch.queue(rec)
+        elif job.status is JobStatus.FAILED:
+            ctx.drop_slot(key)
+            await self._failed(key, job.job_id, job.error or "the job failed without a reason")
+        elif elapsed > ctx.options.poll.deadline_s.get(unit.step, 900.0):
+            ctx.drop_slot(key)
+            ctx.settle(key, Ending.DEADLINE)
+            log.warning("job_deadline", elapsed_s=round(elapsed, 1), status=job.status_raw)
+        else:
+            self.due.push(key, now + self.estimator.next_delay(unit.step, elapsed, started.polls))
+
+    async def _failed(self, key: str, job_id: str, reason: str) -> None:
+        await self.ctx.store.mark_failed(key, reason, "job_failed")
+        self.ctx.move(key, Event.JOB_FAILED)
+        self.ctx.settle(key, Ending.FAILED)
+        _log.warning("job_failed", unit=key, item=self.ctx.units[key].item_id, job_id=job_id, reason=reason)
