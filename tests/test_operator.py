@@ -65,6 +65,11 @@ def test_json_logs_and_run_record_match_the_ledger(sim_url: str, tmp_path: Path)
     assert record["failures"][0]["item"] == "sku003" and record["exitCode"] == 1
     assert record["requestsTotal"] == sum(record["requests"].values()) > 8
     assert record["creditsSpent"] == 7  # the simulator refunds failed jobs; 1 credit per image
+    manifest = tmp_path / "ops.yaml"
+    code, stdout, _ = _run(sim_url, "status", str(manifest), "--out", str(out))
+    assert code == 0
+    assert f"failed: photogpt-pipeline run {manifest} --out {out} --retry-failed" in stdout
+    assert sorted(p.name for p in (out / ".state").iterdir() if "lock" in p.name) == ["state.db.lock"]
 
 
 def test_status_reads_a_run_in_progress(sim_url: str, tmp_path: Path) -> None:

@@ -311,7 +311,7 @@ class TestFaults:
         out = tmp_path / "out"
         state = out / ".state" / "state.db"
         state.parent.mkdir(parents=True)
-        with RunLock(state.with_name("state.db.lock")), pytest.raises(LockedError) as info:
+        with RunLock(state), pytest.raises(LockedError) as info:
             await run(sim, manifest, out)
         assert info.value.exit_code == 4
         assert "pid" in str(info.value)

@@ -325,21 +325,34 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"counts": counts, "units": units}, indent=1))
     else:
-        print(_render_status(path, units))
+        print(_render_status(path, units, _run_command(args)))
     return 0
 
 
+def _run_command(args: argparse.Namespace) -> str:
+    """The ``run`` command that resumes this state, with the manifest, --out and --state as given."""
+    import shlex
+
+    words = ["photogpt-pipeline", "run", str(args.manifest) if args.manifest else "MANIFEST"]
+    if args.out:
+        words += ["--out", str(args.out)]
+    if args.state:
+        words += ["--state", str(args.state)]
+    return shlex.join(words)
+
+
+#: What resumes each phase: the run command, then these flags, then why.
 _FIXES = {
-    "failed": "photogpt-pipeline run MANIFEST --retry-failed   (pays again)",
-    "unknown": "photogpt-pipeline run MANIFEST --resubmit-unknown   (may pay twice: check jobs first)",
-    "submitted": "photogpt-pipeline run MANIFEST   (polls the jobs; never resubmits)",
-    "succeeded": "photogpt-pipeline run MANIFEST   (downloads what is missing)",
-    "pending": "photogpt-pipeline run MANIFEST",
-    "submitting": "photogpt-pipeline run MANIFEST   (reconciles from the job list)",
+    "failed": " --retry-failed   (pays again)",
+    "unknown": " --resubmit-unknown   (may pay twice: check jobs first)",
+    "submitted": "   (polls the jobs; never resubmits)",
+    "succeeded": "   (downloads what is missing)",
+    "pending": "",
+    "submitting": "   (reconciles from the job list)",
 }
 
 
-def _render_status(path: Path, units: list[dict[str, Any]]) -> str:
+def _render_status(path: Path, units: list[dict[str, Any]], run: str) -> str:
     """Per step × phase counts, then every failed/unknown unit with its reason and the fixing command."""
     from collections import Counter
 
@@ -363,7 +376,7 @@ def _render_status(path: Path, units: list[dict[str, Any]]) -> str:
     left = {str(u["phase"]) for u in units} - {"done"}
     for phase in phases:
         if phase in left:
-            lines.append(f"{phase}: {_FIXES[phase]}")
+            lines.append(f"{phase}: {run}{_FIXES[phase]}")
     return "\n".join(lines)
 
 

@@ -123,7 +123,7 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
     out = request.out or default_out(manifest)
     state_path = request.state or default_state(out)
     layout = OutputLayout(out, manifest.output_template)
-    lock = RunLock(state_path.with_name(state_path.name + ".lock"))
+    lock = RunLock(state_path)  # locks <state>.lock
     try:
         state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         out.mkdir(parents=True, exist_ok=True)
