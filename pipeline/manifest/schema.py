@@ -9,10 +9,8 @@ say so in their message.
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from pipeline.catalog import (
@@ -23,6 +21,22 @@ from pipeline.catalog import (
     VIDEO_ROLES,
     PublicModel,
     find_model,
+)
+from pipeline.manifest.values import (
+    Check,
+    FieldPath,
+    Finding,
+    check_aspect,
+    check_bool,
+    check_number,
+    check_text,
+    check_text_list,
+    check_url,
+    check_url_list,
+    choice,
+    describe_value,
+    integer,
+    suggest,
 )
 
 __all__ = [
@@ -48,8 +62,6 @@ __all__ = [
     "suggest",
 ]
 
-FieldPath = tuple[str | int, ...]
-
 #: The escape hatch: an ``extra:`` mapping in a request block or options group goes to the API unchecked.
 EXTRA = "extra"
 #: ``modelID: "@ava"`` names the trained model declared as ``models: {ava: ...}``.
@@ -67,43 +79,6 @@ FIELD_TYPES: Mapping[str, type] = {
 }
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
-_ASPECT = re.compile(r"[1-9][0-9]*:[1-9][0-9]*\Z")
-_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    """One problem at ``path`` inside a request block; ``at_key`` points at the key rather than its value."""
-
-    path: FieldPath
-    message: str
-    at_key: bool = False
-
-
-_Check = Callable[[object, FieldPath, list[Finding]], None]
-
-
-def describe_value(value: object) -> str:
-    """A short, YAML-flavoured description of a value for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f"the text {value[:60]!r}" + ("…" if len(value) > 60 else "")
-    if isinstance(value, int | float):
-        return repr(value)
-    return "a mapping" if isinstance(value, Mapping) else "a list"
-
-
-def suggest(name: str, candidates: Collection[str]) -> str:
-    """``"; did you mean 'x'?"`` for the nearest candidate, or nothing."""
-    folded = {c.casefold(): c for c in candidates}
-    match = folded.get(name.casefold())
-    if match is None:
-        close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-        match = close[0] if close else None
-    return f"; did you mean {match!r}?" if match else ""
 
 
 def is_trained_id(model_id: str) -> bool:
@@ -111,76 +86,8 @@ def is_trained_id(model_id: str) -> bool:
     return model_id.startswith(TRAINED_SIGIL) or bool(_UUID.match(model_id))
 
 
-# -- value checks ---------------------------------------------------------------------------------
-
-
-def _text(value: object, path: FieldPath, out: list[Finding]) -> None:
-    if not isinstance(value, str):
-        out.append(Finding(path, f"expected text, got {describe_value(value)}"))
-    elif not value.strip():
-        out.append(Finding(path, "must not be empty"))
-
-
-def _bool(value: object, path: FieldPath, out: list[Finding]) -> None:
-    if not isinstance(value, bool):
-        out.append(Finding(path, f"expected true or false, got {describe_value(value)}"))
-
-
-def _number(value: object, path: FieldPath, out: list[Finding]) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        out.append(Finding(path, f"expected a number, got {describe_value(value)}"))
-
-
-def _integer(low: int | None, high: int | None, note: str = "") -> _Check:
-    def check(value: object, path: FieldPath, out: list[Finding]) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            out.append(Finding(path, f"expected an integer, got {describe_value(value)}"))
-        elif (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"from {low} to {high}" if high is not None else f"at least {low}"
-            out.append(Finding(path, f"must be {bounds}{note}, got {value}"))
-
-    return check
-
-
-def _choice(choices: Collection[object], note: str = "") -> _Check:
-    shown = ", ".join(str(c) for c in sorted(choices, key=str))
-
-    def check(value: object, path: FieldPath, out: list[Finding]) -> None:
-        if isinstance(value, bool) or value not in choices:
-            out.append(Finding(path, f"must be one of {shown}{note}, got {describe_value(value)}"))
-
-    return check
-
-
-def _aspect(value: object, path: FieldPath, out: list[Finding]) -> None:
-    if not isinstance(value, str) or not _ASPECT.match(value):
-        out.append(Finding(path, f'expected a ratio like "1:1" or "9:16", got {describe_value(value)}'))
-
-
-def _url(value: object, path: FieldPath, out: list[Finding]) -> None:
-    _text(value, path, out)
-    if isinstance(value, str) and _SCHEME.match(value) and not value.startswith(("https://", "http://")):
-        out.append(Finding(path, "expected an http(s) URL or a local image file"))
-
-
-def _text_list(value: object, path: FieldPath, out: list[Finding]) -> None:
-    if not isinstance(value, list | tuple):
-        out.append(Finding(path, f"expected a list of text, got {describe_value(value)}"))
-        return
-    for i, item in enumerate(value):
-        _text(item, (*path, i), out)
-
-
-def _url_list(value: object, path: FieldPath, out: list[Finding]) -> None:
-    if not isinstance(value, list | tuple):
-        out.append(Finding(path, f"expected a list of URLs or image files, got {describe_value(value)}"))
-        return
-    for i, item in enumerate(value):
-        _url(item, (*path, i), out)
-
-
-def _role_list(roles: frozenset[str]) -> _Check:
-    fields: dict[str, _Check] = {"url": _url, "role": _choice(roles)}
+def _role_list(roles: frozenset[str]) -> Check:
+    fields: dict[str, Check] = {"url": check_url, "role": choice(roles)}
 
     def check(value: object, path: FieldPath, out: list[Finding]) -> None:
         if not isinstance(value, list | tuple):
@@ -204,64 +111,69 @@ def _role_list(roles: frozenset[str]) -> _Check:
 
 # -- field tables ---------------------------------------------------------------------------------
 
-_COUNT = _integer(1, MAX_COUNT, " (our limit; the reference gives none)")
+_COUNT = integer(1, MAX_COUNT, " (our limit; the reference gives none)")
 
 #: POST /images/generation with a public model (reference 6.2); ``options`` is checked per family.
-IMAGE_FIELDS: Mapping[str, _Check] = {
-    "modelID": _text,
-    "prompt": _text,
-    "aspectRatio": _aspect,
+IMAGE_FIELDS: Mapping[str, Check] = {
+    "modelID": check_text,
+    "prompt": check_text,
+    "aspectRatio": check_aspect,
     "numImages": _COUNT,
-    "preset": _text,
-    "referenceImageURLs": _url_list,
+    "preset": check_text,
+    "referenceImageURLs": check_url_list,
     "options": lambda value, path, out: None,
 }
 
 #: POST /images/generation with a trained model (reference 6.3).
-TRAINED_IMAGE_FIELDS: Mapping[str, _Check] = {
-    "modelID": _text,
-    "prompt": _text,
-    "preset": _text,
-    "inputImageId": _text,
-    "width": _integer(64, 8192, " pixels (our limit)"),
-    "height": _integer(64, 8192, " pixels (our limit)"),
+TRAINED_IMAGE_FIELDS: Mapping[str, Check] = {
+    "modelID": check_text,
+    "prompt": check_text,
+    "preset": check_text,
+    "inputImageId": check_text,
+    "width": integer(64, 8192, " pixels (our limit)"),
+    "height": integer(64, 8192, " pixels (our limit)"),
     "numImages": _COUNT,
-    "steps": _integer(1, 500, " (our limit)"),
-    "seed": _integer(0, None),
-    "runType": _text,
-    "enhanceFace": _bool,
-    "styleStrength": _number,
+    "steps": integer(1, 500, " (our limit)"),
+    "seed": integer(0, None),
+    "runType": check_text,
+    "enhanceFace": check_bool,
+    "styleStrength": check_number,
 }
 
 #: POST /videos/generation (reference 8.1).
-VIDEO_FIELDS: Mapping[str, _Check] = {
-    "modelID": _text,
-    "prompt": _text,
+VIDEO_FIELDS: Mapping[str, Check] = {
+    "modelID": check_text,
+    "prompt": check_text,
     "numVideos": _COUNT,
     "referenceImages": _role_list(VIDEO_ROLES),
     "referenceVideos": _role_list(frozenset({"reference_video"})),
-    "elementIDs": _text_list,
+    "elementIDs": check_text_list,
     "options": lambda value, path, out: None,
 }
 
 #: POST /images/upscaling (reference 7).
-UPSCALE_FIELDS: Mapping[str, _Check] = {"imageID": _text}
+UPSCALE_FIELDS: Mapping[str, Check] = {"imageID": check_text}
 
 #: ``options.<group>`` keys per family (reference 6.2, 8.4); ``None`` = keys not documented, not checked.
-OPTION_GROUPS: Mapping[str, Mapping[str, _Check] | None] = {
-    "openai": {"imageSize": _text, "outputFormat": _choice(OUTPUT_FORMATS), "quality": _text},
-    "gemini": {"imageSize": _text, "safetyFilterLevel": _text, "sequentialMode": _text},
+OPTION_GROUPS: Mapping[str, Mapping[str, Check] | None] = {
+    "openai": {"imageSize": check_text, "outputFormat": choice(OUTPUT_FORMATS), "quality": check_text},
+    "gemini": {"imageSize": check_text, "safetyFilterLevel": check_text, "sequentialMode": check_text},
     "veo": {
-        "aspectRatio": _choice(frozenset({"16:9", "9:16"})),
-        "duration": _choice(VEO_DURATIONS, " seconds"),
-        "resolution": _choice(frozenset({"720p", "1080p"})),
-        "enhancePrompt": _bool,
-        "generateAudio": _bool,
-        "negativePrompt": _text,
-        "seed": _integer(0, None),
+        "aspectRatio": choice(frozenset({"16:9", "9:16"})),
+        "duration": choice(VEO_DURATIONS, " seconds"),
+        "resolution": choice(frozenset({"720p", "1080p"})),
+        "enhancePrompt": check_bool,
+        "generateAudio": check_bool,
+        "negativePrompt": check_text,
+        "seed": integer(0, None),
     },
-    "seedance": {"duration": _integer(1, 60), "ratio": _text, "resolution": _text, "generateAudio": _bool},
-    "grok": {"aspectRatio": _text, "duration": _integer(1, 60), "resolution": _text},
+    "seedance": {
+        "duration": integer(1, 60),
+        "ratio": check_text,
+        "resolution": check_text,
+        "generateAudio": check_bool,
+    },
+    "grok": {"aspectRatio": check_text, "duration": integer(1, 60), "resolution": check_text},
     "kling": None,
 }
 
@@ -276,7 +188,7 @@ _HINTS: Mapping[str, str] = {
 
 def _fields(
     block: Mapping[str, Any],
-    fields: Mapping[str, _Check],
+    fields: Mapping[str, Check],
     path: FieldPath,
     out: list[Finding],
     hints: Mapping[str, str],
@@ -363,7 +275,7 @@ def _model(
     return "unknown", None
 
 
-def image_fields_for(model_id: object) -> Mapping[str, _Check]:
+def image_fields_for(model_id: object) -> Mapping[str, Check]:
     """The field table that applies to an image request with this ``modelID``."""
     if isinstance(model_id, str) and is_trained_id(model_id):
         return TRAINED_IMAGE_FIELDS
