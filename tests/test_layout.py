@@ -181,9 +181,9 @@ class TestTree:
         with pytest.raises(UnsafeAssetError, match="symlink"):
             layout.asset_path("sku-1", "image", 1, "jpeg")
         with pytest.raises(UnsafeAssetError):
-            layout.ensure_dir(layout.root / "sku-1")
+            make_dirs_inside(layout.root, layout.root / "sku-1")
         with pytest.raises(UnsafeAssetError):
-            layout.ensure_dir(layout.root / "sku-1" / "deeper")
+            make_dirs_inside(layout.root, layout.root / "sku-1" / "deeper")
         assert list(outside.iterdir()) == []
 
     def test_symlinked_file_is_refused(self, layout: OutputLayout, tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ class TestTree:
         with pytest.raises(UnsafeAssetError):
             layout.asset_path("sku-1", "image", 1, "jpeg")
         with pytest.raises(UnsafeAssetError):
-            layout.ensure_dir(layout.root / "sku-1")
+            make_dirs_inside(layout.root, layout.root / "sku-1")
 
     def test_root_itself_may_be_a_symlink(self, tmp_path: Path) -> None:
         """The user may point the output root at another disk; only components below it are checked."""
@@ -208,15 +208,15 @@ class TestTree:
         real.mkdir()
         (tmp_path / "out").symlink_to(real, target_is_directory=True)
         layout = OutputLayout(tmp_path / "out")
-        directory = layout.ensure_dir(layout.asset_path("sku-1", "image", 1, "jpeg").parent)
+        directory = make_dirs_inside(layout.root, layout.asset_path("sku-1", "image", 1, "jpeg").parent)
         assert (real / "sku-1").is_dir()
         assert directory == tmp_path / "out" / "sku-1"
 
-    def test_ensure_dir_follows_the_umask(self, layout: OutputLayout, umask_022: None) -> None:
+    def test_make_dirs_inside_follows_the_umask(self, layout: OutputLayout, umask_022: None) -> None:
         """New directories are 0o755 under umask 022; existing ones are accepted."""
         target = layout.root / "a" / "b"
-        assert layout.ensure_dir(target) == target
-        assert layout.ensure_dir(target) == target
+        assert make_dirs_inside(layout.root, target) == target
+        assert make_dirs_inside(layout.root, target) == target
         assert (target.stat().st_mode & 0o777, (layout.root / "a").stat().st_mode & 0o777) == (0o755, 0o755)
 
     def test_a_sibling_sharing_the_root_name_prefix_is_outside(self, tmp_path: Path) -> None:

@@ -147,11 +147,6 @@ class JobSweep:
                 windows.append(Window(start, end, {job_id}))
         return windows
 
-    def window_start(self) -> datetime | None:
-        """The earliest server time a watched job can have been created at (None: nothing watched)."""
-        starts = [self._start_of(w) for w in self._watched.values()]
-        return min(starts) if starts else None
-
     def _start_of(self, w: _Watched) -> datetime:
         if w.created is not None:
             return w.created - _ROUNDING

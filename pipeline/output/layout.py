@@ -243,10 +243,6 @@ class OutputLayout:
         """``path`` after the containment check of :func:`check_inside`."""
         return check_inside(self.root, path)
 
-    def ensure_dir(self, path: Path) -> Path:
-        """Create directory ``path`` under the root, refusing symlinked components."""
-        return make_dirs_inside(self.root, path)
-
     def _render(
         self, item_id: str, step: str, n: int, *, key: str, model: str, index: int | None, name: str
     ) -> str:
