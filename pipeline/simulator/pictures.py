@@ -75,7 +75,7 @@ def _line(font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> int:
     return int(font.getbbox("Ag")[3])
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)  # ~0.4 MB each: enough for an upscale soon after its source
 def _canvas(prompt: str, model: str, aspect: str, seed: str) -> Image.Image:
     """The picture at its base size (shared by every format and by the upscale; never mutated)."""
     width, height = _size(aspect, LONG_SIDE)
