@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from aiohttp import web
 
 from pipeline import logs
 from pipeline.cli.main import main
-from pipeline.cli.notify import Outcome, check_urls, compose, service
+from pipeline.cli.notify import Outcome, check_urls, compose, notify, service
 from pipeline.engine.run import Failure, RunSummary
 from pipeline.errors import ConfigError
 from tests.conftest import CRASH_KEY as KEY
@@ -221,3 +222,15 @@ def test_the_message_lists_ten_failures_and_counts_the_rest() -> None:
     listed = [line for line in body.splitlines() if line.startswith("- ")]
     assert [line.split()[1] for line in listed] == [f"item{i:02d}" for i in range(10)]
     assert "… and 3 more (see the run record)" in body and "sk-leaked-into-a-reason-77" not in body
+
+
+async def test_a_service_that_never_answers_is_given_up_on(capsys: pytest.CaptureFixture[str]) -> None:
+    """Apprise sends synchronously: a hung endpoint costs at most the wait, then ``notify_failed``."""
+    logs.configure(fmt="json", level="info")  # onto the captured stderr
+    with socket.socket() as silent:  # accepts connections (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        url = f"json://127.0.0.1:{silent.getsockname()[1]}/hook/{TOKEN}"
+        await notify([url], "failure", Outcome("m.yaml", 1), wait_s=0.3)
+    failed = [e for e in _events(capsys.readouterr().err) if e["event"] == "notify_failed"]
+    assert [(e["service"], e["reason"]) for e in failed] == [("json", "no answer within 0.3 s")]

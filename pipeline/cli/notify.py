@@ -45,7 +45,11 @@ _MEANINGS = {
     5: "out of credits, quota or --budget: submissions stopped",
     130: "interrupted: the state is saved, a rerun resumes",
 }
-_STOPS = {"quota": "the account is out of credits", "budget": "the --budget was reached"}
+_STOPS = {
+    "quota": "the account is out of credits",
+    "budget": "the --budget was reached",
+    "max_runtime": "--max-runtime was reached",
+}
 
 
 @dataclass(frozen=True, slots=True)
