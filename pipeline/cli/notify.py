@@ -71,6 +71,8 @@ def service(url: str) -> str:
 
 def check_urls(urls: Sequence[str]) -> None:
     """Refuse, before any work, a URL Apprise cannot use; the message names only its scheme."""
+    if not urls:
+        return  # importing Apprise takes most of a second: only runs that notify pay for it
     import apprise
 
     for url in urls:
