@@ -469,3 +469,56 @@ def test_problems_are_in_file_order_and_capped(tmp_path: Path) -> None:
     assert (found[0].location, found[0].path) == (f"{manifest}:4:59", "items[1].aspectRatio")
     assert [p.location for p in found[1:4]] == [f"{tmp_path / 'p.csv'}:{n}" for n in (2, 3, 4)]
     assert found[-1].message == "… and 101 more problems not shown"
+
+
+def test_declared_ids_are_unique_even_beside_a_matrix_item(tmp_path: Path) -> None:
+    """A matrix item ``hero`` and a plain item ``hero`` (folders ``hero-…`` and ``hero``) are refused."""
+    manifest = write(
+        tmp_path,
+        """\
+        items:
+          - {id: hero, prompt: p, modelID: gpt-image-2, matrix: {aspectRatio: ["1:1", "9:16"]}}
+          - {id: hero, prompt: q, modelID: gpt-image-2}
+          - {id: Hero, prompt: r, modelID: gpt-image-2, matrix: {preset: [studio]}}
+        """,
+    )
+    rule = "declared ids must be unique, even where a matrix names the variants hero-…"
+    assert [(p.location, p.path, p.message) for p in problems(manifest)] == [
+        (f"{manifest}:3:10", "items[1].id", f"duplicate item id 'hero' (first at {manifest}:2:10); {rule}"),
+        (
+            f"{manifest}:4:10",
+            "items[2].id",
+            f"item id 'Hero' differs only in case from 'hero' (at {manifest}:2:10); {rule}",
+        ),
+    ]
+
+
+def test_declared_row_templates_and_their_rows_collide_once_each(tmp_path: Path) -> None:
+    """Two items declaring ``perfume-{sku}`` are one problem at the item, not one per row; ids that
+    different templates make equal for some row are reported at that row, naming the first row."""
+    (tmp_path / "p.csv").write_text("sku,name\nA,B\nC,A\n", encoding="utf-8")
+    manifest = write(
+        tmp_path,
+        """\
+        rows: p.csv
+        items:
+          - {id: "perfume-{sku}", prompt: "p {name}", modelID: gpt-image-2}
+          - {id: "perfume-{sku}", prompt: "q {name}", modelID: gpt-image-2}
+          - {id: "perfume-{name}", prompt: "r {sku}", modelID: gpt-image-2}
+        """,
+    )
+    rows = tmp_path / "p.csv"
+    assert [(p.location, p.path, p.message) for p in problems(manifest)] == [
+        (
+            f"{manifest}:4:10",
+            "items[1].id",
+            f"duplicate item id 'perfume-{{sku}}' (first at {manifest}:3:10); "
+            "ids must be unique, as they name output folders",
+        ),
+        (
+            f"{rows}:3",
+            "items[2].id",
+            f"duplicate item id 'perfume-A' (first at {rows}:2); ids must be unique, as they name output "
+            f"folders (from column 'name'; template at {manifest}:5:10)",
+        ),
+    ]

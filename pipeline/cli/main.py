@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import inspect
 import os
@@ -107,6 +108,20 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="submit units whose earlier submission has an unknown outcome again (may pay twice)",
     )
+    run.add_argument(
+        "--notify",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="send one message when the run ends to this Apprise URL (Slack, Teams, Discord, mailto, "
+        "ntfy, json://…); repeatable",
+    )
+    run.add_argument(
+        "--notify-on",
+        choices=("failure", "always"),
+        default="failure",
+        help="failure (default): only when the exit code is not 0 (failures, stops); always: every run",
+    )
     add_logging_flags(run)
 
     status = sub.add_parser("status", help="what the state file holds (read-only; safe during a run)")
@@ -178,6 +193,57 @@ async def _cmd_ping(args: argparse.Namespace) -> int:
 
 
 async def _cmd_run(args: argparse.Namespace) -> int:
+    """The run, then its one notification (for a summary or an error that stopped it; never its exit code)."""
+    from pipeline.cli.notify import check_urls
+
+    check_urls(args.notify)
+    try:
+        summary = await _execute_run(args)
+    except (PipelineError, BaseExceptionGroup) as caught:
+        exc = _pipeline_error(caught)
+        if exc is None:
+            raise
+        await _notify(args, exc.exit_code, error=str(exc))
+        if exc is caught:
+            raise
+        raise exc from None
+    code = _finish_run(args, summary)
+    await _notify(args, code, summary)
+    return code
+
+
+def _pipeline_error(caught: BaseException) -> PipelineError | None:
+    """The error that stopped a run, also when a task group wrapped it (a refused key: exit 3, not 1)."""
+    if isinstance(caught, BaseExceptionGroup):
+        return next((e for e in map(_pipeline_error, caught.exceptions) if e is not None), None)
+    return caught if isinstance(caught, PipelineError) else None
+
+
+async def _notify(
+    args: argparse.Namespace, code: int, summary: RunSummary | None = None, error: str | None = None
+) -> None:
+    from pipeline.cli.notify import Outcome, notify, wanted
+
+    outcome = Outcome(args.manifest.name, code, summary, error)
+    if args.notify and wanted(outcome, args.notify_on):
+        await notify(args.notify, args.notify_on, dataclasses.replace(outcome, out=_run_out(args)))
+
+
+def _run_out(args: argparse.Namespace) -> Path | None:
+    """The run's output folder for the message; ``None`` when even the manifest cannot say it."""
+    from pipeline.engine.wiring import default_out
+    from pipeline.manifest.load import load_manifest
+
+    out: Path | None = args.out
+    if out is not None:
+        return out
+    try:
+        return default_out(load_manifest(args.manifest))
+    except (PipelineError, OSError):
+        return None
+
+
+async def _execute_run(args: argparse.Namespace) -> RunSummary:
     from pipeline.engine.run import RunOptions
     from pipeline.engine.wiring import RunRequest, execute
 
@@ -204,7 +270,11 @@ async def _cmd_run(args: argparse.Namespace) -> int:
         poll_profile=args.poll_profile,
         progress=_progress_display(args),
     )
-    summary = await execute(request)
+    return await execute(request)
+
+
+def _finish_run(args: argparse.Namespace, summary: RunSummary) -> int:
+    """Print (or log) the summary as asked; the run's exit code."""
     if args.quiet and summary.exit_code == 0:
         return 0
     if _json_logs(args):

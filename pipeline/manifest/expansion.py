@@ -119,6 +119,7 @@ class _Compiled:
     uses_rows: bool
     location: str
     path: str
+    declared: str = ""  # the id as written, casefolded: two items may not declare the same one
 
 
 class Expander:
@@ -142,6 +143,9 @@ class Expander:
         self.items: list[Item] = []
         self.units: list[Unit] = []
         self.ids: dict[str, tuple[str, _Instance]] = {}
+        self.declared: dict[
+            str, tuple[str, str, bool, FieldPath]
+        ] = {}  # folded → (written, where, matrix?, path)
 
     # -- compile ------------------------------------------------------------------------------------
 
@@ -204,11 +208,28 @@ class Expander:
         )
         if not self._shape_ok(node, fields, path):
             return None
+        self._declared_once(fields["id"], path, matrix=matrix_node is not None)
         variants = self._variants(base, holes, axes, path)
         if variants is None:
             return None
         uses_rows = any(h.row_names for v in variants for h in v.holes)
-        return _Compiled(index, node, holes, variants, uses_rows, self.doc.where(node), format_path(path))
+        where, declared = self.doc.where(node), str(fields["id"].value).casefold()
+        return _Compiled(index, node, holes, variants, uses_rows, where, format_path(path), declared)
+
+    def _declared_once(self, id_node: Node, path: FieldPath, *, matrix: bool) -> None:
+        """Two items may not declare the same id, even when a matrix suffix would keep their folders apart."""
+        written, where = str(id_node.value), self.doc.where(id_node)
+        first = self.declared.setdefault(written.casefold(), (written, where, matrix, path))
+        if first[3] == path:
+            return
+        if first[0] == written:
+            detail = f"duplicate item id {written!r} (first at {first[1]})"
+        else:
+            detail = f"item id {written!r} differs only in case from {first[0]!r} (at {first[1]})"
+        rule = "ids must be unique, as they name output folders"
+        if matrix or first[2]:
+            rule = f"declared ids must be unique, even where a matrix names the variants {first[0]}-…"
+        self.log.add(where, format_path((*path, "id")), f"{detail}; {rule}")
 
     def _shape_ok(self, node: Node, fields: Mapping[str, Node], path: FieldPath) -> bool:
         ok = True
@@ -566,6 +587,8 @@ class _Instance:
             self.x.ids[folded] = (item_id, self)
             return True
         first_id, first_instance = first
+        if first_instance.item is not self.item and first_instance.item.declared == self.item.declared:
+            return False  # reported once, at the second declaration, by Expander._declared_once
         where, path, note = self.locate(("id",))
         first_where = first_instance.locate(("id",))[0]
         if first_id == item_id:

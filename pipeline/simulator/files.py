@@ -56,7 +56,7 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
     elif ext == "m3u8":
         data = hls_playlist(asset.id)
     else:
-        data = render(ext, asset.id, config.file_size)
+        data = render(ext, asset.id, config.file_size, asset.look)
     headers = {
         "Content-Type": CONTENT_TYPES[ext],
         "Accept-Ranges": "bytes" if config.range_requests else "none",

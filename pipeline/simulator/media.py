@@ -3,17 +3,18 @@
 Downloaders must be tested against files a decoder accepts, so each format gets
 its id (and any padding) in a place the format reserves for comments: a JPEG COM
 segment, a PNG tEXt chunk, a WebP unknown chunk after a VP8X header, an MP4
-``free`` box. PNG is built here with zlib; the other formats start from tiny
-samples in ``assets/``, made once with Pillow and ffmpeg (no runtime dependency).
+``free`` box. Images are drawn from their request by :mod:`pictures`; videos start
+from tiny samples in ``assets/``, made once with ffmpeg.
 """
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import zlib
 from functools import cache
 from importlib import resources
+
+from pipeline.simulator.pictures import Look, picture
 
 __all__ = ["CONTENT_TYPES", "hls_playlist", "render"]
 
@@ -36,10 +37,17 @@ def _sample(name: str) -> bytes:
     return resources.files(__package__).joinpath("assets", name).read_bytes()
 
 
-def render(fmt: str, asset_id: str, pad_to: int = 0) -> bytes:
-    """Asset ``asset_id`` as ``fmt`` (jpeg, png, webp, mp4, ts) bytes, at least ``pad_to`` long."""
-    build = {"jpeg": _jpeg, "jpg": _jpeg, "png": _png, "webp": _webp, "mp4": _mp4, "ts": _ts}[fmt]
-    return build(_TAG + asset_id.encode(), pad_to)
+def render(fmt: str, asset_id: str, pad_to: int = 0, look: Look | None = None) -> bytes:
+    """Asset ``asset_id`` as ``fmt`` (jpeg, png, webp, mp4, ts) bytes, at least ``pad_to`` long.
+
+    An image shows ``look`` (its request); without one it shows its own id.
+    """
+    note = _TAG + asset_id.encode()
+    if fmt in ("mp4", "ts"):
+        return (_mp4 if fmt == "mp4" else _ts)(note, pad_to)
+    base = picture(look or Look(prompt=asset_id, model="photogpt-sim"), fmt)
+    build = {"jpeg": _jpeg, "jpg": _jpeg, "png": _png, "webp": _webp}[fmt]
+    return build(base, note, pad_to)
 
 
 def hls_playlist(asset_id: str) -> bytes:
@@ -50,8 +58,7 @@ def hls_playlist(asset_id: str) -> bytes:
     ).encode()
 
 
-def _jpeg(note: bytes, pad_to: int) -> bytes:
-    base = _sample("sample.jpeg")
+def _jpeg(base: bytes, note: bytes, pad_to: int) -> bytes:
     at = 2
     if base[2:4] == b"\xff\xe0":  # keep the JFIF APP0 segment right after SOI
         at = 4 + int.from_bytes(base[4:6], "big")
@@ -66,26 +73,21 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _png(note: bytes, pad_to: int) -> bytes:
-    size = 32
-    r, g, b = hashlib.sha256(note).digest()[:3]
-    rows = b"".join(
-        b"\x00" + b"".join(bytes(((r + x * 8) % 256, (g + y * 8) % 256, b)) for x in range(size))
-        for y in range(size)
-    )
-    head = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0))
-    body = _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b"")
+def _png(base: bytes, note: bytes, pad_to: int) -> bytes:
+    at = 8 + 25  # signature, then the IHDR chunk (13 data bytes + length, type and CRC)
     text = b"Comment\x00" + note
-    text += b" " * max(0, pad_to - len(head) - len(body) - len(text) - 12)
-    return head + _png_chunk(b"tEXt", text) + body
+    text += b" " * max(0, pad_to - len(base) - len(text) - 12)
+    return base[:at] + _png_chunk(b"tEXt", text) + base[at:]
 
 
 def _riff_chunk(kind: bytes, data: bytes) -> bytes:
     return kind + struct.pack("<I", len(data)) + data + (b"\x00" if len(data) % 2 else b"")
 
 
-def _webp(note: bytes, pad_to: int) -> bytes:
-    vp8 = _sample("sample.webp")[12:]  # the simple-format file's VP8 chunk, header included
+def _webp(base: bytes, note: bytes, pad_to: int) -> bytes:
+    vp8 = base[12:]  # the simple-format file's VP8 chunk, header included
+    if vp8[:4] != b"VP8 ":
+        raise ValueError("expected a simple lossy WebP (a VP8 chunk right after the header)")
     width = int.from_bytes(vp8[14:16], "little") & 0x3FFF
     height = int.from_bytes(vp8[16:18], "little") & 0x3FFF
     header = _riff_chunk(

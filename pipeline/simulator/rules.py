@@ -20,6 +20,7 @@ from pipeline.catalog import (
     PublicModel,
 )
 from pipeline.simulator.envelope import ApiFailure
+from pipeline.simulator.pictures import aspect_of
 
 __all__ = ["PRESETS", "Trigger", "check_image", "check_upscale", "check_video"]
 
@@ -36,13 +37,15 @@ PRESETS: tuple[dict[str, str], ...] = (
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
-    """What a valid trigger asks for: the model, how many outputs, and their file format."""
+    """What a valid trigger asks for: the model, how many outputs, their file format and what they show."""
 
     model_id: str
     prompt: str
     count: int
     fmt: str
     trained: bool = False
+    aspect: str = "1:1"
+    seed: str = ""
 
 
 def _bad(message: str, err: str = "validation_error") -> ApiFailure:
@@ -109,7 +112,10 @@ def check_image(body: dict[str, Any], is_trained: Callable[[str], bool]) -> Trig
     fmt = group.get("outputFormat", body.get("outputFormat", "jpeg"))
     if fmt not in OUTPUT_FORMATS:
         raise _bad(f"outputFormat must be one of {', '.join(sorted(OUTPUT_FORMATS))}")
-    return Trigger(model_id, prompt, count, str(fmt), trained)
+    aspect = aspect_of(body.get("aspectRatio"), body.get("width"), body.get("height"))
+    seed = body.get("seed", group.get("seed"))
+    shown = "" if seed is None or isinstance(seed, bool | dict | list) else str(seed)[:24]
+    return Trigger(model_id, prompt, count, str(fmt), trained, aspect, shown)
 
 
 def check_video(body: dict[str, Any]) -> Trigger:

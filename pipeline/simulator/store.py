@@ -7,6 +7,7 @@ FakeClock fully controls it. Owners are key fingerprints: the key itself is neve
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import heapq
 import json
@@ -20,6 +21,7 @@ from typing import Any
 from pipeline.catalog import JOB_STATUSES_TERMINAL
 from pipeline.clock import Clock
 from pipeline.simulator.config import SimConfig
+from pipeline.simulator.pictures import Look
 from pipeline.simulator.rules import Trigger
 
 __all__ = ["Asset", "Download", "Job", "Model", "Store", "body_hash", "fingerprint", "rfc3339"]
@@ -84,6 +86,7 @@ class Asset:
     hls: bool = False
     upscaled_id: str | None = None
     upscaled_path: str | None = None
+    look: Look | None = None  # what a job output shows: its request
 
     def path(self) -> str:
         """The file path (under the origin) the job and records hand out."""
@@ -135,6 +138,7 @@ class Job:
     credits: int
     seq: int
     source_id: str | None = None
+    look: Look | None = None
     status: str = "queued"
     updated: float = 0.0
     started: float | None = None
@@ -206,6 +210,7 @@ class Store:
             credits=credits,
             seq=len(self.jobs),
             source_id=source_id or None,
+            look=self._look(kind, trigger, source_id),
             updated=now,
         )
         if self.credits is not None:
@@ -216,6 +221,16 @@ class Store:
         self.by_body[job.body_hash] += 1
         self.peak_active[owner] = max(self.peak_active.get(owner, 0), self.active(owner))
         return job
+
+    def _look(self, kind: str, trigger: Trigger, source_id: str) -> Look | None:
+        """What the outputs show: the request, or for an upscale its source drawn larger."""
+        if kind == "image":
+            return Look(trigger.prompt, trigger.model_id, trigger.aspect, trigger.seed)
+        source = self.assets.get(source_id)
+        if kind != "upscale" or source is None:
+            return None
+        base = source.look or Look(f"uploaded image {source.id}", source.model_id or "upload")
+        return dataclasses.replace(base, upscaled=True)
 
     def active(self, owner: str) -> int:
         """Non-terminal jobs of ``owner`` right now."""
@@ -280,6 +295,7 @@ class Store:
                 created_at=job.wall(at),
                 job_id=job.id,
                 hls=job.kind == "video" and self.config.video_hls,
+                look=job.look,
             )
             self.assets[asset.id] = asset
             job.outputs.append(asset.id)
