@@ -40,6 +40,7 @@ from pipeline.engine.limits import ActiveJobLimit, RateLimiter, RequestPacer
 from pipeline.engine.poller import DueQueue, DurationEstimator, PollPolicy
 from pipeline.engine.provision import Provisioner
 from pipeline.engine.reconcile import Uncertain, Verdict, decide, window_of
+from pipeline.engine.regenerate import with_seed
 from pipeline.engine.retry import RetryPolicy, outcome_is_known, retrying
 from pipeline.engine.sweep import Found, JobSweep, Window
 from pipeline.engine.tally import Snapshot, Tally
@@ -95,6 +96,8 @@ class RunOptions:
     #: How long uncertain submissions may wait for a quiet moment before being reconciled.
     reconcile_slack_s: float = 60.0
     seed: int | None = None
+    #: Unit key -> the seed a regeneration drew for it (recorded in the state; see engine/regenerate.py).
+    seeds: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -394,7 +397,7 @@ class _Run:
     async def _body(self, unit: WorkUnit) -> dict[str, Any]:
         """The request to send: the manifest's, with uploads and trained models filled in,
         plus what the upstream unit produced."""
-        body: dict[str, Any] = thaw(unit.request)
+        body: dict[str, Any] = with_seed(thaw(unit.request), unit.step, self.options.seeds.get(unit.key))
         local_files = getattr(unit, "local_files", ())
         if local_files or _declared_model(unit):
             if self.provisioner is None:
