@@ -466,10 +466,11 @@ class _Reads:
     # ---- review (schema 2) ---------------------------------------------------------------
 
     def decisions(self) -> dict[str, DecisionRecord]:
-        """The current verdict per sha256: the newest row wins; an ``undo`` leaves none."""
+        """The current verdict per sha256: the newest by time wins (an import may bring older ones;
+        equal times: the later row); an ``undo`` leaves none."""
         sql = (
-            "SELECT sha256, verdict, note, path, item_id, at FROM decisions d WHERE id ="
-            " (SELECT max(id) FROM decisions WHERE sha256 = d.sha256) AND verdict <> 'undo'"
+            "SELECT sha256, verdict, note, path, item_id, at FROM decisions d WHERE id = (SELECT id FROM"
+            " decisions WHERE sha256 = d.sha256 ORDER BY at DESC, id DESC LIMIT 1) AND verdict <> 'undo'"
         )
         with _mapped(self._path, "reading decisions"):
             return {row[0]: DecisionRecord(*row) for row in self._reader.execute(sql)}
