@@ -119,6 +119,9 @@ def test_review_in_chromium_then_regenerate_only_the_rejects(sim_url: str, tmp_p
     listed = json.loads(_cli(sim_url, "review", str(DEMO), "--out", str(out), "--json").stdout)
     notes = {d["path"]: d["note"] for d in listed["decisions"] if d["verdict"] == "reject"}
     assert notes == {REJECT_KEY: "bottle cap is cut off", REJECT_MOUSE: None}
+    exported = _approve_in_static_page(chromium, out, tmp_path)
+    imported = _cli(sim_url, "review", str(DEMO), "--out", str(out), "--import", str(exported))
+    assert imported.returncode == 0, imported.stderr
     old_video = (out / "waves" / "video-1.mp4").read_bytes()
     before = _ledger(sim_url)
 
@@ -142,7 +145,7 @@ def test_review_in_chromium_then_regenerate_only_the_rejects(sim_url: str, tmp_p
     assert plain.returncode == 0
     assert len(_ledger(sim_url)) == len(before) + 3  # a plain rerun pays nothing more
     status = json.loads(_cli(sim_url, "status", str(DEMO), "--out", str(out), "--json").stdout)
-    assert status["review"] == {"approved": 1, "rejected": 0, "regenerated": 3}
+    assert status["review"] == {"approved": 2, "rejected": 0, "regenerated": 3}
     record = json.loads(sorted((out / "runs").glob("*.json"))[-1].read_text())
     assert record["review"]["regenerated"] == 3
 
@@ -167,6 +170,7 @@ def _review_in_browser(chromium: str, url: str, tmp_path: Path) -> None:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(15000)
             page.goto(url)
             page.wait_for_selector("body[data-ready]")
             first = page.locator(".tile").first
@@ -211,6 +215,31 @@ def _review_in_browser(chromium: str, url: str, tmp_path: Path) -> None:
             print(f"gallery screenshot: {shot}")
         finally:
             browser.close()
+
+
+def _approve_in_static_page(chromium: str, out: Path, tmp_path: Path) -> Path:
+    """report.html from disk: a decision is kept in the browser and exported as a JSON file."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15000)
+            page.goto((out / "report.html").resolve().as_uri())
+            page.wait_for_selector("body[data-ready]")
+            _tile(page, "sneaker/image-1.jpeg").focus()
+            page.keyboard.press("a")
+            page.wait_for_selector(f'{_sel(page, "sneaker/image-1.jpeg")}[data-decision="approve"]')
+            with page.expect_download() as download:
+                page.click("#export")
+            saved = tmp_path / "decisions.json"
+            download.value.save_as(str(saved))
+        finally:
+            browser.close()
+    entries = json.loads(saved.read_text())["decisions"]
+    assert [(e["path"], e["verdict"]) for e in entries] == [("sneaker/image-1.jpeg", "approve")]
+    return saved
 
 
 def _sel(page: Any, path: str) -> str:

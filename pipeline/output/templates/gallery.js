@@ -127,6 +127,10 @@
     }
     focusTile(best || cur);
   }
+  document.addEventListener("focusin", function (ev) {
+    var t = ev.target.closest && ev.target.closest(".tile");
+    if (t && t !== cur) { if (cur) { cur.tabIndex = -1; } cur = t; t.tabIndex = 0; }
+  });
   document.addEventListener("keydown", function (ev) {
     var k = ev.key;
     if (ev.target.matches && ev.target.matches("input, select, textarea")) {
