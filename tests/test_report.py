@@ -131,6 +131,8 @@ class TestContent:
             if tag == "a" and not (attrs.get("href") or "").startswith("#"):
                 assert_local(out, attrs["href"] or "")
         assert "f%20odd%2Bid%20%401/image-1.jpeg" in text  # encoded per segment, '/' kept
+        images = [attrs for tag, attrs in tags(text) if tag == "img"]
+        assert images and all(i.get("loading") == "lazy" and i.get("decoding") == "async" for i in images)
         videos = [attrs for tag, attrs in tags(text) if tag == "video"]
         assert all(v.get("preload") == "metadata" and "controls" in v for v in videos)
 
@@ -234,7 +236,8 @@ class TestHostileAndLarge:
             assert leak not in text, leak
 
     def test_thousands_of_assets_build_quickly(self, tmp_path: Path) -> None:
-        """5,000 index records (files absent: shown as missing) render in well under a second or two."""
+        """5,000 index records (files absent: shown as missing) render in well under a second or two of CPU,
+        as lazily loaded tiles in one box per item (no full-width row per item)."""
         records = [
             {
                 "item": f"sku-{i // 4:05d}",
@@ -251,9 +254,9 @@ class TestHostileAndLarge:
             for i in range(5000)
         ]
         (tmp_path / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        started = time.perf_counter()
+        started = time.process_time()  # CPU time: other processes on a busy machine do not count
         text = build_report(tmp_path).read_text(encoding="utf-8")
-        assert time.perf_counter() - started < 3.0
+        assert time.process_time() - started < 3.0
         assert text.count('class="thumb missing"') == 5000
         assert text.count('<section class="item"') == 1250
 

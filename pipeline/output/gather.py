@@ -13,6 +13,7 @@ import re
 import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -303,8 +304,10 @@ def _request(unit: UnitRecord) -> dict[str, Any]:
 
 def scrub(name: str, value: Any) -> Any:
     """``value`` fit to show: secret-looking fields masked, URLs without query or userinfo."""
-    if _SECRETISH.search(name):
+    if _secretish(name):
         return "***"
+    if type(value) in (int, float, bool) or value is None:
+        return value
     if isinstance(value, dict):
         return {str(k): scrub(str(k), v) for k, v in value.items()}
     if isinstance(value, list):
@@ -312,6 +315,11 @@ def scrub(name: str, value: Any) -> Any:
     if isinstance(value, str) and "://" in value:
         return strip_query(value)
     return value
+
+
+@lru_cache(maxsize=4096)
+def _secretish(name: str) -> bool:
+    return _SECRETISH.search(name) is not None
 
 
 def step_rank(step: str) -> tuple[int, str]:
