@@ -18,14 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from pipeline.cli.flags import add_logging_flags
 from pipeline.errors import ConfigError
-from pipeline.state.lock import RunLock
-from pipeline.state.sqlite import StateStore, open_readonly
+
+if TYPE_CHECKING:  # imported when the command runs: every other command starts faster without them
+    from pipeline.state.sqlite import StateStore
 
 __all__ = ["register"]
 
@@ -73,6 +72,9 @@ def _where(args: argparse.Namespace) -> tuple[Path, Path, Any]:
 
 
 async def _cmd_review(args: argparse.Namespace) -> int:
+    from pipeline.state.lock import RunLock
+    from pipeline.state.sqlite import StateStore, open_readonly
+
     out, state, manifest = _where(args)
     if args.json:
         with open_readonly(state) as view:
@@ -161,6 +163,8 @@ def _read_export(path: Path) -> Iterator[dict[str, Any]]:
 
 
 async def _serve(args: argparse.Namespace, out: Path, store: StateStore, manifest: Any) -> int:
+    import anyio
+
     from pipeline.output.report import variant_groups
     from pipeline.output.review_server import ReviewServer
 

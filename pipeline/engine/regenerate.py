@@ -61,6 +61,7 @@ class Regeneration:
     targets: tuple[Target, ...]
     credits: float | None
     skipped: tuple[str, ...]  #: why some rejected work is left alone (in flight, no longer in the manifest)
+    rejected_shas: frozenset[str] = frozenset()
 
     @property
     def rejected(self) -> int:
@@ -152,7 +153,7 @@ def plan_regeneration(store: StateStore, units: Sequence[Unit], prices: Mapping[
         credits = (
             None if price is None or credits is None else credits + price * max(1, unit.expected_outputs)
         )
-    return Regeneration(tuple(targets), credits if targets else 0.0, tuple(skipped))
+    return Regeneration(tuple(targets), credits if targets else 0.0, tuple(skipped), frozenset(rejected_shas))
 
 
 async def apply_regeneration(
@@ -180,7 +181,9 @@ def _move_aside(plan: Regeneration, layout: OutputLayout, clock: Clock) -> list[
             moved: str | None = None
             if out.path:
                 moved = _move_one(layout, out.path, out.sha256 or "unknown", touched)
-            retired.append(RetiredRecord(rec.key, out.n, target.reason, moved, out.sha256, rec.job_id, at))
+            # a sibling output of a rejected one (same job) goes too, as superseded
+            phase = "rejected" if out.sha256 in plan.rejected_shas else "superseded"
+            retired.append(RetiredRecord(rec.key, out.n, phase, moved, out.sha256, rec.job_id, at))
     for directory in touched:
         fsync_dir(directory)
     return retired

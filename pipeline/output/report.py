@@ -121,7 +121,7 @@ def render_report(
             css=Markup(_static("gallery.css")),  # noqa: S704 - our own packaged file, not data
             script=Markup(script),  # noqa: S704 - our own packaged file, not data
             generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
-            chips=_chips(gathered.facts, view.n_problems),
+            chips=_chips(gathered.facts, view.n_problems, {d["sha"] for d in view.data if d.get("sha")}),
             state_note=gathered.facts.state_note,
             data={
                 "mode": mode,
@@ -223,7 +223,7 @@ class _View:
             {
                 "item": a.item, "step": a.step, "n": a.n, "kind": kind, "href": href if a.exists else "",
                 "path": a.path, "sha": a.sha256, "prompt": prompt, "request": request,
-                "sidecar": {k: scrub(k, v) for k, v in a.record.items() if k not in _NOT_IN_SIDECAR} or None,
+                "sidecar": _sidecar(a.record),
                 "facts": [[k, str(v)] for k, v in facts if v not in (None, "")],
             }
         )  # fmt: skip
@@ -273,7 +273,7 @@ class _View:
         }
 
 
-def _chips(facts: Facts, n_problems: int) -> list[dict[str, Any]]:
+def _chips(facts: Facts, n_problems: int, shown: set[str]) -> list[dict[str, Any]]:
     chips: list[dict[str, Any]] = []
     if facts.counts is not None:
         for phase in Phase:
@@ -281,8 +281,8 @@ def _chips(facts: Facts, n_problems: int) -> list[dict[str, Any]]:
             bad = count and phase in (Phase.FAILED, Phase.UNKNOWN)
             chips.append({"cls": "chip bad" if bad else ("chip zero" if not count else "chip"),
                           "label": str(phase), "value": count})  # fmt: skip
-    if facts.decisions:
-        verdicts = [d.verdict for d in facts.decisions.values()]
+    if facts.decisions:  # of the files shown: a regenerated file's predecessor no longer counts
+        verdicts = [facts.decisions[s].verdict for s in shown if s in facts.decisions]
         chips.append({"cls": "chip", "label": "approved", "value": verdicts.count("approve")})
         chips.append({"cls": "chip", "label": "rejected", "value": verdicts.count("reject")})
     run = facts.run
@@ -306,6 +306,12 @@ def _chips(facts: Facts, n_problems: int) -> list[dict[str, Any]]:
     if n_problems:
         chips.append({"cls": "chip bad", "label": "problems", "value": n_problems})
     return chips
+
+
+def _sidecar(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The sidecar to show: no request (shown apart), no remote URL; ``key`` (a hash) is no secret."""
+    shown = {k: v if k == "key" else scrub(k, v) for k, v in record.items() if k not in _NOT_IN_SIDECAR}
+    return shown or None
 
 
 def _seed(request: Mapping[str, Any]) -> object:
