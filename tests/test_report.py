@@ -97,6 +97,14 @@ def media_sources(text: str) -> list[tuple[str, str]]:
     ]
 
 
+def page_data(text: str) -> dict[str, Any]:
+    """The JSON block the gallery's script reads (every tile's lightbox details, the decisions)."""
+    found = re.search(r'<script type="application/json" id="gallery-data">(.*?)</script>', text, re.S)
+    assert found is not None
+    data: dict[str, Any] = json.loads(found.group(1))
+    return data
+
+
 def assert_local(out: Path, link: str) -> Path:
     """``link`` is a relative, query-free URL naming a regular file inside ``out``."""
     parts = urlsplit(link)
@@ -123,17 +131,27 @@ class TestContent:
             if tag == "a" and not (attrs.get("href") or "").startswith("#"):
                 assert_local(out, attrs["href"] or "")
         assert "f%20odd%2Bid%20%401/image-1.jpeg" in text  # encoded per segment, '/' kept
+        images = [attrs for tag, attrs in tags(text) if tag == "img"]
+        assert images and all(i.get("loading") == "lazy" and i.get("decoding") == "async" for i in images)
         videos = [attrs for tag, attrs in tags(text) if tag == "video"]
         assert all(v.get("preload") == "metadata" and "controls" in v for v in videos)
 
-    def test_captions_carry_step_model_prompt_options_job_size_and_hash(self, out: Path) -> None:
+    def test_lightbox_data_carries_step_model_prompt_request_job_size_and_hash(self, out: Path) -> None:
+        """Each tile's lightbox entry has the full request, the sidecar (no remote URL) and the facts."""
         text = (out / "report.html").read_text(encoding="utf-8")
         record = next(r for r in read_index(out / "index.jsonl") if r["item"] == "b-upscaled")
-        assert record["jobId"] in text and record["sha256"][:12] in text
-        assert "a glass bottle" in text and "gpt-image-2" in text
-        opts = '{"numImages":1,"options":{"openai":{"outputFormat":"jpeg"}}}'.replace('"', "&quot;")
-        assert f"<code>{opts}</code>" in text  # compact JSON, escaped
-        assert re.search(r"\d+ B<|\d+\.\d kB<", text)
+        entry = next(a for a in page_data(text)["assets"] if a["path"] == record["path"])
+        assert entry["request"] == {
+            "modelID": "gpt-image-2",
+            "numImages": 1,
+            "options": {"openai": {"outputFormat": "jpeg"}},
+            "prompt": "a glass bottle",
+        }
+        facts = dict(entry["facts"])
+        assert facts["job"] == record["jobId"] and facts["sha256"] == record["sha256"]
+        assert facts["model"] == "gpt-image-2" and re.fullmatch(r"\d+ B|\d+\.\d kB", facts["size"])
+        assert entry["sidecar"]["assetId"] == record["assetId"] and "url" not in entry["sidecar"]
+        assert f'data-sha="{record["sha256"]}"' in text and "a glass bottle" in text
         assert text.index('id="i1"') < text.index('id="i2"')  # items in id order
         sections = re.findall(r'<section class="item" id="i\d+"><h2>([^<]+) ', text)
         assert sections == sorted(sections) and "a-pair" in sections[0]
@@ -158,8 +176,10 @@ class TestContent:
         """A prompt with <script> stays text; no remote URL, query string or key is written."""
         text = (out / "report.html").read_text(encoding="utf-8")
         assert "<script>alert" not in text
-        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot; &#x27;single&#x27;" in text
-        assert text.count("<script") == 1  # the page's own check script, nothing else
+        assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &#34;quoted&#34; &#39;single&#39;" in text
+        assert text.count("<script") == 2  # the page's own script and its JSON data, nothing else
+        assert text.count("<script>") == 1 and text.count('<script type="application/json"') == 1
+        assert any(a.get("prompt") == XSS for a in page_data(text)["assets"])  # intact once parsed
         assert "://" not in text and TEST_KEY not in text
         assert "127.0.0.1" not in text
         assert "Content-Security-Policy" in text
@@ -209,12 +229,15 @@ class TestHostileAndLarge:
         (tmp_path / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         text = build_report(tmp_path).read_text(encoding="utf-8")
         assert [src for _, src in media_sources(text)] == ["ok/image-1.png"]
-        assert "https://cdn.example/ref.png&quot;" in text
+        request_shown = page_data(text)["assets"][0]["request"]
+        assert request_shown["referenceImageURLs"] == ["https://cdn.example/ref.png"]
+        assert request_shown["apiKey"] == "***"
         for leak in ("deadbeef", "sig=1", "sk-should-not-show", "x.example", "passwd", "escape", "state.db"):
             assert leak not in text, leak
 
     def test_thousands_of_assets_build_quickly(self, tmp_path: Path) -> None:
-        """5,000 index records (files absent: shown as missing) render in well under a second or two."""
+        """5,000 index records (files absent: shown as missing) render in well under a second or two of CPU,
+        as lazily loaded tiles in one box per item (no full-width row per item)."""
         records = [
             {
                 "item": f"sku-{i // 4:05d}",
@@ -231,9 +254,9 @@ class TestHostileAndLarge:
             for i in range(5000)
         ]
         (tmp_path / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        started = time.perf_counter()
+        started = time.process_time()  # CPU time: other processes on a busy machine do not count
         text = build_report(tmp_path).read_text(encoding="utf-8")
-        assert time.perf_counter() - started < 3.0
+        assert time.process_time() - started < 3.0
         assert text.count('class="thumb missing"') == 5000
         assert text.count('<section class="item"') == 1250
 
@@ -246,6 +269,8 @@ class TestHostileAndLarge:
 def _chromium() -> Iterator[str]:
     found = shutil.which("chromium")
     if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is missing in CI: .ci/run must install it (apt-get install chromium)")
         pytest.skip("chromium not installed: apt-get install chromium")
     yield found
 

@@ -29,6 +29,7 @@ import structlog
 
 from pipeline import logs
 from pipeline.cli import api_commands as apicli
+from pipeline.cli import review as review_cli
 from pipeline.cli.flags import add_logging_flags
 from pipeline.errors import ConfigError, PipelineError
 
@@ -122,6 +123,11 @@ def _build_parser() -> argparse.ArgumentParser:
         default="failure",
         help="failure (default): only when the exit code is not 0 (failures, stops); always: every run",
     )
+    run.add_argument(
+        "--regenerate-rejected",
+        action="store_true",
+        help="pay again for units with a rejected output (see `review`) and their chain children",
+    )
     add_logging_flags(run)
 
     status = sub.add_parser("status", help="what the state file holds (read-only; safe during a run)")
@@ -148,6 +154,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_logging_flags(plan)
 
     _COMMANDS.update(apicli.register(sub))
+    _COMMANDS.update(review_cli.register(sub))
     return parser
 
 
@@ -267,6 +274,8 @@ async def _execute_run(args: argparse.Namespace) -> RunSummary:
         options=options,
         retry_failed=args.retry_failed,
         resubmit_unknown=args.resubmit_unknown,
+        regenerate_rejected=args.regenerate_rejected,
+        announce=None if args.quiet else lambda text: print(text, file=sys.stderr, flush=True),
         poll_profile=args.poll_profile,
         progress=_progress_display(args),
     )
@@ -390,12 +399,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
             }
             for r in view.units()
         ]
+        review = view.review_counts()
     finally:
         view.close()
     if args.json:
-        print(json.dumps({"counts": counts, "units": units}, indent=1))
+        print(json.dumps({"counts": counts, "review": review, "units": units}, indent=1))
     else:
         print(_render_status(path, units, _run_command(args)))
+        if any(review.values()):
+            print("review: " + ", ".join(f"{n} {what}" for what, n in review.items()))
     return 0
 
 
@@ -453,17 +465,19 @@ def _render_status(path: Path, units: list[dict[str, Any]], run: str) -> str:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pipeline.engine.wiring import default_out
     from pipeline.manifest.load import load_manifest
-    from pipeline.output.report import build_report
+    from pipeline.output.report import build_report, variant_groups
 
+    manifest = load_manifest(args.manifest) if args.manifest else None
     if args.out:
         out = Path(args.out)
-    elif args.manifest:
-        out = default_out(load_manifest(args.manifest))
+    elif manifest is not None:
+        out = default_out(manifest)
     else:
         raise ConfigError("say which run: give MANIFEST or --out DIR")
     if not out.is_dir():
         raise ConfigError(f"{out}: no such output folder (nothing has run there yet)")
-    path = build_report(out, state_path=args.state)
+    groups = variant_groups(manifest.items) if manifest is not None else None
+    path = build_report(out, state_path=args.state, groups=groups)
     print(f"wrote {path}  (open it in a browser; links are relative, the folder can be moved or served)")
     return 0
 

@@ -39,6 +39,8 @@ class RunOptions:
     #: How far around an uncertain submission the job list is searched for its job (clock skew).
     reconcile_slack_s: float = 60.0
     seed: int | None = None
+    #: Unit key -> the seed a regeneration drew for it (recorded in the state; see engine/regenerate.py).
+    seeds: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,7 @@ from pipeline.crashpoints import crash_point
 from pipeline.engine.budget import Budget
 from pipeline.engine.context import RunContext, declared_model
 from pipeline.engine.limits import RateLimiter
+from pipeline.engine.regenerate import with_seed
 from pipeline.engine.retry import outcome_is_known
 from pipeline.errors import (
     ApiError,
@@ -207,7 +208,7 @@ class Submit:
         """The request to send: the manifest's, with uploads and trained models filled in, plus
         what the upstream unit produced."""
         ctx, unit = self.ctx, self.ctx.units[key]
-        body: dict[str, Any] = thaw(unit.request)
+        body: dict[str, Any] = with_seed(thaw(unit.request), unit.step, ctx.options.seeds.get(unit.key))
         local_files = getattr(unit, "local_files", ())
         if local_files or declared_model(unit):
             if ctx.provisioner is None:

@@ -24,6 +24,7 @@ import structlog
 from pipeline.api.client import ApiClient
 from pipeline.api.config import ApiConfig, ApiKey
 from pipeline.clock import Clock, SystemClock
+from pipeline.engine import regenerate
 from pipeline.engine.poller import PollPolicy
 from pipeline.engine.provision import Provisioner
 from pipeline.engine.retry import retrying
@@ -33,7 +34,7 @@ from pipeline.errors import ApiError, AuthError, ConfigError, InterruptedRunErro
 from pipeline.manifest.load import Manifest, load_manifest
 from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
-from pipeline.output.report import build_report
+from pipeline.output.report import build_report, variant_groups
 from pipeline.state.lock import RunLock
 from pipeline.state.sqlite import Phase, StateStore
 
@@ -65,6 +66,10 @@ class RunRequest:
     options: RunOptions = field(default_factory=RunOptions)
     retry_failed: bool = False
     resubmit_unknown: bool = False
+    #: Pay again for units with a rejected output (and their chain children), with new seeds.
+    regenerate_rejected: bool = False
+    #: Told what a regeneration will cost before anything is paid (the CLI prints it).
+    announce: Callable[[str], None] | None = None
     #: ``auto``: sub-second polling against a loopback API (a local simulator), the
     #: reference's patient polling anywhere else.
     poll_profile: str = "auto"
@@ -145,11 +150,27 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
                     await store.reset(Phase.FAILED)
                 if request.resubmit_unknown:
                     await store.reset(Phase.UNKNOWN)
+                if request.regenerate_rejected:
+                    await _regenerate(request, manifest, store, layout, options, clock)
+                seeds = {k: int(v["seed"]) for k, v in store.resources("seed").items() if "seed" in v}
+                options = replace(options, seeds=seeds)
                 return await _run(
                     manifest, config, store, layout, options, clock, fast=fast, progress=request.progress
                 )
     finally:
         lock.release()
+
+
+async def _regenerate(
+    request: RunRequest, manifest: Manifest, store: StateStore, layout: OutputLayout, options: RunOptions,
+    clock: Clock,
+) -> None:  # fmt: skip
+    """Say what ``--regenerate-rejected`` will pay for, then set those units up for the run."""
+    plan = regenerate.plan_regeneration(store, manifest.units, options.prices)
+    for why in plan.skipped:
+        _log.warning("regeneration_skipped", reason=why)
+    (request.announce or (lambda text: _log.info("regeneration_planned", text=text)))(plan.describe())
+    await regenerate.apply_regeneration(plan, store, layout, clock)
 
 
 def _with_poll(options: RunOptions, poll: PollPolicy) -> RunOptions:
@@ -214,18 +235,30 @@ async def _run(
                 tg.cancel_scope.cancel()
     if interrupted or summary is None:
         raise InterruptedRunError("interrupted: the state is saved; run the same command again to resume")
-    await anyio.to_thread.run_sync(_write_run_record, layout, summary, clock)
-    if not (summary.submitted or summary.downloaded_bytes or summary.failures):
-        # A no-op resume changes nothing the gallery shows (`photogpt-pipeline report` rebuilds it).
-        return summary
-    try:
-        await anyio.to_thread.run_sync(lambda: build_report(layout.root, state_path=store.path))
-    except OSError as exc:  # the gallery is a convenience: never fail a finished run over it
-        _log.warning("report_failed", error=str(exc))
+    await _after_run(manifest, store, layout, summary, clock)
     return summary
 
 
-def _write_run_record(layout: OutputLayout, summary: RunSummary, clock: Clock) -> None:
+async def _after_run(
+    manifest: Manifest, store: StateStore, layout: OutputLayout, summary: RunSummary, clock: Clock
+) -> None:
+    """The run record always; the gallery when the run changed anything it shows."""
+    review = store.review_counts()
+    await anyio.to_thread.run_sync(_write_run_record, layout, summary, clock, review)
+    if not (summary.submitted or summary.downloaded_bytes or summary.failures):
+        return  # a no-op resume changes nothing the gallery shows (`report` rebuilds it)
+    try:
+        groups = variant_groups(manifest.items)
+        await anyio.to_thread.run_sync(
+            lambda: build_report(layout.root, state_path=store.path, groups=groups)
+        )
+    except OSError as exc:  # the gallery is a convenience: never fail a finished run over it
+        _log.warning("report_failed", error=str(exc))
+
+
+def _write_run_record(
+    layout: OutputLayout, summary: RunSummary, clock: Clock, review: dict[str, int] | None = None
+) -> None:
     """``runs/<timestamp>.json``: the run's facts for scripts, written atomically."""
     from pipeline.output.sidecar import write_sidecar
 
@@ -245,6 +278,7 @@ def _write_run_record(layout: OutputLayout, summary: RunSummary, clock: Clock) -
         "learnedRateLimit": None if summary.rate_limit_rps is None else round(summary.rate_limit_rps, 2),
         "learnedActiveCap": summary.active_cap,
         "exitCode": summary.exit_code,
+        "review": review or {},
         "failures": [
             {
                 "item": f.item_id,

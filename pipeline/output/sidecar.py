@@ -26,6 +26,7 @@ from pipeline.output.layout import fsync_dir
 
 __all__ = [
     "append_index",
+    "atomic_write",
     "file_sha256",
     "read_index",
     "read_sidecar",
@@ -53,7 +54,7 @@ def write_sidecar(path: Path, data: Mapping[str, Any], *, sync_dir: bool = True)
     on the new name (e.g. after renaming the asset into the same directory: one fsync for both).
     """
     text = json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    _atomic_write(path, text.encode(), sync_dir=sync_dir)
+    atomic_write(path, text.encode(), sync_dir=sync_dir)
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -136,7 +137,7 @@ def verify_asset(asset_path: Path, sidecar: Mapping[str, Any]) -> bool:
     return file_sha256(asset_path) == digest
 
 
-def _atomic_write(path: Path, payload: bytes, *, sync_dir: bool = True) -> None:
+def atomic_write(path: Path, payload: bytes, *, sync_dir: bool = True) -> None:
     """Write ``payload`` to a fresh temp beside ``path``, fsync, rename over ``path``, fsync the directory."""
     directory = path.parent
     stem = f".{path.name[:200]}."

@@ -46,9 +46,11 @@ from pipeline.errors import StateError
 from pipeline.state.lifecycle import Event, Phase, allowed_from
 
 __all__ = [
+    "DecisionRecord",
     "EventRecord",
     "OutputRecord",
     "Phase",
+    "RetiredRecord",
     "StateStore",
     "StateView",
     "UnitLike",
@@ -58,7 +60,7 @@ __all__ = [
 
 #: Bump with a migration in ``_MIGRATIONS`` whenever the schema changes. (Not in ``__all__``: ruff's
 #: isort-style order and the plain ``sorted`` of tests/test_exports.py disagree about constants.)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _BUSY_TIMEOUT_S = 5.0
 _DETAIL_MAX = 300  # event details are a hint, not a log: the history must stay small
 _QUIET = frozenset({"succeeded", "done"})  # no event: the row keeps all they say, and nothing overwrites it
@@ -147,6 +149,36 @@ class UnitRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """A reviewer's verdict on one asset, keyed by its sha256 (so a regenerated file starts fresh)."""
+
+    sha256: str
+    verdict: str  #: ``approve`` or ``reject`` (``undo`` rows are history, never returned as current)
+    note: str | None
+    path: str | None  #: where the file was when judged (a hint for people; the key is the hash)
+    item_id: str | None
+    at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredRecord:
+    """An output set aside by ``--regenerate-rejected``: ``phase`` is ``rejected`` (judged so) or
+    ``superseded`` (a chain child, or a sibling output, of a rejected one)."""
+
+    unit_key: str
+    n: int
+    phase: str
+    path: str | None  #: where it now lives (under ``.rejected/``), or ``None`` if it was not on disk
+    sha256: str | None
+    job_id: str | None
+    at: str
+
+
+#: Verdicts a decision row may hold; ``undo`` clears the current verdict and keeps the history.
+VERDICTS = frozenset({"approve", "reject", "undo"})
+
+
+@dataclass(frozen=True, slots=True)
 class EventRecord:
     """One phase change in a unit's history."""
 
@@ -156,6 +188,19 @@ class EventRecord:
     detail: str
 
 
+#: Schema 2: review decisions (append-only; the newest row per sha256 is the verdict) and the
+#: outputs ``--regenerate-rejected`` set aside.
+_V2 = (
+    """CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY, sha256 TEXT NOT NULL,
+        verdict TEXT NOT NULL CHECK (verdict IN ('approve', 'reject', 'undo')),
+        note TEXT, path TEXT, item_id TEXT, at TEXT NOT NULL)""",
+    "CREATE INDEX decisions_sha ON decisions (sha256, id)",
+    """CREATE TABLE retired (
+        id INTEGER PRIMARY KEY, unit_key TEXT NOT NULL, n INTEGER NOT NULL,
+        phase TEXT NOT NULL CHECK (phase IN ('rejected', 'superseded')),
+        path TEXT, sha256 TEXT, job_id TEXT, at TEXT NOT NULL)""",
+)
 _SCHEMA = (
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     f"""CREATE TABLE units (
@@ -179,9 +224,10 @@ _SCHEMA = (
     """CREATE TABLE resources (
         kind TEXT NOT NULL, key TEXT NOT NULL, value_json TEXT NOT NULL, updated_at TEXT NOT NULL,
         PRIMARY KEY (kind, key)) WITHOUT ROWID""",
+    *_V2,
 )
-#: ``version -> statements`` taking a file from ``version`` to ``version + 1``. Only v1 exists.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {}
+#: ``version -> statements`` taking a file from ``version`` to ``version + 1``.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {1: _V2}
 
 _UNIT_COLS = (
     "key, item_id, step, idx, upstream, request_json, expected_outputs, phase, job_id, attempts,"
@@ -406,6 +452,48 @@ class _Reads:
                 "SELECT unit_key, at, phase, detail FROM events WHERE unit_key = ? ORDER BY id", (key,)
             )
             return [EventRecord(k, at, _PHASE[p], d) for k, at, p, d in rows]
+
+    # ---- review (schema 2) ---------------------------------------------------------------
+
+    def decisions(self) -> dict[str, DecisionRecord]:
+        """The current verdict per sha256: the newest by time wins (an import may bring older ones;
+        equal times: the later row); an ``undo`` leaves none."""
+        sql = (
+            "SELECT sha256, verdict, note, path, item_id, at FROM decisions d WHERE id = (SELECT id FROM"
+            " decisions WHERE sha256 = d.sha256 ORDER BY at DESC, id DESC LIMIT 1) AND verdict <> 'undo'"
+        )
+        with _mapped(self._path, "reading decisions"):
+            return {row[0]: DecisionRecord(*row) for row in self._reader.execute(sql)}
+
+    def retired(self) -> list[RetiredRecord]:
+        """Every output set aside by a regeneration, oldest first."""
+        sql = "SELECT unit_key, n, phase, path, sha256, job_id, at FROM retired ORDER BY id"
+        with _mapped(self._path, "reading retired outputs"):
+            return [RetiredRecord(*row) for row in self._reader.execute(sql)]
+
+    def resources(self, kind: str) -> dict[str, dict[str, Any]]:
+        """Every resource of ``kind`` by key (e.g. the seeds regenerations drew, by unit key)."""
+        with _mapped(self._path, "reading resources"):
+            rows = self._reader.execute("SELECT key, value_json FROM resources WHERE kind = ?", (kind,))
+            return {key: dict(json.loads(value)) for key, value in rows}
+
+    def review_counts(self) -> dict[str, int]:
+        """Units with a current output judged ``rejected`` / ``approved`` (all judged outputs approved),
+        and units ``regenerated`` so far (their older outputs are in ``retired``)."""
+        verdicts = {sha: d.verdict for sha, d in self.decisions().items()}
+        per_unit: dict[str, set[str]] = {}
+        with _mapped(self._path, "counting review verdicts"):
+            for key, sha in self._reader.execute(
+                "SELECT unit_key, sha256 FROM outputs WHERE sha256 IS NOT NULL"
+            ):
+                if sha in verdicts:
+                    per_unit.setdefault(key, set()).add(verdicts[sha])
+            regenerated = self._reader.execute("SELECT count(DISTINCT unit_key) FROM retired").fetchone()[0]
+        return {
+            "approved": sum(1 for v in per_unit.values() if v == {"approve"}),
+            "rejected": sum(1 for v in per_unit.values() if "reject" in v),
+            "regenerated": int(regenerated),
+        }
 
 
 class StateView(_Reads):
@@ -839,6 +927,68 @@ class StateStore(_Reads):
                 conn.execute("DELETE FROM outputs WHERE unit_key = ?", (k,))
                 self._transition(conn, k, Phase.PENDING, now, f"reset from {phase}: {err or ''}", _FORGET)
             return len(chosen)
+
+        return await self._write(apply)
+
+    async def record_decision(
+        self,
+        sha256: str,
+        verdict: str,
+        *,
+        note: str | None = None,
+        path: str | None = None,
+        item_id: str | None = None,
+        at: datetime | None = None,
+    ) -> DecisionRecord:
+        """Append a verdict (``approve``, ``reject`` or ``undo``) for the asset with this sha256."""
+        if verdict not in VERDICTS:
+            raise StateError(f"a decision is approve, reject or undo, not {verdict!r}")
+        sha = sha256.strip().lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise StateError(f"a decision needs the asset's sha256 (64 hex digits), not {sha256!r}")
+        record = DecisionRecord(sha, verdict, note or None, path, item_id, _rfc3339(at or self._clock.now()))
+
+        def apply(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO decisions (sha256, verdict, note, path, item_id, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (record.sha256, record.verdict, record.note, record.path, record.item_id, record.at),
+            )
+
+        await self._write(apply)
+        return record
+
+    async def regenerate(
+        self, units: Mapping[str, str], retired: Sequence[RetiredRecord], seeds: Mapping[str, int]
+    ) -> int:
+        """Send units back to ``pending`` for a paid regeneration, in one transaction.
+
+        ``units`` maps a unit key to why (``rejected`` or ``superseded``); their outputs are
+        forgotten (``retired`` says where the old files went) and ``seeds`` records the seed each
+        new request carries (resource kind ``seed``). Only done, succeeded, failed or pending units
+        qualify: one with a job in flight is refused. Returns how many units changed phase."""
+        now = self._now()
+
+        def apply(conn: sqlite3.Connection) -> int:
+            changed = 0
+            for key, why in units.items():
+                phase = _expect(
+                    conn, key, "regenerate", {Phase.DONE, Phase.SUCCEEDED, Phase.FAILED, Phase.PENDING}
+                )
+                conn.execute("DELETE FROM outputs WHERE unit_key = ?", (key,))
+                if phase is not Phase.PENDING:
+                    self._transition(conn, key, Phase.PENDING, now, f"regenerate: {why}", _FORGET)
+                    changed += 1
+            conn.executemany(
+                "INSERT INTO retired (unit_key, n, phase, path, sha256, job_id, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(r.unit_key, r.n, r.phase, r.path, r.sha256, r.job_id, r.at) for r in retired],
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO resources (kind, key, value_json, updated_at)"
+                " VALUES ('seed', ?, ?, ?)",
+                [(key, json.dumps({"seed": int(seed)}), now) for key, seed in seeds.items()],
+            )
+            return changed
 
         return await self._write(apply)
 

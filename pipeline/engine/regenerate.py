@@ -1,0 +1,209 @@
+"""``run --regenerate-rejected``: pay again for rejected outputs only, once, with a fresh seed.
+
+A preparation step before the run, so the engine itself needs no new path: the units whose
+current output a reviewer rejected (decisions are keyed by the file's sha256), plus their chain
+children (an upscale or a video made from a rejected image), have their files moved to
+``.rejected/`` (kept, never overwritten) and go back to ``pending`` in one state transaction
+that also records the new seed each request carries. The ordinary run then submits them once.
+
+Order protects money: files move first, then the state changes. A crash in between leaves the
+units ``done`` with their files gone; a plain rerun fetches the same (rejected) file again for
+free, and the next ``--regenerate-rejected`` finds the verdict again. The other order could let
+the delivery adopt the old file (same unit key, sidecar still there) for a newly paid job.
+
+In state terms: an output set aside because it was rejected is recorded as ``rejected``; one set
+aside because its upstream (or a sibling output of the same job) was rejected as ``superseded``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import structlog
+
+from pipeline.catalog import find_model
+from pipeline.clock import Clock
+from pipeline.manifest.plan import price_of
+from pipeline.manifest.schema import is_trained_id
+from pipeline.manifest.spec import Unit
+from pipeline.output.layout import OutputLayout, fsync_dir, make_dirs_inside
+from pipeline.state.sqlite import Phase, RetiredRecord, StateStore, UnitRecord
+
+__all__ = ["REJECTED_DIR", "Regeneration", "apply_regeneration", "plan_regeneration", "with_seed"]
+
+_log = structlog.get_logger("pipeline.engine.regenerate")
+
+REJECTED_DIR = ".rejected"
+_REGENERABLE = frozenset({Phase.DONE, Phase.SUCCEEDED, Phase.FAILED, Phase.PENDING})
+_SEED_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One unit to pay for again: why, its recorded outputs, and the seed its request will carry."""
+
+    record: UnitRecord
+    reason: str  #: ``rejected`` or ``superseded``
+    seed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Regeneration:
+    """What ``--regenerate-rejected`` will do; ``credits`` is ``None`` when some unit has no price."""
+
+    targets: tuple[Target, ...]
+    credits: float | None
+    skipped: tuple[str, ...]  #: why some rejected work is left alone (in flight, no longer in the manifest)
+    rejected_shas: frozenset[str] = frozenset()
+
+    @property
+    def rejected(self) -> int:
+        return sum(1 for t in self.targets if t.reason == "rejected")
+
+    @property
+    def children(self) -> int:
+        return len(self.targets) - self.rejected
+
+    def describe(self) -> str:
+        """One line for the operator, shown before anything is paid."""
+        cost = "unpriced (add prices: to the manifest for an estimate)"
+        if self.credits is not None:
+            cost = f"about {self.credits:g} credits"
+        return (
+            f"regenerating {len(self.targets)} unit(s): {self.rejected} rejected + {self.children} "
+            f"chain child(ren); {cost}"
+        )
+
+
+def seed_path(step: str, request: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Where a request carries a seed: trained image models take ``seed``, Veo ``options.veo.seed``;
+    other public models take none (the same request is sent again)."""
+    model = request.get("modelID")
+    if not isinstance(model, str):
+        return None
+    if step == "image" and is_trained_id(model):
+        return ("seed",)
+    public = find_model(model)
+    if step == "video" and public is not None and public.family == "veo":
+        return ("options", "veo", "seed")
+    return None
+
+
+def with_seed(body: dict[str, Any], step: str, seed: int | None) -> dict[str, Any]:
+    """``body`` with ``seed`` set where its model takes one (in place; returned for chaining)."""
+    where = seed_path(step, body)
+    if seed is None or where is None:
+        return body
+    node = body
+    for name in where[:-1]:
+        child = node.get(name)
+        node[name] = child = dict(child) if isinstance(child, Mapping) else {}
+        node = child
+    node[where[-1]] = seed
+    return body
+
+
+def plan_regeneration(store: StateStore, units: Sequence[Unit], prices: Mapping[str, float]) -> Regeneration:
+    """The rejected units of the manifest and their chain children (reads only)."""
+    rejected_shas = {sha for sha, d in store.decisions().items() if d.verdict == "reject"}
+    by_key = {u.key: u for u in units}
+    children: dict[str, list[str]] = {}
+    for u in units:
+        if u.upstream:
+            children.setdefault(u.upstream, []).append(u.key)
+    records = {r.key: r for r in store.units()} if rejected_shas else {}
+    reasons: dict[str, str] = {}
+    skipped: list[str] = []
+    for rec in records.values():
+        if rec.phase not in (Phase.DONE, Phase.SUCCEEDED):
+            continue
+        if not any(o.sha256 in rejected_shas for o in rec.outputs):
+            continue
+        if rec.key not in by_key:
+            skipped.append(f"{rec.item_id} {rec.step}#{rec.index}: no longer in the manifest")
+            continue
+        reasons[rec.key] = "rejected"
+    stack = list(reasons)
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found = records.get(child)
+            if child in reasons or found is None:
+                continue  # never synced yet: it is pending and will use the new upstream anyway
+            if found.phase not in _REGENERABLE:
+                skipped.append(
+                    f"{found.item_id} {found.step}#{found.index}: a job is in flight ({found.phase})"
+                )
+                continue
+            reasons[child] = "superseded"
+            stack.append(child)
+    targets = []
+    credits: float | None = 0.0
+    for key in (u.key for u in units if u.key in reasons):
+        unit = by_key[key]
+        seed = 1 + secrets.randbelow(_SEED_MAX) if seed_path(unit.step, unit.request) else None
+        targets.append(Target(records[key], reasons[key], seed))
+        price = price_of(unit, prices) if prices else None
+        credits = (
+            None if price is None or credits is None else credits + price * max(1, unit.expected_outputs)
+        )
+    return Regeneration(tuple(targets), credits if targets else 0.0, tuple(skipped), frozenset(rejected_shas))
+
+
+async def apply_regeneration(
+    plan: Regeneration, store: StateStore, layout: OutputLayout, clock: Clock
+) -> int:
+    """Move the targets' files to ``.rejected/``, then reset them to pending with their seeds."""
+    if not plan.targets:
+        return 0
+    retired = await anyio.to_thread.run_sync(_move_aside, plan, layout, clock)
+    units = {t.record.key: t.reason for t in plan.targets}
+    seeds = {t.record.key: t.seed for t in plan.targets if t.seed is not None}
+    changed = await store.regenerate(units, retired, seeds)
+    _log.info("regeneration_prepared", units=len(units), rejected=plan.rejected, children=plan.children)
+    return changed
+
+
+def _move_aside(plan: Regeneration, layout: OutputLayout, clock: Clock) -> list[RetiredRecord]:
+    """Each recorded file (and its sidecar) under ``.rejected/<same folder>/<stem>.<sha12><ext>``."""
+    at = clock.now().isoformat().replace("+00:00", "Z")
+    retired: list[RetiredRecord] = []
+    touched: set[Path] = set()
+    for target in plan.targets:
+        rec = target.record
+        for out in rec.outputs:
+            moved: str | None = None
+            if out.path:
+                moved = _move_one(layout, out.path, out.sha256 or "unknown", touched)
+            # a sibling output of a rejected one (same job) goes too, as superseded
+            phase = "rejected" if out.sha256 in plan.rejected_shas else "superseded"
+            retired.append(RetiredRecord(rec.key, out.n, phase, moved, out.sha256, rec.job_id, at))
+    for directory in touched:
+        fsync_dir(directory)
+    return retired
+
+
+def _move_one(layout: OutputLayout, rel: str, sha: str, touched: set[Path]) -> str | None:
+    final = layout.check(layout.root / rel)
+    if not final.is_file():
+        return None  # already moved (a crash after the move) or deleted by hand
+    side = final.with_suffix(".json")
+    folder = make_dirs_inside(layout.root, layout.root / REJECTED_DIR / final.parent.relative_to(layout.root))
+    stem = f"{final.stem}.{sha[:12]}"
+    number = 1
+    while (folder / f"{stem}{final.suffix}").exists() or (folder / f"{stem}.json").exists():
+        number += 1
+        stem = f"{final.stem}.{sha[:12]}-{number}"
+    dest = folder / f"{stem}{final.suffix}"
+    os.replace(final, dest)
+    if side.is_file() and not side.is_symlink():
+        os.replace(side, folder / f"{stem}.json")
+    touched.update((folder, final.parent))
+    _log.info("rejected_output_moved", path=rel, to=dest.relative_to(layout.root).as_posix())
+    return dest.relative_to(layout.root).as_posix()
