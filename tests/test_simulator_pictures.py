@@ -17,6 +17,7 @@ from PIL import Image
 
 from pipeline.clock import FakeClock
 from pipeline.simulator import Sandbox, SimConfig
+from pipeline.simulator.pictures import aspect_of
 from tests.test_simulator import KEY, OTHER, SEED, Raw
 
 _PIL_FORMAT = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -101,3 +102,9 @@ async def test_padding_keeps_pictures_decodable(raw: Raw) -> None:
     for fmt in ("jpeg", "png", "webp"):
         image, data, _ = await _picture(raw, aspectRatio="4:5", options={"openai": {"outputFormat": fmt}})
         assert len(data) >= 200_000 and image.format == _PIL_FORMAT[fmt] and image.height > image.width
+
+
+def test_shape_also_comes_from_a_trained_models_pixels_and_bad_ratios_are_square() -> None:
+    assert aspect_of("9:16") == "9:16" and aspect_of(" 16 x 9 ") == "16:9"
+    assert aspect_of(None, 1024, 1536) == "1024:1536" and aspect_of("1:1", 1536, 1024) == "1536:1024"
+    assert aspect_of("banana") == aspect_of("0:5") == aspect_of(None) == "1:1"
