@@ -87,6 +87,8 @@ async def test_review_server_needs_the_token_and_json(tmp_path: Path, clock: Fak
         for path in ("/", "/wrong/", "/tok-12/item/image-1.png", "/tok-1234/"):
             async with http.get(base + path) as r:
                 assert r.status == 403, path
+        async with http.get(server.url.rstrip("/"), allow_redirects=False) as r:
+            assert r.status == 302 and r.headers["Location"] == "/tok-123/"
         async with http.get(server.url) as r:
             assert r.status == 200 and 'data-mode="review"' in await r.text()
             assert "connect-src &#39;self&#39;" in await r.text()
