@@ -207,6 +207,10 @@ def _review_in_browser(chromium: str, url: str, tmp_path: Path) -> None:
                 str(_index_of(page, reject_mouse)): "reject",
             }
             assert dict(decided) == expected
+            page.locator(".tile").first.focus()
+            page.keyboard.press("ArrowDown")  # down: the nearest tile of the next row (waves, at 1280 px)
+            focused = page.evaluate("document.activeElement.dataset.i")
+            assert focused == str(_index_of(page, REJECT_MOUSE))
             page.select_option("#f-decision", "reject")  # the filter shows just the two rejects
             assert page.locator(".tile:not([hidden])").count() == 2
             page.select_option("#f-decision", "")
