@@ -207,6 +207,10 @@ def _review_in_browser(chromium: str, url: str, tmp_path: Path) -> None:
                 str(_index_of(page, reject_mouse)): "reject",
             }
             assert dict(decided) == expected
+            page.locator(".tile").first.focus()
+            page.keyboard.press("ArrowDown")  # down: the nearest tile of the next row (waves, at 1280 px)
+            focused = page.evaluate("document.activeElement.dataset.i")
+            assert focused == str(_index_of(page, REJECT_MOUSE))
             page.select_option("#f-decision", "reject")  # the filter shows just the two rejects
             assert page.locator(".tile:not([hidden])").count() == 2
             page.select_option("#f-decision", "")
@@ -250,21 +254,30 @@ def test_shell_decisions_undo_import_and_a_regeneration(sim_url: str, tmp_path: 
     """Scripts decide from the shell; undo clears; an exported file imports; only the reject is paid again."""
     out = tmp_path / "demo"
     _run_demo(sim_url, out)
-    decided = _cli(
-        sim_url, "review", str(DEMO), "--out", str(out),
-        "--approve", "mug/image-1", "--reject", "perfume/image-1.jpeg", "sneaker/image-1",
-        "--note", "off brand",
-    )  # fmt: skip
-    assert decided.returncode == 0, decided.stderr
-    undo = _cli(sim_url, "review", str(DEMO), "--out", str(out), "--undo", "sneaker/image-1.jpeg")
-    assert undo.returncode == 0, undo.stderr
     sha = json.loads((out / "mug" / "image-1.json").read_text())["sha256"]
     export = tmp_path / "decisions.json"
     export.write_text(json.dumps({"format": "photogpt-decisions", "version": 1, "decisions": [
         {"sha256": sha, "verdict": "reject", "note": "too dark", "at": "2020-01-01T00:00:00.000Z"},
     ]}))  # fmt: skip
-    imported = _cli(sim_url, "review", str(DEMO), "--out", str(out), "--import", str(export))
-    assert imported.returncode == 0, imported.stderr
+    decided = _cli(
+        sim_url,
+        "review",
+        str(DEMO),
+        "--out",
+        str(out),
+        "--approve",
+        "mug/image-1",
+        "--reject",
+        "perfume/image-1.jpeg",
+        "sneaker/image-1",
+        "--note",
+        "off brand",
+        "--undo",
+        "sneaker/image-1.jpeg",
+        "--import",
+        str(export),
+    )  # fmt: skip  (approvals, rejections, undos, then the import: in that order)
+    assert decided.returncode == 0, decided.stderr
     listed = json.loads(_cli(sim_url, "review", str(DEMO), "--out", str(out), "--json").stdout)
     verdicts = {d["path"] or d["sha256"]: (d["verdict"], d["note"]) for d in listed["decisions"]}
     # the import is older than the shell's approval of the mug: the newest decision wins

@@ -283,8 +283,8 @@ def _chips(facts: Facts, n_problems: int, shown: set[str]) -> list[dict[str, Any
                           "label": str(phase), "value": count})  # fmt: skip
     if facts.decisions:  # of the files shown: a regenerated file's predecessor no longer counts
         verdicts = [facts.decisions[s].verdict for s in shown if s in facts.decisions]
-        chips.append({"cls": "chip", "label": "approved", "value": verdicts.count("approve")})
-        chips.append({"cls": "chip", "label": "rejected", "value": verdicts.count("reject")})
+        chips.append({"cls": "chip", "label": "approved files", "value": verdicts.count("approve")})
+        chips.append({"cls": "chip", "label": "rejected files", "value": verdicts.count("reject")})
     run = facts.run
     if run is not None:
         failures = run.get("failures")

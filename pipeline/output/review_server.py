@@ -61,6 +61,7 @@ class ReviewServer:
 
     async def __aenter__(self) -> ReviewServer:
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
+        app.router.add_get("/{token}", self._slash)
         app.router.add_get("/{token}/", self._page)
         app.router.add_get("/{token}/api/decisions", self._list)
         app.router.add_post("/{token}/api/decisions", self._decide)
@@ -86,12 +87,15 @@ class ReviewServer:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        first = request.path.split("/", 2)[1] if request.path.count("/") >= 2 else ""
+        first = request.path.split("/", 2)[1]
         if not hmac.compare_digest(first.encode(), self._token.encode()):
             return web.Response(status=403, text="forbidden: open the URL `review` printed (with its token)")
         response: web.StreamResponse = await handler(request)
         response.headers.update(_HEADERS)
         return response
+
+    async def _slash(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"/{self._token}/")  # relative links resolve under the token only with the slash
 
     async def _page(self, request: web.Request) -> web.Response:
         html = await anyio.to_thread.run_sync(
