@@ -129,6 +129,8 @@ _RULES: tuple[Transition, ...] = (
     Transition(_P.REJECTED, _E.UNDO, _P.DONE, "the reviewer took the rejection back"),
     Transition(_P.REJECTED, _E.REGENERATE, _P.SUPERSEDED, "--regenerate-rejected moved its files aside"),
     Transition(_P.DONE, _E.UPSTREAM_REGENERATED, _P.SUPERSEDED, "it was made from a rejected output"),
+    Transition(_P.SUCCEEDED, _E.UPSTREAM_REGENERATED, _P.SUPERSEDED, "it was made from a rejected output"),
+    Transition(_P.FAILED, _E.UPSTREAM_REGENERATED, _P.SUPERSEDED, "its upstream is made anew"),
     Transition(_P.SUPERSEDED, _E.REQUEUE, _P.PENDING, "a new generation, paid once (--regenerate-rejected)"),
 )
 

@@ -80,6 +80,8 @@ _CAN_REOPEN = allowed_from(Event.FILES_MISSING)
 _CAN_FAIL = allowed_from(Event.CHAIN_BROKEN, Event.INVALID, Event.JOB_FAILED, Event.OUTPUTS_GONE)
 _CAN_PARK = allowed_from(Event.AMBIGUOUS, Event.VANISHED)
 _CAN_UNSEND = allowed_from(Event.REFUSED, Event.NOTHING_CREATED)
+# A regeneration retires a rejected output (done) or what was made from one; pending ones stay.
+_CAN_REGENERATE = allowed_from(Event.REJECT, Event.REGENERATE, Event.UPSTREAM_REGENERATED) | {Phase.PENDING}
 
 
 class UnitLike(Protocol):
@@ -971,9 +973,7 @@ class StateStore(_Reads):
         def apply(conn: sqlite3.Connection) -> int:
             changed = 0
             for key, why in units.items():
-                phase = _expect(
-                    conn, key, "regenerate", {Phase.DONE, Phase.SUCCEEDED, Phase.FAILED, Phase.PENDING}
-                )
+                phase = _expect(conn, key, "regenerate", _CAN_REGENERATE)
                 conn.execute("DELETE FROM outputs WHERE unit_key = ?", (key,))
                 if phase is not Phase.PENDING:
                     self._transition(conn, key, Phase.PENDING, now, f"regenerate: {why}", _FORGET)
