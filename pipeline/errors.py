@@ -65,6 +65,7 @@ __all__ = [
     "TransientDownloadError",
     "TransportError",
     "UnsafeAssetError",
+    "unwrap_group",
 ]
 
 
@@ -236,3 +237,13 @@ class InterruptedRunError(PipelineError):
     """The run was stopped by SIGINT/SIGTERM after saving its state; a rerun resumes."""
 
     exit_code = 130
+
+
+def unwrap_group(caught: BaseException) -> PipelineError | None:
+    """The error that stopped a task group: a :class:`PipelineError` inside (nested) exception groups.
+
+    Task groups wrap what their tasks raise; the operator must still see "the API refused the key"
+    (exit 3), not an exception group (exit 1)."""
+    if isinstance(caught, BaseExceptionGroup):
+        return next((e for e in map(unwrap_group, caught.exceptions) if e is not None), None)
+    return caught if isinstance(caught, PipelineError) else None

@@ -31,7 +31,7 @@ from pipeline import logs
 from pipeline.cli import api_commands as apicli
 from pipeline.cli import review as review_cli
 from pipeline.cli.flags import add_logging_flags
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, unwrap_group
 
 if TYPE_CHECKING:
     from pipeline.engine.run import RunSummary
@@ -207,7 +207,7 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     try:
         summary = await _execute_run(args)
     except (PipelineError, BaseExceptionGroup) as caught:
-        exc = _pipeline_error(caught)
+        exc = unwrap_group(caught)
         if exc is None:
             raise
         await _notify(args, exc.exit_code, error=str(exc))
@@ -217,13 +217,6 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     code = _finish_run(args, summary)
     await _notify(args, code, summary)
     return code
-
-
-def _pipeline_error(caught: BaseException) -> PipelineError | None:
-    """The error that stopped a run, also when a task group wrapped it (a refused key: exit 3, not 1)."""
-    if isinstance(caught, BaseExceptionGroup):
-        return next((e for e in map(_pipeline_error, caught.exceptions) if e is not None), None)
-    return caught if isinstance(caught, PipelineError) else None
 
 
 async def _notify(

@@ -38,7 +38,7 @@ from pipeline.engine.resume import resume_units
 from pipeline.engine.submit import Submit
 from pipeline.engine.tally import Snapshot
 from pipeline.engine.watch import Watch
-from pipeline.errors import AuthError, ConfigError, PipelineError
+from pipeline.errors import AuthError, ConfigError, PipelineError, unwrap_group
 from pipeline.manifest.spec import thaw
 from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
@@ -115,10 +115,15 @@ class _Run:
             )
         if ctx.finished.is_set():
             return
-        async with anyio.create_task_group() as tg:
-            self._start_stages(tg)
-            await ctx.finished.wait()
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._start_stages(tg)
+                await ctx.finished.wait()
+                tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if (error := unwrap_group(group)) is None:
+                raise
+            raise error from None
 
     def _start_stages(self, tg: anyio.abc.TaskGroup) -> None:
         ctx, options = self.ctx, self.ctx.options
