@@ -60,6 +60,8 @@ from pipeline.manifest.plan import price_of
 from pipeline.manifest.spec import thaw
 from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
+from pipeline.output.local import LocalOutputStore
+from pipeline.output.store import OutputStore
 from pipeline.state.sqlite import Phase, StateStore, UnitRecord
 
 __all__ = ["RunOptions", "RunSummary", "run_pipeline"]
@@ -177,6 +179,7 @@ class _Run:
         options: RunOptions,
         clock: Clock,
         provisioner: Provisioner | None = None,
+        output: OutputStore | None = None,
     ) -> None:
         self.provisioner = provisioner
         self.waiting: dict[str, list[str]] = {}  # declared model name -> units waiting for it
@@ -222,6 +225,7 @@ class _Run:
             api=api,
             store=store,
             layout=layout,
+            output=output or LocalOutputStore(layout.root),
             downloader=downloader,
             limiter=self.download_limiter,
             connections=anyio.CapacityLimiter(max(1, options.download_workers)),
@@ -384,10 +388,7 @@ class _Run:
             self.dl_send.send_nowait((rec.key, n))
 
     def _output_present(self, rel: str, size: int | None) -> bool:
-        try:
-            return (self.layout.root / rel).stat().st_size == size
-        except OSError:
-            return False
+        return self.delivery.output.present(rel, size)
 
     # -- submission --------------------------------------------------------------------------------
 
@@ -1001,6 +1002,7 @@ async def run_pipeline(
     preflight: Callable[[], Awaitable[None]] | None = None,
     provisioner: Provisioner | None = None,
     monitor: Callable[[Callable[[], Snapshot]], None] | None = None,
+    output: OutputStore | None = None,
 ) -> RunSummary:
     """Run every unit to the end (or until stopped) and say what happened."""
     started = clock.monotonic()
@@ -1015,6 +1017,7 @@ async def run_pipeline(
         options=options,
         clock=clock,
         provisioner=provisioner,
+        output=output,
     )
     if monitor is not None:
         monitor(run.snapshot)

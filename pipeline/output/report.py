@@ -97,11 +97,19 @@ class _Facts:
 # -- public ------------------------------------------------------------------------------------------
 
 
-def build_report(out: Path, *, state_path: Path | None = None, title: str | None = None) -> Path:
+def build_report(
+    out: Path,
+    *,
+    state_path: Path | None = None,
+    title: str | None = None,
+    exists: Callable[[str], bool] | None = None,
+) -> Path:
     """Write ``<out>/report.html`` (atomically) from the folder's index, state and run records.
 
     ``state_path`` defaults to ``<out>/.state/state.db``; without a state file the page shows the
     assets of the index alone. Returns the report's path. Blocking: run it in a worker thread.
+    ``exists`` says whether an asset path is published (default: a regular file under ``out``;
+    a bucket's report is built from a local mirror of its sidecars and listing).
     """
     out = Path(out)
     if not out.is_dir():
@@ -111,7 +119,7 @@ def build_report(out: Path, *, state_path: Path | None = None, title: str | None
     assets = _load_assets(out)
     units = _load_state(state_path, facts)
     _load_latest_run(out / "runs", facts)
-    items = _assemble(out, assets, units, facts)
+    items = _assemble(exists or (lambda rel: _is_file(out / rel)), assets, units, facts)
     heading = title or f"{out.resolve().name} · PhotoGPT outputs"
     target = out / _REPORT_NAME
     _atomic_stream(target, lambda write: _render(write, heading, items, facts))
@@ -193,7 +201,7 @@ def _load_latest_run(runs: Path, facts: _Facts) -> None:
 
 
 def _assemble(
-    out: Path, assets: dict[str, _Asset], units: list[UnitRecord], facts: _Facts
+    exists: Callable[[str], bool], assets: dict[str, _Asset], units: list[UnitRecord], facts: _Facts
 ) -> dict[str, _Item]:
     """Items by id: their assets (index, completed from the state) and their problems (from the state)."""
     for unit in units:
@@ -219,7 +227,7 @@ def _assemble(
             )
     items: dict[str, _Item] = {}
     for asset in assets.values():
-        asset.exists = _is_file(out / asset.path)
+        asset.exists = exists(asset.path)
         items.setdefault(asset.item, _Item()).assets.append(asset)
     for unit in units:
         items.setdefault(unit.item_id, _Item())
