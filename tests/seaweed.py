@@ -126,10 +126,11 @@ def _s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         try:
             server.client().list_buckets()
             break
-        except Exception:
+        except Exception as exc:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"weed mini did not start: {(folder / 'weed.log').read_text()[-3000:]}")
+                text = (folder / "weed.log").read_text()[-3000:]
+                raise RuntimeError(f"weed mini did not start: {text}") from exc
             time.sleep(0.1)
     try:
         server.client().create_bucket(Bucket=server.bucket)
