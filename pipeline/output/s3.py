@@ -178,6 +178,8 @@ class S3OutputStore:
         old_key = str(data.get("key", "unknown"))
         if old_key == pub.owner and data.get("sha256") == pub.sha256:
             return  # this very asset: the create-only put answers "already"
+        if not data and (found := await self.stat(pub.key)) is not None and found.sha256 == pub.sha256:
+            return  # a kill between the asset and its sidecar: the same bytes, kept
         for key in (pub.key, sidecar_key(pub.key)):
             await self.move_aside(key, area=".stale", tag=old_key[:12])
         _log.warning("stale_output_moved", path=self._full(pub.key), old_key=old_key)
