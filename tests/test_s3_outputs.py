@@ -100,6 +100,8 @@ async def test_a_whole_run_lands_in_the_bucket_and_a_rerun_uploads_nothing(
     assert (home / "state.db").is_file()
     assert [p for p in (home / "parts").rglob("*") if p.is_file()] == []  # every part was published
 
+    assert await anyio.to_thread.run_sync(main, ["status", "--out", url]) == 0  # the local state
+
     requests = sim.stats()["requests"]
     again = await run_s3(sim, manifest, url)
     assert again.exit_code == 0 and again.submitted == 0 and again.downloaded_bytes == 0
