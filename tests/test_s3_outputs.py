@@ -161,14 +161,14 @@ async def test_the_server_refuses_bytes_whose_checksum_is_wrong(
     s3: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The x-amz-checksum-sha256 we send is checked by the server: a wrong one stores nothing."""
-    import pipeline.output.s3 as s3_module
+    import pipeline.output.s3wire as s3_module
 
     prefix = s3.new_prefix()
     store = S3OutputStore(s3.bucket, prefix, staging=tmp_path, part_size=5 << 20)
     await store.open()
-    wrong = s3_module._checksum(b"not these bytes")
-    monkeypatch.setattr(s3_module, "_b64", lambda _hex: wrong)
-    monkeypatch.setattr(s3_module, "_checksum", lambda _data: wrong)
+    wrong = s3_module.checksum(b"not these bytes")
+    monkeypatch.setattr(s3_module, "b64", lambda _hex: wrong)
+    monkeypatch.setattr(s3_module, "checksum", lambda _data: wrong)
     try:
         for size in (len(PNG), 6 << 20):  # a single PUT, and a multipart upload
             data = (PNG * (size // len(PNG) + 1))[:size]

@@ -25,12 +25,10 @@ name the bucket and the operation, never a credential.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
-import mimetypes
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,16 +37,13 @@ import anyio
 import anyio.to_thread
 import structlog
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from pipeline.crashpoints import crash_point
 from pipeline.errors import (
     IntegrityError,
     OutputConflictError,
-    OutputError,
-    OutputUnavailableError,
 )
+from pipeline.output import s3wire as wire
 from pipeline.output.store import Adopted, Publication, PutOutcome, StoredObject, aside_key, sidecar_key
 
 if TYPE_CHECKING:
@@ -59,19 +54,6 @@ __all__ = ["S3OutputStore"]
 _log = structlog.get_logger("pipeline.output.s3")
 _MiB = 1024 * 1024
 _HIDDEN_TOP = (".stale/", ".rejected/")
-_REFUSED = frozenset(
-    {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
-)
-_MISSING_BUCKET = frozenset({"404", "NoSuchBucket"})
-_BAD_DIGEST = frozenset({"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"})
-
-
-def _b64(hex_digest: str) -> str:
-    return base64.b64encode(bytes.fromhex(hex_digest)).decode()
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class S3OutputStore:
@@ -114,6 +96,10 @@ class S3OutputStore:
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _mapped(self, operation: str, key: str = "", *, unavailable: bool = False) -> Any:
+        where = f"s3://{self.bucket}/{self._full(key)}" if key else f"bucket {self.bucket!r}"
+        return wire.mapped(where, operation, unavailable=unavailable)
+
     def _short(self, full: str) -> str:
         return full[len(self.prefix) + 1 :] if self.prefix else full
 
@@ -124,12 +110,12 @@ class S3OutputStore:
         abort multipart uploads a killed run left, list what is published."""
         self._stack = AsyncExitStack()
         config = AioConfig(retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=32)
-        session = _session()
-        with _mapped(self, "connect", unavailable=True):
+        session = wire.session()
+        with self._mapped("connect", unavailable=True):
             self._client = await self._stack.enter_async_context(
                 session.create_client("s3", config=config, **self._client_options)
             )
-        with _mapped(self, "HeadBucket", unavailable=True):
+        with self._mapped("HeadBucket", unavailable=True):
             await self.client.head_bucket(Bucket=self.bucket)
         await anyio.to_thread.run_sync(lambda: self._staging.mkdir(parents=True, exist_ok=True))
         await self.abort_stale_uploads()
@@ -143,7 +129,7 @@ class S3OutputStore:
     async def abort_stale_uploads(self) -> int:
         """Abort every multipart upload under the prefix (a run killed mid-upload left them)."""
         aborted = 0
-        with _mapped(self, "ListMultipartUploads"):
+        with self._mapped("ListMultipartUploads"):
             pages = self.client.get_paginator("list_multipart_uploads")
             async for page in pages.paginate(Bucket=self.bucket, Prefix=self._full("")):
                 for upload in page.get("Uploads", []):
@@ -174,7 +160,7 @@ class S3OutputStore:
 
     async def _set_aside_stale(self, pub: Publication) -> None:
         side = await self.read_bytes(sidecar_key(pub.key))
-        data = _json_object(side)
+        data = wire.json_object(side)
         old_key = str(data.get("key", "unknown"))
         if old_key == pub.owner and data.get("sha256") == pub.sha256:
             return  # this very asset: the create-only put answers "already"
@@ -187,7 +173,7 @@ class S3OutputStore:
     async def adopt(self, candidates: Sequence[str], sidecar: str, *, owner: str, n: int) -> Adopted | None:
         if sidecar not in self._listing:
             return None  # the usual case, known from the listing: no request
-        data = _json_object(await self.read_bytes(sidecar))
+        data = wire.json_object(await self.read_bytes(sidecar))
         if data.get("key") != owner or data.get("n", n) != n:
             return None
         try:
@@ -205,14 +191,14 @@ class S3OutputStore:
         """Stream the local file to ``key`` (create-only), then remove it: it is published."""
         fd = await anyio.to_thread.run_sync(lambda: os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW))
         try:
-            outcome = await self._upload(key, _file_blocks(fd, self.part_size), sha256)
+            outcome = await self._upload(key, wire.file_blocks(fd, self.part_size), sha256)
         finally:
             os.close(fd)
         await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
         return outcome
 
     async def put_stream(self, key: str, chunks: AsyncIterable[bytes], *, sha256: str) -> PutOutcome:
-        return await self._upload(key, _reblock(chunks, self.part_size), sha256)
+        return await self._upload(key, wire.reblock(chunks, self.part_size), sha256)
 
     async def _upload(self, key: str, blocks: AsyncIterator[bytes], sha256: str) -> PutOutcome:
         async with self._uploads:
@@ -224,86 +210,28 @@ class S3OutputStore:
                 if hasher.hexdigest() != sha256:
                     raise IntegrityError(f"{self._full(key)}: the bytes do not match sha256 {sha256[:12]}…")
                 try:
-                    with _mapped(self, "PutObject", key):
+                    with self._mapped("PutObject", key):
                         await self.client.put_object(
                             Bucket=self.bucket,
                             Key=self._full(key),
                             Body=first,
-                            ChecksumSHA256=_b64(sha256),
+                            ChecksumSHA256=wire.b64(sha256),
                             Metadata={"sha256": sha256},
-                            ContentType=_content_type(key),
+                            ContentType=wire.content_type(key),
                             IfNoneMatch="*",
                         )
-                except _Precondition:
+                except wire.Precondition:
                     return await self._existing(key, sha256)
                 self._listing[key] = len(first)
                 return PutOutcome.CREATED
-            return await self._multipart(key, first, second, blocks, hasher, sha256)
-
-    async def _multipart(
-        self,
-        key: str,
-        first: bytes,
-        second: bytes,
-        rest: AsyncIterator[bytes],
-        hasher: Any,
-        sha256: str,
-    ) -> PutOutcome:
-        full = self._full(key)
-        with _mapped(self, "CreateMultipartUpload", key):
-            created = await self.client.create_multipart_upload(
-                Bucket=self.bucket,
-                Key=full,
-                ChecksumAlgorithm="SHA256",
-                Metadata={"sha256": sha256},
-                ContentType=_content_type(key),
-            )
-        upload_id = created["UploadId"]
-        parts: list[dict[str, Any]] = []
-        size = 0
-        try:
-            block: bytes | None = first
-            while block is not None:
-                if parts:
-                    await anyio.to_thread.run_sync(hasher.update, block)
-                checksum = await anyio.to_thread.run_sync(_checksum, block)
-                with _mapped(self, "UploadPart", key):
-                    answer = await self.client.upload_part(
-                        Bucket=self.bucket,
-                        Key=full,
-                        UploadId=upload_id,
-                        PartNumber=len(parts) + 1,
-                        Body=block,
-                        ChecksumSHA256=checksum,
-                    )
-                parts.append(
-                    {"PartNumber": len(parts) + 1, "ETag": answer["ETag"], "ChecksumSHA256": checksum}
+            try:
+                size = await wire.multipart_upload(
+                    self.client, self.bucket, self._full(key), (first, second, blocks), hasher, sha256
                 )
-                size += len(block)
-                crash_point("mid_upload")  # a part stored, the upload not complete
-                block = second if len(parts) == 1 else await anext(rest, None)
-            if hasher.hexdigest() != sha256:
-                raise IntegrityError(f"{full}: the bytes do not match sha256 {sha256[:12]}…; upload aborted")
-            with _mapped(self, "CompleteMultipartUpload", key):
-                await self.client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=full,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},  # type: ignore[typeddict-item]
-                    IfNoneMatch="*",
-                )
-        except _Precondition:
-            await self._abort(full, upload_id)
-            return await self._existing(key, sha256)
-        except BaseException:
-            await self._abort(full, upload_id)
-            raise
-        self._listing[key] = size
-        return PutOutcome.CREATED
-
-    async def _abort(self, full: str, upload_id: str) -> None:
-        with anyio.CancelScope(shield=True), contextlib.suppress(ClientError, BotoCoreError):
-            await self.client.abort_multipart_upload(Bucket=self.bucket, Key=full, UploadId=upload_id)
+            except wire.Precondition:
+                return await self._existing(key, sha256)
+            self._listing[key] = size
+            return PutOutcome.CREATED
 
     async def _existing(self, key: str, sha256: str) -> PutOutcome:
         """412: someone published ``key`` first. The same bytes are fine; others are a conflict."""
@@ -324,23 +252,23 @@ class S3OutputStore:
 
     async def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else {}
-        with _mapped(self, "PutObject", key):
+        with self._mapped("PutObject", key):
             await self.client.put_object(
                 Bucket=self.bucket,
                 Key=self._full(key),
                 Body=data,
-                ChecksumSHA256=_checksum(data),
+                ChecksumSHA256=wire.checksum(data),
                 **extra,  # type: ignore[arg-type]
             )
         self._listing[key] = len(data)
 
     async def stat(self, key: str) -> StoredObject | None:
         try:
-            with _mapped(self, "HeadObject", key):
+            with self._mapped("HeadObject", key):
                 head = await self.client.head_object(
                     Bucket=self.bucket, Key=self._full(key), ChecksumMode="ENABLED"
                 )
-        except _NotFound:
+        except wire.NotFound:
             return None
         digest = head.get("Metadata", {}).get("sha256")
         if digest is None and (checksum := head.get("ChecksumSHA256")) and "-" not in checksum:
@@ -354,7 +282,7 @@ class S3OutputStore:
 
     async def list_objects(self, prefix: str = "", *, include_hidden: bool = False) -> list[StoredObject]:
         found: list[StoredObject] = []
-        with _mapped(self, "ListObjectsV2"):
+        with self._mapped("ListObjectsV2"):
             pages = self.client.get_paginator("list_objects_v2")
             async for page in pages.paginate(Bucket=self.bucket, Prefix=self._full(prefix)):
                 for obj in page.get("Contents", []):
@@ -365,16 +293,16 @@ class S3OutputStore:
 
     async def read_bytes(self, key: str) -> bytes | None:
         try:
-            with _mapped(self, "GetObject", key):
+            with self._mapped("GetObject", key):
                 answer = await self.client.get_object(Bucket=self.bucket, Key=self._full(key))
                 async with answer["Body"] as body:
                     data: bytes = await body.read()
                     return data
-        except _NotFound:
+        except wire.NotFound:
             return None
 
     async def read_stream(self, key: str) -> AsyncIterator[bytes]:
-        with _mapped(self, "GetObject", key):
+        with self._mapped("GetObject", key):
             answer = await self.client.get_object(Bucket=self.bucket, Key=self._full(key))
             async with answer["Body"] as body:
                 async for chunk in body.iter_chunks(_MiB):
@@ -384,15 +312,15 @@ class S3OutputStore:
         """Copy then delete: object storage has no rename."""
         target = aside_key(key, area, tag)
         try:
-            with _mapped(self, "CopyObject", key):
+            with self._mapped("CopyObject", key):
                 await self.client.copy_object(
                     Bucket=self.bucket,
                     Key=self._full(target),
                     CopySource={"Bucket": self.bucket, "Key": self._full(key)},
                 )
-        except _NotFound:
+        except wire.NotFound:
             return None
-        with _mapped(self, "DeleteObject", key):
+        with self._mapped("DeleteObject", key):
             await self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
         self._listing[target] = self._listing.pop(key, 0)
         return target
@@ -407,7 +335,7 @@ class S3OutputStore:
 
         async def read(key: str) -> None:
             async with limit:
-                data = _json_object(await self.read_bytes(key))
+                data = wire.json_object(await self.read_bytes(key))
             if isinstance(data.get("path"), str) and "key" in data and data["path"] in present:
                 records[key] = data
 
@@ -415,112 +343,3 @@ class S3OutputStore:
             for key in sidecars:
                 tg.start_soon(read, key)
         return [records[k] for k in sorted(records)]
-
-
-_LOADER: list[Any] = []
-
-
-def _session() -> Any:
-    """A fresh session (it reads the environment and profiles now) sharing one loaded service model.
-
-    Loading botocore's S3 model costs ~0.5 s; a command that opens two stores pays it once.
-    """
-    session = get_session()
-    if _LOADER:
-        session.register_component("data_loader", _LOADER[0])
-    else:
-        _LOADER.append(session.get_component("data_loader"))
-    return session
-
-
-class _Precondition(Exception):
-    """412 on a create-only write (internal: the caller reads the existing object)."""
-
-
-class _NotFound(Exception):
-    """404 on an object (internal: the caller treats it as absent)."""
-
-
-@contextlib.contextmanager
-def _mapped(
-    store: S3OutputStore, operation: str, key: str = "", *, unavailable: bool = False
-) -> Iterator[None]:
-    """The one boundary where botocore exceptions become the project's errors (messages hold no secret)."""
-    where = f"s3://{store.bucket}/{store._full(key)}" if key else f"bucket {store.bucket!r}"
-    try:
-        yield
-    except ClientError as exc:
-        code = _code(exc)
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code in ("PreconditionFailed", "412") or status == 412:
-            raise _Precondition from None
-        if (code in _MISSING_BUCKET and operation == "HeadBucket") or code == "NoSuchBucket":
-            raise OutputUnavailableError(
-                f"{where} does not exist (or these credentials cannot see it); create it or fix --out"
-            ) from None
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise _NotFound from None
-        if code in _REFUSED:
-            raise OutputUnavailableError(
-                f"{where}: the AWS credentials were refused ({code}) on {operation}; check "
-                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE"
-            ) from None
-        if code in _BAD_DIGEST:
-            raise IntegrityError(
-                f"{where}: the server refused the bytes: checksum mismatch ({code})"
-            ) from None
-        error = OutputUnavailableError if unavailable else OutputError
-        raise error(f"{where}: {operation} failed: {code or status}") from None
-    except (NoCredentialsError, PartialCredentialsError):
-        raise OutputUnavailableError(
-            f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-            "or AWS_PROFILE)"
-        ) from None
-    except BotoCoreError as exc:
-        error = OutputUnavailableError if unavailable else OutputError
-        raise error(f"{where}: {operation} failed: {type(exc).__name__}") from None
-
-
-def _content_type(key: str) -> str:
-    """What a browser opening the bucket's link should see (``.jpeg`` → ``image/jpeg``)."""
-    return mimetypes.guess_type(key)[0] or "application/octet-stream"
-
-
-def _checksum(data: bytes) -> str:
-    """The ``x-amz-checksum-sha256`` value of ``data``: base64 of the binary digest."""
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
-
-
-def _json_object(data: bytes | None) -> dict[str, Any]:
-    try:
-        value = json.loads(data) if data else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-async def _file_blocks(fd: int, size: int) -> AsyncIterator[bytes]:
-    """The file in ``size`` blocks, read in a worker thread (one hop per block)."""
-    while block := await anyio.to_thread.run_sync(_read_block, fd, size):
-        yield block
-
-
-def _read_block(fd: int, size: int) -> bytes:
-    chunks: list[bytes] = []
-    left = size
-    while left and (chunk := os.read(fd, left)):
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-async def _reblock(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Any chunking → blocks of exactly ``size`` bytes (the last one shorter)."""
-    buffer = bytearray()
-    async for chunk in chunks:
-        buffer += chunk
-        while len(buffer) >= size:
-            yield bytes(buffer[:size])
-            del buffer[:size]
-    if buffer:
-        yield bytes(buffer)
