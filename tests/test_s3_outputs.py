@@ -248,3 +248,20 @@ def test_a_kill_mid_multipart_upload_then_resume_leaves_no_upload(
     assert side["bytes"] == 9 << 20
     stats = sim_request(sim_url, "GET", "/_sim/stats")
     assert stats["jobs_created"] == 1  # paid once
+
+
+async def test_no_server_at_the_endpoint_is_a_clear_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong AWS_ENDPOINT_URL_S3: the bucket is named, no traceback of botocore's."""
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    store = S3OutputStore("some-bucket", "p", staging=tmp_path)
+    with pytest.raises(OutputUnavailableError, match="some-bucket") as caught:
+        await store.open()
+    await store.close()
+    assert caught.value.exit_code == 2 and SECRET_KEY not in str(caught.value)

@@ -14,6 +14,7 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import anyio
 import anyio.to_thread
 from aiobotocore.session import get_session
@@ -176,7 +177,7 @@ def mapped(where: str, operation: str, *, unavailable: bool = False) -> Iterator
             f"{where}: no AWS credentials found (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
             "or AWS_PROFILE)"
         ) from None
-    except BotoCoreError as exc:
+    except (BotoCoreError, aiohttp.ClientError, TimeoutError) as exc:  # no answer, or a body cut short
         error = OutputUnavailableError if unavailable else OutputError
         raise error(f"{where}: {operation} failed: {type(exc).__name__}") from None
 
