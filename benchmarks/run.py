@@ -35,6 +35,7 @@ from benchmarks.scenarios import (
     rate_limited,
     scale,
     throughput,
+    uploads,
 )
 
 Scenario = Callable[[Context, Any], list[Figure]]
@@ -62,6 +63,11 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
         downloads.run,
         downloads.Size(),
         downloads.Size(assets=6, file_size=200_000, rounds=1, timeout_s=60),
+    ),
+    "uploads": (
+        uploads.run,
+        uploads.Size(),
+        uploads.Size(assets=6, file_size=200_000, rounds=1, timeout_s=60),
     ),
     "baselines": (
         baselines.run,

@@ -29,6 +29,9 @@ Tree::
     │   ├── IntegrityError           retry   short read, size mismatch, truncated body
     │   ├── TransientDownloadError   retry   429/5xx or a dropped connection on the asset URL
     │   └── UnsafeAssetError                 wrong file type (magic bytes), over the byte cap, unsafe URL
+    ├── OutputError                  exit 1  the output store (folder or bucket) failed
+    │   ├── OutputConflictError              a create-only put found other bytes under the key
+    │   └── OutputUnavailableError   exit 2  no such bucket, credentials refused, bad s3:// URL
     ├── StateError                   exit 2  the state file is unreadable, corrupt or of an unknown schema
     │   └── LockedError              exit 4  another run holds the state file (names the holder)
     └── InterruptedRunError          exit 130  stopped by a signal; the state is consistent
@@ -54,6 +57,9 @@ __all__ = [
     "ManifestError",
     "ManifestProblem",
     "NotFoundError",
+    "OutputConflictError",
+    "OutputError",
+    "OutputUnavailableError",
     "PipelineError",
     "ProtocolError",
     "QuotaExhaustedError",
@@ -219,6 +225,25 @@ class TransientDownloadError(DownloadError):
 
 class UnsafeAssetError(DownloadError):
     """Refused: wrong file type by magic bytes, over the byte cap, or a URL we must not fetch."""
+
+
+class OutputError(PipelineError):
+    """The output store failed (an S3 error or no answer); the part is kept, a rerun publishes it."""
+
+    retryable = True
+
+
+class OutputConflictError(OutputError):
+    """A create-only put found different bytes under its key: reported, never overwritten."""
+
+    retryable = False
+
+
+class OutputUnavailableError(OutputError):
+    """The output store cannot be used at all (missing bucket, refused credentials): nothing was paid."""
+
+    exit_code = 2
+    retryable = False
 
 
 class StateError(PipelineError):

@@ -171,10 +171,10 @@ class TestHappyPath:
         self, sim: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """One directory fsync after both renames covers both names, and precedes the index line."""
-        import pipeline.output.downloader
+        import pipeline.output.local
 
         seen: list[tuple[Path, set[str], int]] = []
-        real = pipeline.output.downloader.fsync_dir
+        real = pipeline.output.local.fsync_dir
         out = tmp_path / "out"
 
         def fsync_dir(directory: Path) -> None:
@@ -182,7 +182,7 @@ class TestHappyPath:
             indexed = len(read_index(out / "index.jsonl"))
             seen.append((directory, {p.name for p in directory.iterdir()}, indexed))
 
-        monkeypatch.setattr(pipeline.output.downloader, "fsync_dir", fsync_dir)
+        monkeypatch.setattr(pipeline.output.local, "fsync_dir", fsync_dir)
         await run(sim, write_manifest(tmp_path, catalog(4, upscale_every=99, video_every=99)), out)
         for i, record in enumerate(assert_outputs_verify(out)):
             asset = out / record["path"]
@@ -373,10 +373,10 @@ class TestOutputFaults:
         """ENOSPC while saving: the run stops submitting, says why, and the rerun downloads without paying."""
         import errno
 
+        import pipeline.output.local
         from pipeline.errors import DownloadError
-        from pipeline.output.downloader import Downloader
 
-        def full(self: Downloader, fetched: Any, final: Path) -> Path:
+        def full(root: Any, part: Path, size: int, final: Path, *, sync: bool = True) -> Path:
             raise DownloadError(f"{final}: cannot publish: No space left on device") from OSError(
                 errno.ENOSPC, "No space left on device"
             )
@@ -384,7 +384,7 @@ class TestOutputFaults:
         manifest = write_manifest(tmp_path, catalog(6))
         out = tmp_path / "out"
         with monkeypatch.context() as patch:
-            patch.setattr(Downloader, "publish_blocking", full)  # what publish() runs in its thread
+            patch.setattr(pipeline.output.local, "replace_part", full)  # the local store's rename
             first = await run(sim, manifest, out, options=options(max_active=2))
         assert first.exit_code == 1 and first.stopped == "output_unwritable"
         assert any("No space left" in f.reason and "rerun" in f.reason for f in first.failures)

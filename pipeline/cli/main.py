@@ -29,8 +29,10 @@ import structlog
 
 from pipeline import logs
 from pipeline.cli import api_commands as apicli
+from pipeline.cli import outputs
 from pipeline.cli import review as review_cli
 from pipeline.cli.flags import add_logging_flags
+from pipeline.cli.outputs import out_arg
 from pipeline.errors import ConfigError, PipelineError, unwrap_group
 
 if TYPE_CHECKING:
@@ -64,8 +66,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a manifest: submit, poll, download; resumes where it stopped")
     run.add_argument("manifest", type=Path)
-    run.add_argument("--out", type=Path, default=None, help="output folder (default outputs/<manifest name>)")
-    run.add_argument("--state", type=Path, default=None, help="state file (default <out>/.state/state.db)")
+    run.add_argument(
+        "--out",
+        type=out_arg,
+        default=None,
+        help="output folder or s3://BUCKET/PREFIX (default outputs/<name>)",
+    )
+    run.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="state file (default <out>/.state/state.db; .photogpt-state/<bucket>/<prefix>/ for s3://)",
+    )
     run.add_argument("--sandbox", action="store_true", help="run against an in-process simulator")
     run.add_argument("--sandbox-profile", choices=("fast", "realistic", "chaos"), default="fast")
     run.add_argument(
@@ -132,14 +144,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="what the state file holds (read-only; safe during a run)")
     status.add_argument("manifest", type=Path, nargs="?")
-    status.add_argument("--out", type=Path, default=None)
+    status.add_argument("--out", type=out_arg, default=None)
     status.add_argument("--state", type=Path, default=None)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     add_logging_flags(status)
 
     report = sub.add_parser("report", help="write the static HTML gallery of a run (report.html)")
     report.add_argument("manifest", type=Path, nargs="?")
-    report.add_argument("--out", type=Path, default=None)
+    report.add_argument("--out", type=out_arg, default=None)
     report.add_argument("--state", type=Path, default=None)
     add_logging_flags(report)
 
@@ -149,12 +161,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="what a run would do and cost; sends no paid request")
     plan.add_argument("manifest", type=Path)
-    plan.add_argument("--out", type=Path, default=None)
+    plan.add_argument("--out", type=out_arg, default=None)
     plan.add_argument("--state", type=Path, default=None)
     add_logging_flags(plan)
 
     _COMMANDS.update(apicli.register(sub))
     _COMMANDS.update(review_cli.register(sub))
+    _COMMANDS.update(outputs.register(sub))
     return parser
 
 
@@ -363,7 +376,7 @@ def _state_path(args: argparse.Namespace) -> Path:
     if args.state:
         return Path(args.state)
     if args.out:
-        return default_state(Path(args.out))
+        return default_state(args.out)
     if args.manifest:
         return default_state(default_out(load_manifest(args.manifest)))
     raise ConfigError("say which run: give MANIFEST, --out DIR or --state PATH")
@@ -460,6 +473,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pipeline.manifest.load import load_manifest
     from pipeline.output.report import build_report, variant_groups
 
+    if isinstance(args.out, str):
+        return int(asyncio.run(outputs.report_s3(args.out, args.state)))
     manifest = load_manifest(args.manifest) if args.manifest else None
     if args.out:
         out = Path(args.out)

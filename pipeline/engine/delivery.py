@@ -1,16 +1,15 @@
-"""One output of a finished job onto disk: fetched, verified, published, described, recorded.
+"""One output of a finished job into the output store: fetched, verified, published, described, recorded.
 
 The order protects both money and files: the part is verified before it is
-renamed into place; the sidecar is written before the rename (so a published
-file always has its description); the index line and the state record follow.
-A crash anywhere in between leaves either nothing under the final name, or a
-file whose sidecar lets the next run adopt it without downloading it again.
+published create-only under its final key; the sidecar (the commit marker)
+follows; the index and the state record come last. A crash anywhere in between
+leaves either nothing trusted under the final key, or an asset whose sidecar
+lets the next run adopt it without downloading it again. Where the bytes go (a
+folder, a bucket) is the :class:`~pipeline.output.store.OutputStore`'s business.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,7 +21,6 @@ import structlog
 
 from pipeline.api.client import ApiClient
 from pipeline.clock import Clock
-from pipeline.crashpoints import crash_point
 from pipeline.engine.limits import RateLimiter
 from pipeline.engine.poller import PollPolicy
 from pipeline.engine.retry import RetryPolicy, retrying
@@ -30,6 +28,7 @@ from pipeline.errors import AssetGoneError, DownloadError
 from pipeline.output import sidecar
 from pipeline.output.downloader import Downloader, Fetched
 from pipeline.output.layout import OutputLayout
+from pipeline.output.store import ASSET_EXTS, OutputStore, Publication, sidecar_key
 from pipeline.state.sqlite import StateStore, UnitLike, UnitRecord
 
 __all__ = ["Delivery", "WorkUnit", "file_number"]
@@ -62,6 +61,7 @@ class Delivery:
         api: ApiClient,
         store: StateStore,
         layout: OutputLayout,
+        output: OutputStore,
         downloader: Downloader,
         limiter: RateLimiter,
         connections: anyio.CapacityLimiter,
@@ -74,6 +74,7 @@ class Delivery:
         self.api, self.store, self.layout, self.downloader = api, store, layout, downloader
         self.limiter, self.retry, self.poll, self.clock, self.rng = limiter, retry, poll, clock, rng
         self.sent_body = sent_body
+        self.output = output
         #: Fetches in flight at once. More deliveries than connections run, so that one
         #: file's verify/publish/record steps overlap the next file's fetch.
         self.connections = connections
@@ -85,19 +86,32 @@ class Delivery:
         if rec is None:
             return 0
         out = next(o for o in rec.outputs if o.n == n)
-        number = file_number(unit, n)
-        # Paths are checked on the file system (lstat walks): worker threads, never the event loop.
-        found = await anyio.to_thread.run_sync(self._adopt_or_part, unit, n)
-        if not isinstance(found, Path):
-            path, size, digest = found
+        number, model = file_number(unit, n), unit.model_id or ""
+        keys = [
+            self.layout.asset_key(unit.item_id, unit.step, number, ext, key=key, model=model)
+            for ext in ASSET_EXTS
+        ]
+        adopted = await self.output.adopt(keys, sidecar_key(keys[0]), owner=key, n=n)
+        if adopted is not None:
             await self.store.record_download(
-                key, n, path=path, bytes=size, sha256=digest, at=self.clock.now()
+                key, n, path=adopted.key, bytes=adopted.bytes, sha256=adopted.sha256, at=self.clock.now()
             )
-            _log.info("asset_adopted", item=unit.item_id, unit=key, n=n, path=path)
+            _log.info("asset_adopted", item=unit.item_id, unit=key, n=n, path=adopted.key)
             return 0
-        fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, found)
+        part = self.output.staging / self.layout.part_key(unit.item_id, unit.step, number, key=key)
+        fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, part)
         record = await self._record(unit, rec, n, out.asset_id, out.url, fetched)
-        rel = await anyio.to_thread.run_sync(self._put_in_place, unit, number, fetched, record)
+        rel = self.layout.asset_key(unit.item_id, unit.step, number, fetched.ext, key=key, model=model)
+        await self.output.publish(
+            Publication(
+                key=rel,
+                part=fetched.part_path,
+                bytes=fetched.bytes,
+                sha256=fetched.sha256,
+                owner=key,
+                sidecar=record,
+            )
+        )
         await self.store.record_download(
             key, n, path=rel, bytes=fetched.bytes, sha256=fetched.sha256, at=self.clock.now()
         )
@@ -173,75 +187,3 @@ class Delivery:
             "submittedAt": rec.submitted_at,
             "downloadedAt": self.clock.now().isoformat().replace("+00:00", "Z"),
         }
-
-    def _adopt_or_part(self, unit: WorkUnit, n: int) -> tuple[str, int, str] | Path:
-        """What :meth:`_adopt_published` kept (path, bytes, sha256), or else the part to fetch into."""
-        adopted = self._adopt_published(unit, n)
-        if adopted is not None:
-            return adopted
-        return self.layout.part_path(unit.item_id, unit.step, file_number(unit, n), key=unit.key)
-
-    def _adopt_published(self, unit: WorkUnit, n: int) -> tuple[str, int, str] | None:
-        """A file published before a crash but never recorded: verify it, index it once, keep it."""
-        number, model = file_number(unit, n), unit.model_id or ""
-        first = self.layout.asset_path(unit.item_id, unit.step, number, "jpeg", key=unit.key, model=model)
-        side = self.layout.sidecar_path(first)  # one sidecar name for every extension
-        if not side.exists():
-            return None  # the usual case: nothing was published
-        for ext in ("jpeg", "png", "webp", "mp4"):
-            final = self.layout.asset_path(unit.item_id, unit.step, number, ext, key=unit.key, model=model)
-            if not final.exists():
-                continue
-            data = sidecar.read_sidecar(side)
-            if not data or data.get("key") != unit.key or data.get("n", n) != n:
-                continue
-            if not sidecar.verify_asset(final, data):
-                continue
-            rel = final.relative_to(self.layout.root).as_posix()
-            indexed = any(
-                r.get("path") == rel and r.get("sha256") == data["sha256"]
-                for r in sidecar.read_index(self.layout.index_path)
-            )
-            if not indexed:
-                sidecar.append_index(self.layout.index_path, data)
-            return rel, int(data["bytes"]), str(data["sha256"])
-        return None
-
-    def _put_in_place(self, unit: WorkUnit, number: int, fetched: Fetched, record: dict[str, Any]) -> str:
-        """Older work aside, sidecar, rename, index line, in one worker-thread hop; returns the path.
-
-        The sidecar's rename is not fsynced on its own: the asset lands in the same directory
-        and :meth:`Downloader.publish_blocking` fsyncs it after its rename, which makes both
-        names durable before the index line and the state record. Until then nothing says the
-        file is done; a power cut that kept the asset but not its sidecar leaves a file the
-        next run sets aside (no sidecar, no key) and fetches again.
-        """
-        final = self.layout.asset_path(
-            unit.item_id, unit.step, number, fetched.ext, key=unit.key, model=unit.model_id or ""
-        )
-        side = self.layout.sidecar_path(final)
-        self._set_aside_stale(final, side, unit.key)
-        rel = final.relative_to(self.layout.root).as_posix()
-        record["path"] = rel
-        sidecar.write_sidecar(side, record, sync_dir=False)
-        self.downloader.publish_blocking(fetched, final)
-        crash_point("after_replace_before_record")
-        sidecar.append_index(self.layout.index_path, record)
-        return rel
-
-    def _set_aside_stale(self, final: Path, side: Path, key: str) -> None:
-        """A file of older work (another unit key) is in the way: move it aside, never overwrite it."""
-        if not final.exists():
-            return
-        try:
-            old_key = str(json.loads(side.read_text(encoding="utf-8")).get("key", "unknown"))
-        except (OSError, ValueError):
-            old_key = "unknown"
-        if old_key == key:
-            return
-        stale_dir = self.layout.root / ".stale" / final.parent.relative_to(self.layout.root)
-        stale_dir.mkdir(parents=True, exist_ok=True)
-        os.replace(final, stale_dir / f"{final.stem}.{old_key[:12]}{final.suffix}")
-        if side.exists():
-            os.replace(side, stale_dir / f"{side.stem}.{old_key[:12]}{side.suffix}")
-        _log.warning("stale_output_moved", path=str(final), old_key=old_key, to=str(stale_dir))

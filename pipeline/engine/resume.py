@@ -6,7 +6,7 @@ records are read only for the few units that are mid-way. Nothing here sends a r
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 from pipeline.engine.context import RunContext
 from pipeline.engine.fetch import Fetch
@@ -19,15 +19,12 @@ __all__ = ["resume_units"]
 _ENDED = {Phase.FAILED: Ending.FAILED, Phase.UNKNOWN: Ending.UNKNOWN, Phase.REJECTED: Ending.REJECTED}
 
 
-def _present(root: Path, rel: str, size: int | None) -> bool:
-    try:
-        return (root / rel).stat().st_size == size
-    except OSError:
-        return False
+async def resume_units(
+    ctx: RunContext, *, present: Callable[[str, int | None], bool], watch: Watch, fetch: Fetch
+) -> list[UnitRecord]:
+    """Hand each unit to its stage; returns the ``submitting`` ones, which reconcile must decide first.
 
-
-async def resume_units(ctx: RunContext, *, root: Path, watch: Watch, fetch: Fetch) -> list[UnitRecord]:
-    """Hand each unit to its stage; returns the ``submitting`` ones, which reconcile must decide first."""
+    ``present(path, size)`` says whether a done unit's file is still published (the output store's)."""
     store = ctx.store
     phases = store.phases()
     ctx.known_jobs.update(store.job_ids())
@@ -39,7 +36,7 @@ async def resume_units(ctx: RunContext, *, root: Path, watch: Watch, fetch: Fetc
         phase = phases.get(key, Phase.PENDING)
         if phase is Phase.DONE:
             files = done_files.get(key, [])
-            missing = [n for n, path, size in files if not (path and _present(root, path, size))]
+            missing = [n for n, path, size in files if not (path and present(path, size))]
             if files and not missing:
                 ctx.settle(key, Ending.DONE)
                 continue

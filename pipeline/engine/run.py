@@ -42,6 +42,8 @@ from pipeline.errors import AuthError, ConfigError, PipelineError, unwrap_group
 from pipeline.manifest.spec import thaw
 from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
+from pipeline.output.local import LocalOutputStore
+from pipeline.output.store import OutputStore
 from pipeline.state.lifecycle import Ending, Event
 from pipeline.state.sqlite import StateStore
 
@@ -67,14 +69,17 @@ class _Run:
         *,
         layout: OutputLayout,
         downloader: Downloader,
+        output: OutputStore | None = None,
     ) -> None:
         self.ctx, self.layout = ctx, layout
+        self.output = output or LocalOutputStore(layout.root)
         options = ctx.options
         self.budget = Budget(ctx)
         delivery = Delivery(
             api=ctx.api,
             store=ctx.store,
             layout=layout,
+            output=self.output,
             downloader=downloader,
             limiter=RateLimiter(options.download_rate, clock=ctx.clock),
             connections=anyio.CapacityLimiter(max(1, options.download_workers)),
@@ -104,7 +109,7 @@ class _Run:
 
     async def run(self, preflight: Callable[[], Awaitable[None]] | None) -> None:
         ctx = self.ctx
-        leftovers = await resume_units(ctx, root=self.layout.root, watch=self.watch, fetch=self.fetch)
+        leftovers = await resume_units(ctx, present=self.output.present, watch=self.watch, fetch=self.fetch)
         if ctx.finished.is_set():
             return  # everything is done: not a single request
         if preflight is not None:
@@ -241,6 +246,7 @@ async def run_pipeline(
     preflight: Callable[[], Awaitable[None]] | None = None,
     provisioner: Provisioner | None = None,
     monitor: Callable[[Callable[[], Snapshot]], None] | None = None,
+    output: OutputStore | None = None,
 ) -> RunSummary:
     """Run every unit to the end (or until stopped) and say what happened."""
     started = clock.monotonic()
@@ -254,7 +260,7 @@ async def run_pipeline(
         clock=clock,
         provisioner=provisioner,
     )
-    run = _Run(ctx, layout=layout, downloader=downloader)
+    run = _Run(ctx, layout=layout, downloader=downloader, output=output)
     if monitor is not None:
         monitor(ctx.snapshot)
     try:

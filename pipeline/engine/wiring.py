@@ -30,11 +30,23 @@ from pipeline.engine.provision import Provisioner
 from pipeline.engine.retry import retrying
 from pipeline.engine.run import RunOptions, RunSummary, run_pipeline
 from pipeline.engine.tally import Snapshot
-from pipeline.errors import ApiError, AuthError, ConfigError, InterruptedRunError, PipelineError
+from pipeline.errors import (
+    ApiError,
+    AuthError,
+    ConfigError,
+    InterruptedRunError,
+    OutputError,
+    PipelineError,
+)
 from pipeline.manifest.load import Manifest, load_manifest
 from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
-from pipeline.output.report import build_report, variant_groups
+from pipeline.output.local import LocalOutputStore
+from pipeline.output.open import is_s3_url, open_output
+from pipeline.output.publish_report import publish_report
+from pipeline.output.report import variant_groups
+from pipeline.output.s3url import parse_s3_url
+from pipeline.output.store import OutputStore
 from pipeline.state.lock import RunLock
 from pipeline.state.sqlite import Phase, StateStore
 
@@ -57,7 +69,8 @@ class RunRequest:
     """What the user asked ``run`` to do."""
 
     manifest: Path
-    out: Path | None = None
+    #: A folder, or ``s3://bucket/prefix`` (then the state and the parts stay local: :func:`s3_home`).
+    out: Path | str | None = None
     state: Path | None = None
     sandbox: bool = False
     sandbox_profile: str = "fast"
@@ -90,9 +103,22 @@ def default_out(manifest: Manifest) -> Path:
     return Path("outputs") / manifest.name
 
 
-def default_state(out: Path) -> Path:
-    """The state file lives inside the run's output folder, out of the way of item folders."""
-    return out / ".state" / "state.db"
+def default_state(out: Path | str) -> Path:
+    """The state file lives inside the run's output folder, out of the way of item folders;
+    for an ``s3://`` output, in the local :func:`s3_home`."""
+    if is_s3_url(out):
+        return s3_home(str(out)) / "state.db"
+    return Path(out) / ".state" / "state.db"
+
+
+def s3_home(url: str) -> Path:
+    """``.photogpt-state/<bucket>/<prefix>``: the local state and parts of an ``s3://`` output.
+
+    Object storage holds the outputs; the state (SQLite, locked per run) and the resumable
+    ``.part`` files stay on the machine that runs, relative to the working directory.
+    """
+    bucket, prefix = parse_s3_url(url)
+    return Path(".photogpt-state", bucket, *(prefix.split("/") if prefix else ["_root"]))
 
 
 @asynccontextmanager
@@ -127,15 +153,18 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
     manifest = load_manifest(request.manifest)
     out = request.out or default_out(manifest)
     state_path = request.state or default_state(out)
-    layout = OutputLayout(out, manifest.output_template)
+    staging = s3_home(str(out)) / "parts" if is_s3_url(out) else Path(out)
+    output = open_output(out, staging=staging)
+    layout = OutputLayout(staging, manifest.output_template)
     lock = RunLock(state_path)  # locks <state>.lock
     try:
         state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        out.mkdir(parents=True, exist_ok=True)
+        staging.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot use the output folder {out}: {exc.strerror or exc}") from exc
+        raise ConfigError(f"cannot use the output folder {staging}: {exc.strerror or exc}") from exc
     lock.acquire()
     try:
+        await output.open()  # a missing bucket or refused credentials stop here: nothing paid
         async with _api_config(request) as (config, is_sandbox):
             options = request.options
             fast = request.poll_profile == "fast" or (
@@ -155,9 +184,18 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
                 seeds = {k: int(v["seed"]) for k, v in store.resources("seed").items() if "seed" in v}
                 options = replace(options, seeds=seeds)
                 return await _run(
-                    manifest, config, store, layout, options, clock, fast=fast, progress=request.progress
+                    manifest,
+                    config,
+                    store,
+                    (layout, output),
+                    options,
+                    clock,
+                    fast=fast,
+                    progress=request.progress,
                 )
     finally:
+        with anyio.CancelScope(shield=True):
+            await output.close()
         lock.release()
 
 
@@ -183,13 +221,14 @@ async def _run(
     manifest: Manifest,
     config: ApiConfig,
     store: StateStore,
-    layout: OutputLayout,
+    where: tuple[OutputLayout, OutputStore],
     options: RunOptions,
     clock: Clock,
     *,
     fast: bool = False,
     progress: Callable[[Callable[[], Snapshot]], Coroutine[Any, Any, None]] | None = None,
 ) -> RunSummary:
+    layout, output = where
     interrupted: list[int] = []
     summary: RunSummary | None = None
     async with ApiClient(config, clock=clock) as api, aiohttp.ClientSession() as files:
@@ -231,37 +270,32 @@ async def _run(
                     preflight=preflight,
                     provisioner=provisioner,
                     monitor=monitor,
+                    output=output,
                 )
                 tg.cancel_scope.cancel()
     if interrupted or summary is None:
         raise InterruptedRunError("interrupted: the state is saved; run the same command again to resume")
-    await _after_run(manifest, store, layout, summary, clock)
+    await _after_run(manifest, store, output, summary, clock)
     return summary
 
 
 async def _after_run(
-    manifest: Manifest, store: StateStore, layout: OutputLayout, summary: RunSummary, clock: Clock
+    manifest: Manifest, store: StateStore, output: OutputStore, summary: RunSummary, clock: Clock
 ) -> None:
     """The run record always; the gallery when the run changed anything it shows."""
-    review = store.review_counts()
-    await anyio.to_thread.run_sync(_write_run_record, layout, summary, clock, review)
+    await _write_run_record(output, summary, clock, store.review_counts())
     if not (summary.submitted or summary.downloaded_bytes or summary.failures):
         return  # a no-op resume changes nothing the gallery shows (`report` rebuilds it)
     try:
-        groups = variant_groups(manifest.items)
-        await anyio.to_thread.run_sync(
-            lambda: build_report(layout.root, state_path=store.path, groups=groups)
-        )
-    except OSError as exc:  # the gallery is a convenience: never fail a finished run over it
+        await publish_report(output, state_path=store.path, groups=variant_groups(manifest.items))
+    except (OSError, OutputError) as exc:  # the gallery is a convenience: never fail a run over it
         _log.warning("report_failed", error=str(exc))
 
 
-def _write_run_record(
-    layout: OutputLayout, summary: RunSummary, clock: Clock, review: dict[str, int] | None = None
+async def _write_run_record(
+    output: OutputStore, summary: RunSummary, clock: Clock, review: dict[str, int] | None = None
 ) -> None:
     """``runs/<timestamp>.json``: the run's facts for scripts, written atomically."""
-    from pipeline.output.sidecar import write_sidecar
-
     stamp = clock.now().strftime("%Y%m%dT%H%M%S%fZ")
     record = {
         "counts": dict(summary.counts),
@@ -291,7 +325,8 @@ def _write_run_record(
             for f in summary.failures
         ],
     }
-    layout.runs_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in layout.runs_dir.glob(".*.tmp"):  # from a run killed while writing its record
-        leftover.unlink(missing_ok=True)
-    write_sidecar(layout.runs_dir / f"{stamp}.json", json.loads(json.dumps(record)))
+    if isinstance(output, LocalOutputStore):
+        for leftover in (output.root / "runs").glob(".*.tmp"):  # from a run killed while writing one
+            leftover.unlink(missing_ok=True)
+    text = json.dumps(record, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    await output.put_bytes(f"runs/{stamp}.json", text.encode())

@@ -37,7 +37,8 @@ from pipeline.errors import (
     TransientDownloadError,
     UnsafeAssetError,
 )
-from pipeline.output.layout import check_inside, fsync_dir, make_dirs_inside
+from pipeline.output.layout import check_inside, make_dirs_inside
+from pipeline.output.local import replace_part
 from pipeline.output.sidecar import strip_query
 
 __all__ = ["LOOPBACK_HOSTS", "Downloader", "Fetched", "Kind", "TransientDownloadError", "sniff"]
@@ -235,29 +236,7 @@ class Downloader:
 
     def publish_blocking(self, fetched: Fetched, final: Path) -> Path:
         """:meth:`publish` for a caller already in a worker thread (one hop for several file steps)."""
-        part = fetched.part_path
-        try:
-            if self._root is not None:
-                check_inside(self._root, final)
-                make_dirs_inside(self._root, final.parent)
-            else:
-                final.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                if not stat.S_ISREG(os.lstat(final).st_mode):
-                    raise UnsafeAssetError(f"{final} exists and is a symlink or not a regular file")
-            try:
-                st = os.lstat(part)
-            except FileNotFoundError:
-                raise IntegrityError(f"{part}: the part file is gone") from None
-            if not stat.S_ISREG(st.st_mode) or st.st_size != fetched.bytes:
-                raise IntegrityError(f"{part}: expected {fetched.bytes} bytes, found {st.st_size}")
-            os.replace(part, final)
-            fsync_dir(final.parent)
-            if part.parent != final.parent:
-                fsync_dir(part.parent)
-        except OSError as exc:
-            raise DownloadError(f"{final}: cannot publish: {exc.strerror}") from exc
-        return final
+        return replace_part(self._root, fetched.part_path, fetched.bytes, final)
 
     # -- network -------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -95,13 +95,16 @@ class Gathered:
     facts: Facts
 
 
-def gather(out: Path, state_path: Path) -> Gathered:
-    """Everything the gallery needs from ``out`` and its state file (missing parts are noted, not fatal)."""
+def gather(out: Path, state_path: Path, exists: Callable[[str], bool] | None = None) -> Gathered:
+    """Everything the gallery needs from ``out`` and its state file (missing parts are noted, not fatal).
+
+    ``exists`` says whether an asset path is published (default: a regular file under ``out``)."""
     facts = Facts()
     assets = _load_assets(out)
     units = _load_state(state_path, facts)
     _load_latest_run(out / "runs", facts)
-    return Gathered(_assemble(out, assets, units, facts), facts)
+    present = exists or (lambda rel: _is_file(out / rel))
+    return Gathered(_assemble(present, assets, units, facts), facts)
 
 
 # -- gathering ---------------------------------------------------------------------------------------
@@ -180,7 +183,9 @@ def _load_latest_run(runs: Path, facts: Facts) -> None:
             return
 
 
-def _assemble(out: Path, assets: dict[str, Asset], units: list[UnitRecord], facts: Facts) -> dict[str, Item]:
+def _assemble(
+    exists: Callable[[str], bool], assets: dict[str, Asset], units: list[UnitRecord], facts: Facts
+) -> dict[str, Item]:
     """Items by id: their assets (index, completed from the state) and their problems (from the state)."""
     for unit in units:
         if unit.phase not in (Phase.DONE, Phase.SUCCEEDED):
@@ -205,7 +210,7 @@ def _assemble(out: Path, assets: dict[str, Asset], units: list[UnitRecord], fact
             )
     items: dict[str, Item] = {}
     for asset in assets.values():
-        asset.exists = _is_file(out / asset.path)
+        asset.exists = exists(asset.path)
         items.setdefault(asset.item, Item()).assets.append(asset)
     for unit in units:
         items.setdefault(unit.item_id, Item())

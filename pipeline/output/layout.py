@@ -233,6 +233,32 @@ class OutputLayout:
         tag = f".{hashlib.sha256(key.encode()).hexdigest()[:8]}" if key else ""
         return self._finish(f"{stem}{tag}.part")
 
+    def asset_key(
+        self,
+        item_id: str,
+        step: str,
+        n: int,
+        ext: str,
+        *,
+        key: str = "",
+        model: str = "",
+        index: int | None = None,
+    ) -> str:
+        """:meth:`asset_path` as a ``/``-separated key under the root, checked lexically only.
+
+        The key of an :class:`~pipeline.output.store.OutputStore`; the store checks the tree.
+        """
+        if not _EXT.fullmatch(ext):
+            raise UnsafeAssetError(f"output path: extension {ext!r} is not [a-z0-9]{{1,10}}")
+        stem = self._render(item_id, step, n, key=key, model=model, index=index, name="")
+        return self._check_relative(f"{stem}.{ext}")
+
+    def part_key(self, item_id: str, step: str, n: int, *, key: str = "", model: str = "") -> str:
+        """:meth:`part_path` as a key under the staging folder, checked lexically only."""
+        stem = self._render(item_id, step, n, key=key, model=model, index=None, name="")
+        tag = f".{hashlib.sha256(key.encode()).hexdigest()[:8]}" if key else ""
+        return self._check_relative(f"{stem}{tag}.part")
+
     def sidecar_path(self, asset_path: Path) -> Path:
         """The JSON sidecar of an asset: the same stem, ``.json`` (the same for every extension)."""
         if asset_path.suffix == ".json":
@@ -260,12 +286,15 @@ class OutputLayout:
         return self._stem.render(lambda field_name: _check_value(field_name, values[field_name]))
 
     def _finish(self, relative: str) -> Path:
+        return self.check(self.root.joinpath(*self._check_relative(relative).split("/")))
+
+    def _check_relative(self, relative: str) -> str:
         segments = relative.split("/")
         for segment in segments:
             _check_segment(segment)
         if segments[0] in _RESERVED_TOP:
             raise UnsafeAssetError(f"output path: {segments[0]!r} is reserved at the top of the output tree")
-        return self.check(self.root.joinpath(*segments))
+        return relative
 
 
 def _compile_stem(template: str) -> Template:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -81,9 +81,13 @@ def build_report(
     state_path: Path | None = None,
     title: str | None = None,
     groups: Mapping[str, tuple[str, str]] | None = None,
+    exists: Callable[[str], bool] | None = None,
 ) -> Path:
-    """Write ``<out>/report.html`` atomically; returns its path. ``groups``: see :func:`variant_groups`."""
-    html = render_report(out, state_path=state_path, title=title, groups=groups)
+    """Write ``<out>/report.html`` atomically; returns its path. ``groups``: see :func:`variant_groups`.
+
+    ``exists`` says whether an asset path is published (default: a regular file under ``out``; a
+    bucket's report is built from a local mirror of its sidecars and listing)."""
+    html = render_report(out, state_path=state_path, title=title, groups=groups, exists=exists)
     target = Path(out) / _REPORT_NAME
     atomic_write(target, html.encode())
     return target
@@ -95,13 +99,14 @@ def render_report(
     state_path: Path | None = None,
     title: str | None = None,
     groups: Mapping[str, tuple[str, str]] | None = None,
+    exists: Callable[[str], bool] | None = None,
     mode: str = "static",
 ) -> str:
     """The gallery as HTML text; ``mode="review"`` lets its script POST decisions to the review server."""
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"no output folder at {out}")
-    gathered = gather(out, state_path if state_path is not None else out / ".state" / "state.db")
+    gathered = gather(out, state_path if state_path is not None else out / ".state" / "state.db", exists)
     heading = title or f"{out.resolve().name} · PhotoGPT outputs"
     script = _static("gallery.js")
     csp = (

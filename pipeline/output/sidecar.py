@@ -32,6 +32,7 @@ __all__ = [
     "read_sidecar",
     "strip_query",
     "verify_asset",
+    "write_bytes",
     "write_sidecar",
 ]
 
@@ -55,6 +56,11 @@ def write_sidecar(path: Path, data: Mapping[str, Any], *, sync_dir: bool = True)
     """
     text = json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     atomic_write(path, text.encode(), sync_dir=sync_dir)
+
+
+def write_bytes(path: Path, payload: bytes) -> None:
+    """Replace ``path`` with ``payload``, all or nothing (run records, a report uploaded elsewhere)."""
+    atomic_write(path, payload)
 
 
 def read_sidecar(path: Path) -> dict[str, Any] | None:
