@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -74,7 +75,8 @@ class Survivor:
 @dataclass
 class Outcome:
     module: Module
-    seconds: float
+    seconds: float  # wall clock
+    cpu_seconds: float  # user + system of mutmut and its workers: / cores ≈ wall time on an idle machine
     statuses: dict[str, str] = field(default_factory=dict)
     survivors: list[Survivor] = field(default_factory=list)
     equivalent: list[Survivor] = field(default_factory=list)
@@ -137,6 +139,11 @@ def prepare(module: Module) -> Path:
             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_hypothesis"]',
             'also_copy = ["mutation_hypothesis.py"]',
             "use_git_change_detection = false",
+            # A mutant that makes a virtual-clock test spin forever is a kill, but mutmut's default
+            # CPU limit (30 × (tests' time + 1 s)) spends minutes proving it; 8 × (time + 2 s) is
+            # still far above any honest run (CPU time, so a busy machine does not cause false kills).
+            "timeout_multiplier = 4.0",
+            "timeout_constant = 2.0",
             "",
         ]
     )
@@ -178,13 +185,18 @@ def stable_id(module: Module, name: str, diff: str) -> str:
     return f"{Path(module.path).name}:{function}:{digest}"
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_module(module: Module, jobs: int, allowed: dict[str, str], *, rerun: bool = True) -> Outcome:
     work = WORK / module.stem
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), _children_cpu()
     if rerun or not (work / "mutants").is_dir():
         work = prepare(module)
         _mutmut(work, "run", "--max-children", str(jobs), log=work / "mutmut.log")
-    outcome = Outcome(module, time.monotonic() - started)
+    outcome = Outcome(module, time.monotonic() - started, _children_cpu() - cpu_before)
     for line in _mutmut(work, "results", "--all", "true").splitlines():
         name, sep, status = line.strip().rpartition(": ")
         if sep:
@@ -203,13 +215,14 @@ def report(outcomes: list[Outcome], allowed: dict[str, str], threshold: float) -
     for o in outcomes:
         for s in o.survivors:
             print(f"\n--- SURVIVED ({s.status}) {s.stable_id}   [{s.name}]\n{s.diff}")
-    print(f"\n{'module':<32} {'mutants':>7} {'killed':>6} {'equiv':>5} {'surv':>5} {'kill %':>7} {'time':>6}")
+    header = f"{'module':<32} {'mutants':>7} {'killed':>6} {'equiv':>5} {'surv':>5} {'kill %':>7}"
+    print(f"\n{header} {'wall':>6} {'cpu':>6}")
     for o in outcomes:
         verdict = "ok" if o.rate >= threshold else f"BELOW {threshold:g}%"
         ok = ok and o.rate >= threshold
         print(
             f"{o.module.path:<32} {len(o.statuses):>7} {o.killed:>6} {len(o.equivalent):>5} "
-            f"{len(o.survivors):>5} {o.rate:>6.1f}% {o.seconds:>5.0f}s  {verdict}"
+            f"{len(o.survivors):>5} {o.rate:>6.1f}% {o.seconds:>5.0f}s {o.cpu_seconds:>5.0f}s  {verdict}"
         )
     for o in outcomes:
         for s in o.equivalent:
@@ -218,7 +231,11 @@ def report(outcomes: list[Outcome], allowed: dict[str, str], threshold: float) -
     ran = {Path(o.module.path).name for o in outcomes}
     for stale in sorted(i for i in allowed if i not in seen and i.split(":", 1)[0] in ran):
         print(f"note: {stale} is listed as equivalent but no longer survives; remove it")
-    print(f"total {sum(o.seconds for o in outcomes):.0f}s; threshold {threshold:g}% per module")
+    wall, cpu = sum(o.seconds for o in outcomes), sum(o.cpu_seconds for o in outcomes)
+    print(
+        f"total {wall:.0f}s wall, {cpu:.0f}s CPU (about {cpu / (os.cpu_count() or 1):.0f}s on this many idle "
+        f"cores: {os.cpu_count()}); threshold {threshold:g}% per module"
+    )
     return ok
 
 

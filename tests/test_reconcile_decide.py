@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipeline.api.records import JobStatus, JobSummary
-from pipeline.engine.reconcile import Decision, Uncertain, Verdict, decide
+from pipeline.engine.reconcile import Decision, Uncertain, Verdict, decide, window_of
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SLACK = timedelta(seconds=60)
@@ -90,6 +90,13 @@ CASES = [
         id="isolated-units-adopt-their-own-job",
     ),
     pytest.param(
+        [_unit("a", 0), _unit("b", 150)],
+        [_job("j1", 0.4), _job("j2", 150.3)],
+        set(),
+        {"a": (Verdict.ADOPT, "j1"), "b": (Verdict.ADOPT, "j2")},
+        id="units-whose-windows-do-not-meet-adopt-their-own-job",
+    ),
+    pytest.param(
         [_unit("a", 0), _unit("b", 1000)],
         [_job("j1", 0.4)],
         set(),
@@ -131,6 +138,19 @@ def test_a_job_without_created_at_is_never_a_reason_to_pay_again() -> None:
         decisions = decide(uncertain, [_job("j1", None)], set(), slack=SLACK)
         _check_invariants(uncertain, decisions, set())
         assert all(d.verdict is not Verdict.RESUBMIT for d in decisions)
+
+
+def test_the_listing_window_covers_every_intent_and_now_with_slack() -> None:
+    """Any job one of these POSTs created lies between the earliest intent (less clock skew) and now."""
+    units = [_unit("b", 30), _unit("a", 0), _unit("c", 10)]
+    start, end = window_of(units, _at(45), SLACK)
+    assert start <= _at(0) - SLACK
+    assert end >= _at(45)
+    assert end - start <= timedelta(seconds=45) + 3 * SLACK  # and not the whole history
+    late_start, late_end = window_of([_unit("a", 0)], _at(1), SLACK)
+    assert late_start <= _at(0) - SLACK and late_end >= _at(1)
+    _, stepped_back_end = window_of([_unit("a", 0)], _at(-30), SLACK)  # the wall clock stepped back
+    assert stepped_back_end >= _at(0)
 
 
 @pytest.mark.xfail(
