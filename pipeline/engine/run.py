@@ -40,6 +40,7 @@ from pipeline.engine.limits import ActiveJobLimit, RateLimiter, RequestPacer
 from pipeline.engine.poller import DueQueue, DurationEstimator, PollPolicy
 from pipeline.engine.provision import Provisioner
 from pipeline.engine.reconcile import Uncertain, Verdict, decide, window_of
+from pipeline.engine.resume import sort_out
 from pipeline.engine.retry import RetryPolicy, outcome_is_known, retrying
 from pipeline.engine.sweep import Found, JobSweep, Window
 from pipeline.engine.tally import Snapshot, Tally
@@ -177,8 +178,12 @@ class _Run:
         options: RunOptions,
         clock: Clock,
         provisioner: Provisioner | None = None,
+        recorded: Mapping[str, Phase] | None = None,
     ) -> None:
         self.provisioner = provisioner
+        #: The recorded phases of ``units`` (and their upstreams) when the caller read them already.
+        self.recorded = recorded
+        self.jobs_loaded = False  # known_jobs holds every job id of the state file
         self.waiting: dict[str, list[str]] = {}  # declared model name -> units waiting for it
         self.units = {u.key: u for u in units}
         self.order = [u.key for u in units]
@@ -328,9 +333,9 @@ class _Run:
         Done units (all of them, on a no-op resume) cost one light row per output and one
         ``stat``; full records are read only for the few units that are mid-way.
         """
-        phases = self.store.phases()
-        self.known_jobs.update(self.store.job_ids())
-        done_files = self.store.done_outputs()
+        phases = dict(self.recorded) if self.recorded is not None else self.store.phases()
+        any_done = any(phases.get(k) == Phase.DONE for k in self.order)
+        done_files = self.store.done_outputs() if any_done else {}
         self.eligible = {k for k in self.order if phases.get(k, Phase.PENDING) == Phase.PENDING}
         leftovers: list[UnitRecord] = []
         now = self.clock.monotonic()
@@ -596,6 +601,9 @@ class _Run:
         """Settle uncertain submissions from the job list (see :mod:`pipeline.engine.reconcile`)."""
         if not uncertain:
             return
+        if not self.jobs_loaded:  # read once, when first needed: a million done units have a million
+            self.known_jobs.update(self.store.job_ids())
+            self.jobs_loaded = True
         slack = timedelta(seconds=self.options.reconcile_slack_s)
         start, end = window_of(uncertain, self.clock.now(), slack)
         try:
@@ -1004,10 +1012,10 @@ async def run_pipeline(
 ) -> RunSummary:
     """Run every unit to the end (or until stopped) and say what happened."""
     started = clock.monotonic()
-    await store.sync_units(units)
-    stale = len(store.stale_keys({u.key for u in units}))
+    resume = await sort_out(units, store, layout.root)
+    stale = resume.stale
     run = _Run(
-        units,
+        resume.units,
         api=api,
         store=store,
         layout=layout,
@@ -1015,6 +1023,7 @@ async def run_pipeline(
         options=options,
         clock=clock,
         provisioner=provisioner,
+        recorded=resume.phases,
     )
     if monitor is not None:
         monitor(run.snapshot)

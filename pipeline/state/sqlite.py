@@ -69,6 +69,7 @@ _DETAIL_MAX = 300  # event details are a hint, not a log: the history must stay 
 _QUIET = frozenset({"succeeded", "done"})  # no event: the row keeps all they say, and nothing overwrites it
 _LINGER_S = 0.03  # the longest a change that may wait waits for a commit to carry it
 _BATCH_MAX = 64  # lingering changes queued: commit now, do not wait for more
+_CHUNK = 10_000  # rows fetched at a time by the streaming reads
 
 T = TypeVar("T")
 
@@ -360,6 +361,28 @@ class _Reads:
         """Every unit's phase by key: what the scheduler needs to plan a resume."""
         with _mapped(self._path, "reading phases"):
             return {key: _PHASE[phase] for key, phase in self._reader.execute("SELECT key, phase FROM units")}
+
+    def iter_phases(self) -> Iterator[tuple[str, Phase]]:
+        """Every unit's key and phase, in chunks from one snapshot: a resume of a million-unit state
+        without a million-entry dict. Consume it to the end (the snapshot is held until then)."""
+        sql = "SELECT key, phase FROM units"
+        yield from self._stream("reading phases", sql, lambda row: (row[0], _PHASE[row[1]]))
+
+    def iter_done_outputs(self) -> Iterator[tuple[str, int, str | None, int | None]]:
+        """``(unit_key, n, path, bytes)`` of every output of every done unit, streamed like
+        :meth:`iter_phases`: what a resume checks on disk."""
+        sql = (
+            "SELECT o.unit_key, o.n, o.path, o.bytes FROM outputs o JOIN units u ON u.key = o.unit_key"
+            " WHERE u.phase = 'done'"
+        )
+        yield from self._stream("reading outputs", sql, tuple)
+
+    def _stream(self, doing: str, sql: str, make: Callable[[Any], T]) -> Iterator[T]:
+        with self._snapshot(doing) as conn:
+            cursor = conn.execute(sql)
+            while rows := cursor.fetchmany(_CHUNK):
+                for row in rows:
+                    yield make(row)
 
     def counts(self) -> dict[Phase, int]:
         """How many units are in each phase (every phase present, zeros included)."""
