@@ -30,6 +30,7 @@ from benchmarks.harness import ROOT, Context, Figure, Simulator, machine
 from benchmarks.scenarios import (
     baselines,
     client_cost,
+    cron,
     downloads,
     hidden_cap,
     rate_limited,
@@ -58,6 +59,7 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
         rate_limited.Size(units=24, limit_rps=20.0, cap=16, durations=(0.05, 0.2), timeout_s=60),
     ),
     "scale": (scale.run, scale.Size(), scale.Size(units=200, timeout_s=60)),
+    "cron": (cron.run, cron.Size(), cron.Size(rows=500, new_rows=10, plan_rows=1000, timeout_s=60)),
     "downloads": (
         downloads.run,
         downloads.Size(),
