@@ -35,6 +35,7 @@ from benchmarks.scenarios import (
     hidden_cap,
     rate_limited,
     scale,
+    startup,
     throughput,
 )
 
@@ -47,6 +48,7 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
         throughput.Size(),
         throughput.Size(units=24, cap=8, durations=(0.05, 0.2), timeout_s=60),
     ),
+    "startup": (startup.run, startup.Size(), startup.Size(runs=2)),
     "client_cost": (client_cost.run, client_cost.Size(), client_cost.Size()),
     "hidden_cap": (
         hidden_cap.run,

@@ -33,7 +33,6 @@ from pipeline.errors import ApiError, AuthError, ConfigError, InterruptedRunErro
 from pipeline.manifest.load import Manifest, load_manifest
 from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
-from pipeline.output.report import build_report
 from pipeline.state.lock import RunLock
 from pipeline.state.sqlite import Phase, StateStore
 
@@ -218,6 +217,8 @@ async def _run(
     if not (summary.submitted or summary.downloaded_bytes or summary.failures):
         # A no-op resume changes nothing the gallery shows (`photogpt-pipeline report` rebuilds it).
         return summary
+    from pipeline.output.report import build_report  # here: not on the way to the first POST
+
     try:
         await anyio.to_thread.run_sync(lambda: build_report(layout.root, state_path=store.path))
     except OSError as exc:  # the gallery is a convenience: never fail a finished run over it

@@ -46,7 +46,7 @@ from urllib.request import pathname2url
 import anyio
 import anyio.to_thread
 
-from pipeline import __version__
+import pipeline
 from pipeline.clock import Clock
 from pipeline.errors import StateError
 
@@ -258,7 +258,9 @@ def _check_version(conn: sqlite3.Connection, path: Path, *, exact: bool) -> int:
     return version
 
 
-def _open_writer(path: Path, now: str, app_version: str) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+def _open_writer(
+    path: Path, now: str, app_version: str | None
+) -> tuple[sqlite3.Connection, sqlite3.Connection]:
     """Create or open the file (0600 in a 0700 directory), check it, migrate it; runs in a thread."""
     _refuse_symlinks(path)
     with _mapped(path, "opening"):
@@ -296,7 +298,7 @@ def _open_writer(path: Path, now: str, app_version: str) -> tuple[sqlite3.Connec
         raise
 
 
-def _migrate(conn: sqlite3.Connection, path: Path, version: int, now: str, app_version: str) -> None:
+def _migrate(conn: sqlite3.Connection, path: Path, version: int, now: str, app_version: str | None) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])  # re-read under the lock
@@ -308,7 +310,7 @@ def _migrate(conn: sqlite3.Connection, path: Path, version: int, now: str, app_v
             statements = [s for v in range(version, SCHEMA_VERSION) for s in _MIGRATIONS[v]]
         for statement in statements:
             conn.execute(statement)
-        meta = {"schema_version": str(SCHEMA_VERSION), "app_version": app_version}
+        meta = {"schema_version": str(SCHEMA_VERSION), "app_version": app_version or pipeline.__version__}
         if version == 0:
             meta["created_at"] = now
         conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta.items())
@@ -529,7 +531,7 @@ class StateStore(_Reads):
         *,
         clock: Clock,
         run_id: str | None = None,
-        app_version: str = __version__,
+        app_version: str | None = None,
         linger_s: float = _LINGER_S,
     ) -> _Opening:
         """Open (creating if missing) a state file: awaitable, or an async context manager that closes it.
@@ -888,7 +890,9 @@ def _expect(conn: sqlite3.Connection, key: str, action: str, allowed: Set[Phase]
 class _Opening:
     """What ``StateStore.open`` returns: ``await`` it, or use it as ``async with``."""
 
-    def __init__(self, path: Path, clock: Clock, run_id: str, app_version: str, linger_s: float) -> None:
+    def __init__(
+        self, path: Path, clock: Clock, run_id: str, app_version: str | None, linger_s: float
+    ) -> None:
         self._args = (path, clock, run_id, app_version, linger_s)
         self._store: StateStore | None = None
 
