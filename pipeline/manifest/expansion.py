@@ -141,7 +141,10 @@ class Expander:
         self.chain = Chain(defaults=defaults, trained=trained, assets=assets)
         self.items: list[Item] = []
         self.units: list[Unit] = []
-        self.ids: dict[str, tuple[str, _Instance]] = {}
+        #: Folded item id -> where it was first made (:meth:`_Instance.origin`): an int, not the instance,
+        #: so a million items cost a dict entry each (the key is the id itself when folding keeps it).
+        self.ids: dict[str, int] = {}
+        self.compiled: list[_Compiled] = []
 
     # -- compile ------------------------------------------------------------------------------------
 
@@ -150,6 +153,7 @@ class Expander:
         if not isinstance(items.value, list):
             return
         compiled = [c for i, node in enumerate(items.value) if (c := self._compile(i, node)) is not None]
+        self.compiled = compiled
         total = sum(
             len(c.variants) * (len(self.rows.records) if c.uses_rows and self.rows else 1) for c in compiled
         )
@@ -502,6 +506,26 @@ class _Instance:
         self.variant = variant
         self.row = row
 
+    def origin(self) -> int:
+        """This instance as one int: (manifest item, variant, row)."""
+        rows = len(self.x.rows.records) + 1 if self.x.rows is not None else 1
+        variant = self.item.variants.index(self.variant) if len(self.item.variants) > 1 else 0
+        return ((self.item.index * MAX_VARIANTS) + variant) * rows + (0 if self.row is None else self.row + 1)
+
+    def from_origin(self, code: int) -> _Instance:
+        """The instance :meth:`origin` encoded (of the same expander)."""
+        rows = len(self.x.rows.records) + 1 if self.x.rows is not None else 1
+        rest, row = divmod(code, rows)
+        index, variant = divmod(rest, MAX_VARIANTS)
+        item = next(c for c in self.x.compiled if c.index == index)
+        return _Instance(self.x, item, item.variants[variant], None if row == 0 else row - 1)
+
+    def item_id(self) -> str:
+        """The expanded id of this instance (rendered again: only asked for when reporting)."""
+        rendered = self.x._render(self.item, self.variant, self.row)
+        assert rendered is not None  # it was rendered once already
+        return str(rendered[0]["id"]) + self.variant.id_suffix
+
     # -- locating -------------------------------------------------------------------------------
 
     def locate(
@@ -563,9 +587,10 @@ class _Instance:
         folded = item_id.casefold()
         first = self.x.ids.get(folded)
         if first is None:
-            self.x.ids[folded] = (item_id, self)
+            self.x.ids[item_id if folded == item_id else folded] = self.origin()
             return True
-        first_id, first_instance = first
+        first_instance = self.from_origin(first)
+        first_id = first_instance.item_id()
         where, path, note = self.locate(("id",))
         first_where = first_instance.locate(("id",))[0]
         if first_id == item_id:
