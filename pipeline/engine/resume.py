@@ -85,7 +85,7 @@ def _missing_outputs(
     seen = bytearray(len(status))
     prefix = root.rstrip(os.sep) + os.sep
     stat = os.stat
-    for key, n, path, size in store.iter_done_outputs():
+    for key, n, path, size in store.iter_outputs():
         i = position.get(key)
         if i is None or status[i] != _DONE:
             continue
