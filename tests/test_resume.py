@@ -141,3 +141,54 @@ async def test_sort_out_passes_on_only_what_is_left_to_do(tmp_path: Path) -> Non
         assert phases[done.key] == Phase.DONE
         record = store.get(gone.key)
         assert record is not None and not record.outputs[0].downloaded
+
+
+# -- rows built from a checked template ---------------------------------------------------------------
+
+_ROOT = Path(__file__).resolve().parents[1]
+
+_TRICKY = """\
+version: 1
+name: tricky
+defaults:
+  image: {modelID: gpt-image-2, aspectRatio: "1:1", extra: {mood: calm}}
+  video: {modelID: veo-3.1}
+rows: [{sku: a1, name: A, color: red}, {sku: b2, name: B, color: blue}, {sku: c3, name: C, color: red}]
+items:
+  - id: "{sku}"
+    prompt: "photo of {name} in {color}"
+    upscale: true
+    video: {prompt: "orbit {name}"}
+  - id: "x-{sku}"
+    prompt: "plain {name}"
+    extra: {mood: "{color}"}
+  - id: "m-{sku}"
+    matrix: {prompt: ["studio {name}", "outdoor {name} {color}"], aspectRatio: ["1:1", "4:5"]}
+"""
+
+
+def _load_both(path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    from pipeline.manifest import expansion
+    from pipeline.manifest.load import load_manifest
+
+    fast = load_manifest(path)
+    with monkeypatch.context() as patch:
+        patch.setattr(expansion, "_relayable", lambda holes: False)
+        full = load_manifest(path)
+    return fast, full
+
+
+@pytest.mark.parametrize("name", ["catalog.yaml", "demo.yaml", "chain.yaml", "tricky"])
+def test_relayed_rows_are_the_units_a_full_build_makes(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows built from a variant's checked template must equal the full build, key for key."""
+    if name == "tricky":
+        path = tmp_path / "tricky.yaml"
+        path.write_text(_TRICKY, encoding="utf-8")
+    else:
+        path = _ROOT / "manifests" / name
+    fast, full = _load_both(path, monkeypatch)
+    assert fast.units == full.units
+    assert fast.items == full.items
+    assert len(fast.units) > 1

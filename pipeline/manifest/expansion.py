@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.manifest.assets import Assets
-from pipeline.manifest.chain import ITEM_KEYS, Chain, Defaults
+from pipeline.manifest.chain import ITEM_KEYS, Chain, Defaults, can_relay, relay
 from pipeline.manifest.ids import RESERVED_IDS, slug, unsafe_segment
 from pipeline.manifest.problems import ProblemLog, format_path
 from pipeline.manifest.rows import Cell, Rows
@@ -25,6 +25,7 @@ from pipeline.manifest.schema import (
     FREE_TEXT_FIELDS,
     IMAGE_FIELDS,
     TRAINED_IMAGE_FIELDS,
+    TRAINED_SIGIL,
     FieldPath,
     Finding,
     suggest,
@@ -106,6 +107,9 @@ class _Variant:
     id_suffix: str
     verified: set[tuple[Any, ...]] = field(default_factory=set)
     shown: Mapping[str, Any] = field(default_factory=dict)
+    #: The units of the first row that passed the checks, when later rows may be built from them.
+    template: tuple[Unit, ...] | None = None
+    relayable: bool = True
 
 
 @dataclass(slots=True)
@@ -354,6 +358,7 @@ class Expander:
             variant.id_suffix = "".join("-" + s for s in suffix)
             variant.base = freeze(variant.base)
             variant.shown = freeze(variant.values)
+            variant.relayable = _relayable(variant.holes)
             variants.append(variant)
         return variants
 
@@ -477,11 +482,17 @@ class Expander:
             for h, v in zip(variant.holes, values, strict=True)
         )
         verified = signature in variant.verified
-        units = self.chain.build(data, item_id, item.location, verified=verified, report=inst.report)
+        template = variant.template
+        if verified and template is not None:
+            units: list[Unit] | None = relay(template, item_id, _changes(variant.holes, values))
+        else:
+            units = self.chain.build(data, item_id, item.location, verified=verified, report=inst.report)
         if units is None or not id_ok:
             return
         if not verified:
             variant.verified.add(signature)
+            if variant.template is None and variant.relayable:
+                self._adopt_template(variant, units, item_id, values)
         self.units.extend(units)
         self.items.append(
             Item(
@@ -493,6 +504,30 @@ class Expander:
                 units=tuple(u.key for u in units),
             )
         )
+
+    def _adopt_template(self, variant: _Variant, units: list[Unit], item_id: str, values: list[Any]) -> None:
+        """Rows of this variant that pass the same checks are built by :func:`relay` from ``units``,
+        once relaying them gives back exactly what the full build gave (else never)."""
+        if any(u.model_id is not None and u.model_id.startswith(TRAINED_SIGIL) for u in units):
+            variant.relayable = False
+            return
+        if relay(units, item_id, _changes(variant.holes, values)) == units:
+            variant.template = tuple(units)
+        else:
+            variant.relayable = False
+
+
+def _changes(holes: list[_Hole], values: list[Any]) -> dict[str, Any]:
+    """The row's values of the variant's request fields (its id aside)."""
+    return {str(h.path[0]): v for h, v in zip(holes, values, strict=True) if h.path != ("id",)}
+
+
+def _relayable(holes: list[_Hole]) -> bool:
+    """Holes that only put text into top-level image fields (or the id)."""
+    return all(
+        h.path == ("id",) or (len(h.path) == 1 and h.kind is None and can_relay(str(h.path[0])))
+        for h in holes
+    )
 
 
 class _Instance:
