@@ -18,7 +18,8 @@ from pathlib import Path
 
 from pipeline.manifest.load import load_manifest
 
-TARGET_S = 5.0
+TARGET_S = 5.0  # up to 100,000 rows (issue 6)
+TARGET_1M_S = 15.0  # 1,000,000 rows, 2,000,000 units (issue 15)
 
 MANIFEST = """\
 version: 1
@@ -58,10 +59,11 @@ def main(argv: list[str]) -> int:
         manifest = load_manifest(manifest_path)
         elapsed = time.perf_counter() - start
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    verdict = "PASS" if elapsed < TARGET_S else "FAIL"
+    target = TARGET_S if rows <= 100_000 else TARGET_1M_S
+    verdict = "PASS" if elapsed < target else "FAIL"
     print(
         f"manifest_scale: {rows} rows, {len(manifest.units)} units, {elapsed:.2f} s "
-        f"(target {TARGET_S:.2f} s) {verdict}; peak RSS {peak_mib:.0f} MiB"
+        f"(target {target:.2f} s) {verdict}; peak RSS {peak_mib:.0f} MiB"
     )
     return 0 if verdict == "PASS" else 1
 

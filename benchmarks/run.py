@@ -30,10 +30,12 @@ from benchmarks.harness import ROOT, Context, Figure, Simulator, machine
 from benchmarks.scenarios import (
     baselines,
     client_cost,
+    cron,
     downloads,
     hidden_cap,
     rate_limited,
     scale,
+    startup,
     throughput,
     uploads,
 )
@@ -47,6 +49,7 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
         throughput.Size(),
         throughput.Size(units=24, cap=8, durations=(0.05, 0.2), timeout_s=60),
     ),
+    "startup": (startup.run, startup.Size(), startup.Size(runs=2)),
     "client_cost": (client_cost.run, client_cost.Size(), client_cost.Size()),
     "hidden_cap": (
         hidden_cap.run,
@@ -59,6 +62,7 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
         rate_limited.Size(units=24, limit_rps=20.0, cap=16, durations=(0.05, 0.2), timeout_s=60),
     ),
     "scale": (scale.run, scale.Size(), scale.Size(units=200, timeout_s=60)),
+    "cron": (cron.run, cron.Size(), cron.Size(rows=500, new_rows=10, plan_rows=1000, timeout_s=60)),
     "downloads": (
         downloads.run,
         downloads.Size(),

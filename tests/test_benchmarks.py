@@ -25,6 +25,8 @@ EXPECTED = {
     "scale": ["plan_time", "noop_resume_time", "noop_resume_requests", "peak_rss"],
     "downloads": ["ours/plain", "rss_growth"],
     "uploads": ["ours/plain", "rss_growth"],
+    "startup": ["first_post"],
+    "cron": ["plan_time", "first_post", "peak_rss", "requests_for_done_units"],
     "baselines": ["sequential.throughput ours/baseline", "gather.throughput ours/baseline",
                   "gather.hidden_cap ours/baseline", "gather.rate_limited.rate/limit"],
 }  # fmt: skip

@@ -36,6 +36,7 @@ class Reconciler:
         self.ctx = ctx
         self.posts_in_flight, self.adopt = posts_in_flight, adopt
         self.uncertain: list[Uncertain] = []
+        self._jobs_loaded = False
 
     def add(self, key: str, intent_at: datetime) -> None:
         """The inbox: ``key``'s POST may or may not have created a job."""
@@ -55,6 +56,9 @@ class Reconciler:
         if not uncertain:
             return
         ctx = self.ctx
+        if not self._jobs_loaded:  # read when first needed: a million done units have a million ids
+            ctx.known_jobs.update(ctx.store.job_ids())
+            self._jobs_loaded = True
         slack = timedelta(seconds=ctx.options.reconcile_slack_s)
         start, end = window_of(uncertain, ctx.clock.now(), slack)
         try:

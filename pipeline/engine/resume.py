@@ -1,17 +1,17 @@
-"""Start-up: every unit of the manifest sorted by its recorded phase into the stage that owns it.
+"""Start-up: each unit the state diff left (:mod:`pipeline.engine.diff`) to the stage that owns it.
 
-Done units (all of them, on a no-op resume) cost one light row per output and one ``stat``; full
-records are read only for the few units that are mid-way. Nothing here sends a request.
+Done units never get here (the diff checked their files); full records are read only for units
+that are mid-way. Nothing here sends a request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 
 from pipeline.engine.context import RunContext
 from pipeline.engine.fetch import Fetch
 from pipeline.engine.watch import Watch
-from pipeline.state.lifecycle import Ending, Event, Phase
+from pipeline.state.lifecycle import Ending, Phase
 from pipeline.state.sqlite import UnitRecord
 
 __all__ = ["resume_units"]
@@ -20,28 +20,20 @@ _ENDED = {Phase.FAILED: Ending.FAILED, Phase.UNKNOWN: Ending.UNKNOWN, Phase.REJE
 
 
 async def resume_units(
-    ctx: RunContext, *, present: Callable[[str, int | None], bool], watch: Watch, fetch: Fetch
+    ctx: RunContext, recorded: Mapping[str, Phase], *, watch: Watch, fetch: Fetch
 ) -> list[UnitRecord]:
     """Hand each unit to its stage; returns the ``submitting`` ones, which reconcile must decide first.
 
-    ``present(path, size)`` says whether a done unit's file is still published (the output store's)."""
-    store = ctx.store
-    phases = store.phases()
-    ctx.known_jobs.update(store.job_ids())
-    done_files = store.done_outputs()
+    ``recorded`` is the diff's: the phase of each unit the state knows, and of their upstreams."""
+    store, phases = ctx.store, dict(recorded)
     leftovers: list[UnitRecord] = []
     for key in ctx.order:  # every phase first: releasing a unit's children asks theirs
         ctx.resume(key, phases.get(key, Phase.PENDING))
     for key in ctx.order:
         phase = phases.get(key, Phase.PENDING)
         if phase is Phase.DONE:
-            files = done_files.get(key, [])
-            missing = [n for n, path, size in files if not (path and present(path, size))]
-            if files and not missing:
-                ctx.settle(key, Ending.DONE)
-                continue
-            await store.reopen(key, missing)  # the files come back without paying again
-            phase = phases[key] = ctx.move(key, Event.FILES_MISSING)
+            ctx.settle(key, Ending.DONE)
+            continue
         if phase in (Phase.SUCCEEDED, Phase.SUBMITTED, Phase.SUBMITTING):
             rec = store.get(key)
             if rec is None:

@@ -16,7 +16,7 @@ shutdown order: when every unit has ended, the group is cancelled; state writes 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from pipeline.clock import Clock
 from pipeline.engine.budget import Budget
 from pipeline.engine.context import RunContext
 from pipeline.engine.delivery import Delivery, WorkUnit
+from pipeline.engine.diff import sort_out
 from pipeline.engine.fetch import Fetch
 from pipeline.engine.limits import RateLimiter
 from pipeline.engine.options import Failure, RunOptions, RunSummary
@@ -44,7 +45,7 @@ from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
 from pipeline.output.local import LocalOutputStore
 from pipeline.output.store import OutputStore
-from pipeline.state.lifecycle import Ending, Event
+from pipeline.state.lifecycle import Ending, Event, Phase
 from pipeline.state.sqlite import StateStore
 
 __all__ = ["RunOptions", "RunSummary", "run_pipeline"]
@@ -69,10 +70,10 @@ class _Run:
         *,
         layout: OutputLayout,
         downloader: Downloader,
-        output: OutputStore | None = None,
+        output: OutputStore,
+        recorded: Mapping[str, Phase],
     ) -> None:
-        self.ctx, self.layout = ctx, layout
-        self.output = output or LocalOutputStore(layout.root)
+        self.ctx, self.layout, self.output, self.recorded = ctx, layout, output, recorded
         options = ctx.options
         self.budget = Budget(ctx)
         delivery = Delivery(
@@ -109,7 +110,7 @@ class _Run:
 
     async def run(self, preflight: Callable[[], Awaitable[None]] | None) -> None:
         ctx = self.ctx
-        leftovers = await resume_units(ctx, present=self.output.present, watch=self.watch, fetch=self.fetch)
+        leftovers = await resume_units(ctx, self.recorded, watch=self.watch, fetch=self.fetch)
         if ctx.finished.is_set():
             return  # everything is done: not a single request
         if preflight is not None:
@@ -250,17 +251,17 @@ async def run_pipeline(
 ) -> RunSummary:
     """Run every unit to the end (or until stopped) and say what happened."""
     started = clock.monotonic()
-    await store.sync_units(units)
-    stale = len(store.stale_keys({u.key for u in units}))
+    output = output or LocalOutputStore(layout.root)
+    diff = await sort_out(units, store, output.present)
     ctx = RunContext(
-        units,
+        diff.units,
         api=api,
         store=store,
         options=options,
         clock=clock,
         provisioner=provisioner,
     )
-    run = _Run(ctx, layout=layout, downloader=downloader, output=output)
+    run = _Run(ctx, layout=layout, downloader=downloader, output=output, recorded=diff.phases)
     if monitor is not None:
         monitor(ctx.snapshot)
     try:
@@ -271,4 +272,4 @@ async def run_pipeline(
         # Whatever stopped us, the final state flush must not be cancelled half-way.
         with anyio.CancelScope(shield=True):
             await store.flush()
-    return run.summary(clock.monotonic() - started, stale)
+    return run.summary(clock.monotonic() - started, diff.stale)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,6 @@ from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
 from pipeline.output.local import LocalOutputStore
 from pipeline.output.open import is_s3_url, open_output
-from pipeline.output.publish_report import publish_report
-from pipeline.output.report import variant_groups
 from pipeline.output.s3url import parse_s3_url
 from pipeline.output.store import OutputStore
 from pipeline.state.lock import RunLock
@@ -53,6 +52,9 @@ from pipeline.state.sqlite import Phase, StateStore
 __all__ = ["PreflightError", "RunRequest", "default_out", "default_state", "execute"]
 
 _log = structlog.get_logger("pipeline.engine.wiring")
+
+#: Above this many units in the state, a run does not rebuild the gallery by itself.
+REPORT_MAX_UNITS = 100_000
 
 #: The key the embedded sandbox accepts; it is not a secret.
 SANDBOX_KEY = "sandbox"
@@ -150,7 +152,69 @@ async def _watch_signals(scope: anyio.CancelScope, interrupted: list[int]) -> No
 async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSummary:
     """Run a manifest to the end, or until stopped; raise PipelineError for what stops it early."""
     clock = clock or SystemClock()
-    manifest = load_manifest(request.manifest)
+    async with AsyncExitStack() as stack:
+        manifest, early = await _load_resuming(request, clock, stack)
+        return await _execute(request, clock, manifest, early)
+    raise AssertionError("unreachable")  # pragma: no cover - the stack does not swallow errors
+
+
+async def _load_resuming(
+    request: RunRequest, clock: Clock, stack: AsyncExitStack
+) -> tuple[Manifest, StateStore | None]:
+    """The manifest, and the state already open when this is a resume.
+
+    A resume's state file is opened (lock, integrity check: seconds for a million units) in a
+    worker thread while the manifest expands in another; a first run, or a state path that only
+    the loaded manifest can tell, opens after the load as before. Either way a manifest with
+    problems raises before anything is created.
+    """
+    state_path = _state_before_load(request)
+    lock = RunLock(state_path) if state_path else None
+    if state_path is None or lock is None or not state_path.is_file():
+        return load_manifest(request.manifest), None
+    try:
+        lock.acquire()
+    except PipelineError:
+        return load_manifest(request.manifest), None  # held: the run below says by whom
+    stack.callback(lock.release)
+    async with anyio.create_task_group() as tg:
+        opened: list[StateStore] = []
+
+        async def open_state() -> None:
+            opened.append(await stack.enter_async_context(StateStore.open(state_path, clock=clock)))
+
+        tg.start_soon(open_state)
+        manifest = await anyio.to_thread.run_sync(load_manifest, request.manifest)
+    out = request.out or default_out(manifest)
+    if (request.state or default_state(out)) != state_path:  # the guessed name was not the manifest's
+        await stack.aclose()
+        return manifest, None
+    return manifest, opened[0]
+
+
+def _state_before_load(request: RunRequest) -> Path | None:
+    """The state path when it can be told before the manifest is loaded: given, or from ``--out``, or
+    from a plain ``name:`` line (checked against the loaded manifest afterwards)."""
+    if request.state is not None or request.out is not None:
+        return request.state or default_state(request.out or Path())
+    try:
+        with request.manifest.open("rb") as handle:
+            head = handle.read(_PEEK_BYTES)
+    except OSError:
+        return None
+    match = _NAME_LINE.search(head)
+    if match is None:
+        return None
+    return default_state(Path("outputs") / match.group(1).decode("utf-8", "replace"))
+
+
+_PEEK_BYTES = 4096
+_NAME_LINE = re.compile(rb"^name:[ \t]*([A-Za-z0-9][A-Za-z0-9_.+=@,-]*)[ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+async def _execute(
+    request: RunRequest, clock: Clock, manifest: Manifest, early: StateStore | None
+) -> RunSummary:
     out = request.out or default_out(manifest)
     state_path = request.state or default_state(out)
     staging = s3_home(str(out)) / "parts" if is_s3_url(out) else Path(out)
@@ -162,7 +226,8 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
         staging.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot use the output folder {staging}: {exc.strerror or exc}") from exc
-    lock.acquire()
+    if early is None:
+        lock.acquire()
     try:
         await output.open()  # a missing bucket or refused credentials stop here: nothing paid
         async with _api_config(request) as (config, is_sandbox):
@@ -174,7 +239,11 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
                 options = _with_poll(options, PollPolicy.fast())
             if manifest.prices and not options.prices:
                 options = replace(options, prices=manifest.prices)
-            async with StateStore.open(state_path, clock=clock) as store:
+            async with AsyncExitStack() as stack:
+                if early is None:
+                    store = await stack.enter_async_context(StateStore.open(state_path, clock=clock))
+                else:
+                    store = early
                 if request.retry_failed:
                     await store.reset(Phase.FAILED)
                 if request.resubmit_unknown:
@@ -196,7 +265,8 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
     finally:
         with anyio.CancelScope(shield=True):
             await output.close()
-        lock.release()
+        if early is None:
+            lock.release()
 
 
 async def _regenerate(
@@ -286,6 +356,16 @@ async def _after_run(
     await _write_run_record(output, summary, clock, store.review_counts())
     if not (summary.submitted or summary.downloaded_bytes or summary.failures):
         return  # a no-op resume changes nothing the gallery shows (`report` rebuilds it)
+    units = sum(summary.counts.values())
+    if units > REPORT_MAX_UNITS:
+        # The gallery reads every unit of the state: for a million-unit catalog, gigabytes to show a
+        # page nobody scrolls. `photogpt-pipeline report` still builds it on demand.
+        _log.info("report_skipped", units=units, limit=REPORT_MAX_UNITS, hint="photogpt-pipeline report")
+        return
+    # Imported here: the gallery's modules (Jinja2) are not on the way to the first POST.
+    from pipeline.output.publish_report import publish_report
+    from pipeline.output.report import variant_groups
+
     try:
         await publish_report(output, state_path=store.path, groups=variant_groups(manifest.items))
     except (OSError, OutputError) as exc:  # the gallery is a convenience: never fail a run over it

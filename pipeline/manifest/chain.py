@@ -9,7 +9,7 @@ where in the YAML each field came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +28,10 @@ from pipeline.manifest.schema import (
     check_video,
     image_fields_for,
 )
-from pipeline.manifest.spec import LocalRef, Step, Unit, freeze
+from pipeline.manifest.spec import FrozenDict, LocalRef, Step, Unit, freeze
 from pipeline.manifest.yamlsource import Node
 
-__all__ = ["ITEM_KEYS", "Chain", "Defaults", "Report"]
+__all__ = ["ITEM_KEYS", "Chain", "Defaults", "Report", "can_relay", "relay"]
 
 #: Keys of an item that are not image-request fields.
 ITEM_KEYS = frozenset({"id", "upscale", "video", "matrix"})
@@ -252,6 +252,55 @@ class Chain:
         for finding in failed:
             job.report(prefix, finding, step)
         return request, (None if failed else tuple(refs))
+
+
+#: Image fields a fast rebuild may lay a row's text over: not the model (it picks the defaults and the
+#: key's model part), not local files (uploaded by hash), not ``extra``/``options`` (flattened).
+_NOT_LAID = frozenset({"modelID", "referenceImageURLs", "inputImageId", "referenceImages", EXTRA, "options"})
+
+
+def can_relay(field_name: str) -> bool:
+    """Whether a row's text for this top-level item field lands in the image request unchanged."""
+    return field_name not in ITEM_KEYS and field_name not in _NOT_LAID
+
+
+def relay(template: Sequence[Unit], item_id: str, changes: Mapping[str, str]) -> list[Unit]:
+    """The units of another item shaped like ``template`` (same variant, already checked): its image
+    request with ``changes`` laid over, every key derived again from the new id and upstream keys.
+
+    Merging, flattening and local files gave ``template`` its requests; they are the same for
+    every row of a variant when only these text fields differ, so they are not redone. The caller
+    proves that on the template itself (``relay(template, its id, its values) == template``)."""
+    keys: dict[str, str] = {}
+    units: list[Unit] = []
+    for t in template:
+        request = t.request
+        if t.step is Step.IMAGE and changes:
+            request = FrozenDict({**request, **changes})
+        upstream = keys[t.upstream] if t.upstream is not None else None
+        payload = {
+            "step": t.step.value,
+            "item": item_id,
+            "index": t.index,
+            "request": request,
+            "upstream": upstream,
+            "model": None,
+        }
+        unit = Unit(
+            key=unit_key(payload),
+            item_id=item_id,
+            step=t.step,
+            index=t.index,
+            request=request,
+            upstream=upstream,
+            expected_outputs=t.expected_outputs,
+            location=t.location,
+            model_id=t.model_id,
+            local_files=t.local_files,
+        )
+        keys[t.key] = unit.key
+        units.append(unit)
+    return units
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.manifest.assets import Assets
-from pipeline.manifest.chain import ITEM_KEYS, Chain, Defaults
+from pipeline.manifest.chain import ITEM_KEYS, Chain, Defaults, can_relay, relay
 from pipeline.manifest.ids import RESERVED_IDS, slug, unsafe_segment
 from pipeline.manifest.problems import ProblemLog, format_path
 from pipeline.manifest.rows import Cell, Rows
@@ -25,6 +25,7 @@ from pipeline.manifest.schema import (
     FREE_TEXT_FIELDS,
     IMAGE_FIELDS,
     TRAINED_IMAGE_FIELDS,
+    TRAINED_SIGIL,
     FieldPath,
     Finding,
     suggest,
@@ -106,6 +107,9 @@ class _Variant:
     id_suffix: str
     verified: set[tuple[Any, ...]] = field(default_factory=set)
     shown: Mapping[str, Any] = field(default_factory=dict)
+    #: The units of the first row that passed the checks, when later rows may be built from them.
+    template: tuple[Unit, ...] | None = None
+    relayable: bool = True
 
 
 @dataclass(slots=True)
@@ -142,7 +146,10 @@ class Expander:
         self.chain = Chain(defaults=defaults, trained=trained, assets=assets)
         self.items: list[Item] = []
         self.units: list[Unit] = []
-        self.ids: dict[str, tuple[str, _Instance]] = {}
+        #: Folded item id -> where it was first made (:meth:`_Instance.origin`): an int, not the instance,
+        #: so a million items cost a dict entry each (the key is the id itself when folding keeps it).
+        self.ids: dict[str, int] = {}
+        self.compiled: list[_Compiled] = []
         self.declared: dict[
             str, tuple[str, str, bool, FieldPath]
         ] = {}  # folded → (written, where, matrix?, path)
@@ -154,6 +161,7 @@ class Expander:
         if not isinstance(items.value, list):
             return
         compiled = [c for i, node in enumerate(items.value) if (c := self._compile(i, node)) is not None]
+        self.compiled = compiled
         total = sum(
             len(c.variants) * (len(self.rows.records) if c.uses_rows and self.rows else 1) for c in compiled
         )
@@ -371,6 +379,7 @@ class Expander:
             variant.id_suffix = "".join("-" + s for s in suffix)
             variant.base = freeze(variant.base)
             variant.shown = freeze(variant.values)
+            variant.relayable = _relayable(variant.holes)
             variants.append(variant)
         return variants
 
@@ -494,11 +503,17 @@ class Expander:
             for h, v in zip(variant.holes, values, strict=True)
         )
         verified = signature in variant.verified
-        units = self.chain.build(data, item_id, item.location, verified=verified, report=inst.report)
+        template = variant.template
+        if verified and template is not None:
+            units: list[Unit] | None = relay(template, item_id, _changes(variant.holes, values))
+        else:
+            units = self.chain.build(data, item_id, item.location, verified=verified, report=inst.report)
         if units is None or not id_ok:
             return
         if not verified:
             variant.verified.add(signature)
+            if variant.template is None and variant.relayable:
+                self._adopt_template(variant, units, item_id, values)
         self.units.extend(units)
         self.items.append(
             Item(
@@ -511,6 +526,30 @@ class Expander:
             )
         )
 
+    def _adopt_template(self, variant: _Variant, units: list[Unit], item_id: str, values: list[Any]) -> None:
+        """Rows of this variant that pass the same checks are built by :func:`relay` from ``units``,
+        once relaying them gives back exactly what the full build gave (else never)."""
+        if any(u.model_id is not None and u.model_id.startswith(TRAINED_SIGIL) for u in units):
+            variant.relayable = False
+            return
+        if relay(units, item_id, _changes(variant.holes, values)) == units:
+            variant.template = tuple(units)
+        else:
+            variant.relayable = False
+
+
+def _changes(holes: list[_Hole], values: list[Any]) -> dict[str, Any]:
+    """The row's values of the variant's request fields (its id aside)."""
+    return {str(h.path[0]): v for h, v in zip(holes, values, strict=True) if h.path != ("id",)}
+
+
+def _relayable(holes: list[_Hole]) -> bool:
+    """Holes that only put text into top-level image fields (or the id)."""
+    return all(
+        h.path == ("id",) or (len(h.path) == 1 and h.kind is None and can_relay(str(h.path[0])))
+        for h in holes
+    )
+
 
 class _Instance:
     """One item × variant × row: knows where each of its fields came from, for messages."""
@@ -522,6 +561,26 @@ class _Instance:
         self.item = item
         self.variant = variant
         self.row = row
+
+    def origin(self) -> int:
+        """This instance as one int: (manifest item, variant, row)."""
+        rows = len(self.x.rows.records) + 1 if self.x.rows is not None else 1
+        variant = self.item.variants.index(self.variant) if len(self.item.variants) > 1 else 0
+        return ((self.item.index * MAX_VARIANTS) + variant) * rows + (0 if self.row is None else self.row + 1)
+
+    def from_origin(self, code: int) -> _Instance:
+        """The instance :meth:`origin` encoded (of the same expander)."""
+        rows = len(self.x.rows.records) + 1 if self.x.rows is not None else 1
+        rest, row = divmod(code, rows)
+        index, variant = divmod(rest, MAX_VARIANTS)
+        item = next(c for c in self.x.compiled if c.index == index)
+        return _Instance(self.x, item, item.variants[variant], None if row == 0 else row - 1)
+
+    def item_id(self) -> str:
+        """The expanded id of this instance (rendered again: only asked for when reporting)."""
+        rendered = self.x._render(self.item, self.variant, self.row)
+        assert rendered is not None  # it was rendered once already
+        return str(rendered[0]["id"]) + self.variant.id_suffix
 
     # -- locating -------------------------------------------------------------------------------
 
@@ -584,9 +643,10 @@ class _Instance:
         folded = item_id.casefold()
         first = self.x.ids.get(folded)
         if first is None:
-            self.x.ids[folded] = (item_id, self)
+            self.x.ids[item_id if folded == item_id else folded] = self.origin()
             return True
-        first_id, first_instance = first
+        first_instance = self.from_origin(first)
+        first_id = first_instance.item_id()
         if first_instance.item is not self.item and first_instance.item.declared == self.item.declared:
             return False  # reported once, at the second declaration, by Expander._declared_once
         where, path, note = self.locate(("id",))

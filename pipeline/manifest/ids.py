@@ -9,7 +9,9 @@ import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["MAX_ID_LENGTH", "RESERVED_IDS", "slug", "unit_key", "unsafe_segment"]
+import orjson
+
+__all__ = ["MAX_ID_LENGTH", "RESERVED_IDS", "canonical_json", "slug", "unit_key", "unsafe_segment"]
 
 #: Ids longer than this are refused: they become folder names, and file systems cap names at 255 bytes.
 MAX_ID_LENGTH = 120
@@ -58,8 +60,30 @@ def slug(value: object) -> str:
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+#: In orjson's output, a number token with a fraction or an exponent: a float, which orjson may
+#: spell differently from ``repr`` (``0.00001`` vs ``1e-05``). Matches inside strings too (harmless).
+_FLOATISH = re.compile(rb"[:,\[]-?[0-9]+[.eE]")
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def canonical_json(payload: Mapping[str, Any]) -> bytes:
+    """Sorted keys, no spaces, UTF-8, no NaN: the bytes every unit key is the hash of.
+
+    The stdlib encoder defines them (keys must not change between versions: a changed key is new,
+    paid work). orjson writes the same bytes ten times faster for strings, integers, booleans and
+    nulls, so it runs first; a payload whose output shows a float, a nested null (orjson writes NaN
+    as ``null``; the stdlib refuses it) or that orjson refuses (big integers, non-text keys) is
+    encoded again by the stdlib.
+    """
+    try:
+        text = orjson.dumps(payload, option=_SORTED)
+    except orjson.JSONEncodeError:
+        return _CANONICAL.encode(payload).encode()
+    if _FLOATISH.search(text) or text.count(b"null") != list(payload.values()).count(None):
+        return _CANONICAL.encode(payload).encode()
+    return text
 
 
 def unit_key(payload: Mapping[str, Any]) -> str:
     """The stable key of a unit: SHA-256 of canonical JSON (sorted keys, no spaces), 32 hex digits."""
-    return hashlib.sha256(_CANONICAL.encode(payload).encode()).hexdigest()[:32]
+    return hashlib.sha256(canonical_json(payload)).hexdigest()[:32]

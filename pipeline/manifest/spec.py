@@ -169,6 +169,7 @@ class Manifest:
     output_template: str
 
 
+_EMPTY = FrozenDict()
 _SETTLED = frozenset({str, int, float, bool, type(None), FrozenDict, tuple})
 
 
@@ -181,6 +182,8 @@ def freeze(value: Any) -> Any:
     if isinstance(value, dict):
         if type(value) is FrozenDict:
             return value
+        if not value:
+            return _EMPTY  # every upscale request of a catalog: one object, not one each
         return FrozenDict({k: v if type(v) in _SETTLED else freeze(v) for k, v in value.items()})
     if isinstance(value, list):
         return tuple(v if type(v) in _SETTLED else freeze(v) for v in value)

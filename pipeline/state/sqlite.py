@@ -40,7 +40,7 @@ from urllib.request import pathname2url
 import anyio
 import anyio.to_thread
 
-from pipeline import __version__
+import pipeline
 from pipeline.clock import Clock
 from pipeline.errors import StateError
 from pipeline.state.lifecycle import Event, Phase, allowed_from
@@ -66,6 +66,7 @@ _DETAIL_MAX = 300  # event details are a hint, not a log: the history must stay 
 _QUIET = frozenset({"succeeded", "done"})  # no event: the row keeps all they say, and nothing overwrites it
 _LINGER_S = 0.03  # the longest a change that may wait waits for a commit to carry it
 _BATCH_MAX = 64  # lingering changes queued: commit now, do not wait for more
+_CHUNK = 10_000  # rows fetched at a time by the streaming reads
 
 T = TypeVar("T")
 
@@ -295,7 +296,9 @@ def _check_version(conn: sqlite3.Connection, path: Path, *, exact: bool) -> int:
     return version
 
 
-def _open_writer(path: Path, now: str, app_version: str) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+def _open_writer(
+    path: Path, now: str, app_version: str | None
+) -> tuple[sqlite3.Connection, sqlite3.Connection]:
     """Create or open the file (0600 in a 0700 directory), check it, migrate it; runs in a thread."""
     _refuse_symlinks(path)
     with _mapped(path, "opening"):
@@ -333,7 +336,7 @@ def _open_writer(path: Path, now: str, app_version: str) -> tuple[sqlite3.Connec
         raise
 
 
-def _migrate(conn: sqlite3.Connection, path: Path, version: int, now: str, app_version: str) -> None:
+def _migrate(conn: sqlite3.Connection, path: Path, version: int, now: str, app_version: str | None) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])  # re-read under the lock
@@ -345,7 +348,7 @@ def _migrate(conn: sqlite3.Connection, path: Path, version: int, now: str, app_v
             statements = [s for v in range(version, SCHEMA_VERSION) for s in _MIGRATIONS[v]]
         for statement in statements:
             conn.execute(statement)
-        meta = {"schema_version": str(SCHEMA_VERSION), "app_version": app_version}
+        meta = {"schema_version": str(SCHEMA_VERSION), "app_version": app_version or pipeline.__version__}
         if version == 0:
             meta["created_at"] = now
         conn.executemany("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", meta.items())
@@ -398,6 +401,25 @@ class _Reads:
         """Every unit's phase by key: what the scheduler needs to plan a resume."""
         with _mapped(self._path, "reading phases"):
             return {key: _PHASE[phase] for key, phase in self._reader.execute("SELECT key, phase FROM units")}
+
+    def iter_phases(self) -> Iterator[tuple[str, Phase]]:
+        """Every unit's key and phase, in chunks from one snapshot: a resume of a million-unit state
+        without a million-entry dict. Consume it to the end (the snapshot is held until then)."""
+        sql = "SELECT key, phase FROM units"
+        yield from self._stream("reading phases", sql, lambda row: (row[0], _PHASE[row[1]]))
+
+    def iter_outputs(self) -> Iterator[tuple[str, int, str | None, int | None]]:
+        """``(unit_key, n, path, bytes)`` of every recorded output, streamed like :meth:`iter_phases`:
+        what a resume checks on disk. One scan of the outputs table (the caller knows which units
+        are done: a join would cost two index lookups per output)."""
+        yield from self._stream("reading outputs", "SELECT unit_key, n, path, bytes FROM outputs", tuple)
+
+    def _stream(self, doing: str, sql: str, make: Callable[[Any], T]) -> Iterator[T]:
+        with self._snapshot(doing) as conn:
+            cursor = conn.execute(sql)
+            while rows := cursor.fetchmany(_CHUNK):
+                for row in rows:
+                    yield make(row)
 
     def counts(self) -> dict[Phase, int]:
         """How many units are in each phase (every phase present, zeros included)."""
@@ -586,7 +608,7 @@ class StateStore(_Reads):
         *,
         clock: Clock,
         run_id: str | None = None,
-        app_version: str = __version__,
+        app_version: str | None = None,
         linger_s: float = _LINGER_S,
     ) -> _Opening:
         """Open (creating if missing) a state file: awaitable, or an async context manager that closes it.
@@ -1005,7 +1027,9 @@ def _expect(conn: sqlite3.Connection, key: str, action: str, allowed: Set[Phase]
 class _Opening:
     """What ``StateStore.open`` returns: ``await`` it, or use it as ``async with``."""
 
-    def __init__(self, path: Path, clock: Clock, run_id: str, app_version: str, linger_s: float) -> None:
+    def __init__(
+        self, path: Path, clock: Clock, run_id: str, app_version: str | None, linger_s: float
+    ) -> None:
         self._args = (path, clock, run_id, app_version, linger_s)
         self._store: StateStore | None = None
 
