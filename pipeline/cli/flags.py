@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeAlias
 
-__all__ = ["add_logging_flags"]
+__all__ = ["Handler", "Subcommands", "add_logging_flags"]
+
+#: A command's handler: plain or async; returns the exit code.
+Handler = Callable[[argparse.Namespace], Any]
+#: What ``add_subparsers`` returns: each command module registers its parsers on it.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def add_logging_flags(p: argparse.ArgumentParser) -> None:
