@@ -38,6 +38,7 @@ from benchmarks.scenarios import (
     startup,
     throughput,
     uploads,
+    workers,
 )
 
 Scenario = Callable[[Context, Any], list[Figure]]
@@ -72,6 +73,11 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
         uploads.run,
         uploads.Size(),
         uploads.Size(assets=6, file_size=200_000, rounds=1, timeout_s=60),
+    ),
+    "workers": (
+        workers.run,
+        workers.Size(),
+        workers.Size(units=16, workers=(2,), told=16, server_cap=8, durations=(0.05, 0.2), timeout_s=90),
     ),
     "baselines": (
         baselines.run,

@@ -33,7 +33,9 @@ Tree::
     │   ├── OutputConflictError              a create-only put found other bytes under the key
     │   └── OutputUnavailableError   exit 2  no such bucket, credentials refused, bad s3:// URL
     ├── StateError                   exit 2  the state file is unreadable, corrupt or of an unknown schema
-    │   └── LockedError              exit 4  another run holds the state file (names the holder)
+    │   ├── LockedError              exit 4  another run holds the state file (names the holder)
+    │   ├── StateUnavailableError    exit 2  state database unreachable, wrong password, newer schema
+    │   └── LeaseLostError                   another worker holds the unit now: the write was refused
     └── InterruptedRunError          exit 130  stopped by a signal; the state is consistent
 
 Messages never contain the API key: errors are built from the NOK ``message``,
@@ -53,6 +55,7 @@ __all__ = [
     "DownloadError",
     "IntegrityError",
     "InterruptedRunError",
+    "LeaseLostError",
     "LockedError",
     "ManifestError",
     "ManifestProblem",
@@ -68,6 +71,7 @@ __all__ = [
     "RequestTimeoutError",
     "ServerError",
     "StateError",
+    "StateUnavailableError",
     "TransientDownloadError",
     "TransportError",
     "UnsafeAssetError",
@@ -256,6 +260,21 @@ class LockedError(StateError):
     """Another run holds this state file. The message names the holder (pid, host, start time)."""
 
     exit_code = 4
+
+
+class StateUnavailableError(StateError):
+    """The shared state database cannot be used: unreachable, wrong password, or a schema newer than
+    this version. Raised before anything is sent to the API. The message never holds the password."""
+
+    exit_code = 2
+
+
+class LeaseLostError(StateError):
+    """This worker's lease on a unit expired or another worker took the unit over: the change was
+    not written. The unit is the other worker's now; this one lets it go (not a run failure)."""
+
+    exit_code = 1
+    retryable = True
 
 
 class InterruptedRunError(PipelineError):

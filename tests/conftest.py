@@ -47,6 +47,16 @@ async def _sandbox(sim_config: SimConfig, clock: FakeClock) -> AsyncIterator[San
         yield sb
 
 
+@pytest.fixture(name="pg_server", scope="session")
+def _pg_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL for the whole session (tests/pg.py); skipped without the binaries
+    except in CI, where that is a failure."""
+    from tests.pg import throwaway_postgres
+
+    with throwaway_postgres() as server:
+        yield server
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,6 +27,7 @@ EXPECTED = {
     "uploads": ["ours/plain", "rss_growth"],
     "startup": ["first_post"],
     "cron": ["plan_time", "first_post", "peak_rss", "requests_for_done_units"],
+    "workers": ["2.wall", "2.requests_per_unit", "2.429s_per_unit", "2.peak_server_active"],
     "baselines": ["sequential.throughput ours/baseline", "gather.throughput ours/baseline",
                   "gather.hidden_cap ours/baseline", "gather.rate_limited.rate/limit"],
 }  # fmt: skip
@@ -43,6 +44,10 @@ def _ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
     "name", [pytest.param(n, marks=pytest.mark.slow) if n == "uploads" else n for n in SCENARIOS]
 )
 def test_scenario_runs_at_a_tiny_size(ctx: Context, name: str) -> None:
+    if name == "workers":
+        from tests.pg import require_bin
+
+        require_bin()  # PostgreSQL: a skip on a machine without it, a failure in CI
     scenario, _, smoke = SCENARIOS[name]
     figures: list[Figure] = scenario(ctx, smoke)
     if any(f.name == "uploads.skipped" for f in figures):  # only off CI: there a missing weed fails

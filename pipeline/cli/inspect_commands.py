@@ -23,7 +23,10 @@ def register(
     status = sub.add_parser("status", help="what the state file holds (read-only; safe during a run)")
     status.add_argument("manifest", type=Path, nargs="?")
     status.add_argument("--out", type=out_arg, default=None)
-    status.add_argument("--state", type=Path, default=None)
+    status.add_argument("--state", default=None, help="state file or postgresql:// URL")
+    status.add_argument(
+        "--run", default=None, help="with a shared database: the run's name (default: manifest name)"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     add_logging_flags(status)
 
@@ -58,7 +61,19 @@ def _state_path(args: argparse.Namespace) -> Path:
     raise ConfigError("say which run: give MANIFEST, --out DIR or --state PATH")
 
 
+def _shared_state(args: argparse.Namespace) -> str | None:
+    """The ``postgresql://`` URL ``--state`` or ``$PHOTOGPT_STATE_URL`` names, if any."""
+    from pipeline.state.opening import resolve_state
+
+    found = resolve_state(args.state, Path("unused"))
+    return found if isinstance(found, str) else None
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
+    if (url := _shared_state(args)) is not None:
+        from pipeline.cli.shared_status import status_shared
+
+        return status_shared(url, args)
     import json
 
     from pipeline.state.sqlite import open_readonly

@@ -39,9 +39,16 @@ def register(
     )
     run.add_argument(
         "--state",
-        type=Path,
         default=None,
-        help="state file (default <out>/.state/state.db; .photogpt-state/<bucket>/<prefix>/ for s3://)",
+        help="state file (default <out>/.state/state.db; .photogpt-state/<bucket>/<prefix>/ for s3://), "
+        "or a postgresql:// URL shared by several workers (default $PHOTOGPT_STATE_URL)",
+    )
+    run.add_argument(
+        "--lease",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with a shared database: how long a worker's claim on a unit lasts without a heartbeat",
     )
     run.add_argument("--sandbox", action="store_true", help="run against an in-process simulator")
     run.add_argument("--sandbox-profile", choices=("fast", "realistic", "chaos"), default="fast")
@@ -182,6 +189,7 @@ async def _execute_run(args: argparse.Namespace) -> RunSummary:
         options=options,
         retry_failed=args.retry_failed,
         resubmit_unknown=args.resubmit_unknown,
+        lease_s=args.lease,
         regenerate_rejected=args.regenerate_rejected,
         announce=None if args.quiet else lambda text: print(text, file=sys.stderr, flush=True),
         poll_profile=args.poll_profile,

@@ -24,7 +24,7 @@ from pipeline.engine.limits import ActiveJobLimit, RequestPacer
 from pipeline.engine.provision import Provisioner
 from pipeline.engine.tally import Snapshot, Tally
 from pipeline.state.lifecycle import Ending, Event, Phase, advance
-from pipeline.state.sqlite import StateStore
+from pipeline.state.store import StateStore
 
 if TYPE_CHECKING:
     from pipeline.engine.options import RunOptions
@@ -74,8 +74,11 @@ class RunContext:
         options: RunOptions,
         clock: Clock,
         provisioner: Provisioner | None = None,
+        upstreams: Mapping[str, WorkUnit] | None = None,
     ) -> None:
         self.units: Mapping[str, WorkUnit] = {u.key: u for u in units}
+        #: Done upstream units outside this run's set, which chained requests are built from.
+        self.upstreams: Mapping[str, WorkUnit] = upstreams or {}
         self.order = [u.key for u in units]
         self.children: dict[str, list[str]] = {}
         for u in units:
@@ -119,6 +122,10 @@ class RunContext:
         """Start ``key`` in this run from its recorded ``phase``."""
         self.phase[key] = phase
         self.tally.move(key, _SHOWN[phase], self.clock.monotonic())
+
+    def unit(self, key: str) -> WorkUnit:
+        """A unit of this run, or a done upstream one."""
+        return self.units.get(key) or self.upstreams[key]
 
     def is_pending(self, key: str) -> bool:
         """Only a pending unit may be sent (see the lifecycle)."""

@@ -29,7 +29,8 @@ from pipeline.output import sidecar
 from pipeline.output.downloader import Downloader, Fetched
 from pipeline.output.layout import OutputLayout
 from pipeline.output.store import ASSET_EXTS, OutputStore, Publication, sidecar_key
-from pipeline.state.sqlite import StateStore, UnitLike, UnitRecord
+from pipeline.state.records import UnitLike, UnitRecord
+from pipeline.state.store import StateStore
 
 __all__ = ["Delivery", "WorkUnit", "file_number"]
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.engine.delivery import WorkUnit
-from pipeline.state.sqlite import Phase, StateStore
+from pipeline.state.records import Phase
+from pipeline.state.store import StateStore
 
 __all__ = ["Resume", "sort_out"]
 
@@ -36,6 +37,8 @@ class Resume:
 
     units: list[WorkUnit]
     phases: dict[str, Phase]
+    #: Done upstream units of ``units``, which their chained requests are built from.
+    upstreams: dict[str, WorkUnit]
     done: int  #: done units whose every output is on disk: nothing to do
     new: int  #: units the state did not know, now recorded as pending
     stale: int  #: units in the state that the manifest no longer has (kept, never deleted)
@@ -70,12 +73,14 @@ async def sort_out(
     if new:
         await store.sync_units(new)
     active = [u for u, s in zip(units, status, strict=True) if s != _DONE]
+    upstreams: dict[str, WorkUnit] = {}
     for unit in active:
         up = unit.upstream
         if up is not None and up not in phases and (i := position.get(up)) is not None and status[i] == _DONE:
             phases[up] = Phase.DONE
+            upstreams[up] = units[i]
     done = len(units) - len(active)
-    return Resume(active, phases, done, len(new), stale, len(missing))
+    return Resume(active, phases, upstreams, done, len(new), stale, len(missing))
 
 
 def _missing_outputs(

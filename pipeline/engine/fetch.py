@@ -17,7 +17,7 @@ from pipeline.engine.context import RunContext
 from pipeline.engine.delivery import Delivery
 from pipeline.errors import AssetGoneError, AuthError, PipelineError
 from pipeline.state.lifecycle import Ending, Event
-from pipeline.state.sqlite import UnitRecord
+from pipeline.state.records import UnitRecord
 
 __all__ = ["Fetch", "is_disk_problem"]
 

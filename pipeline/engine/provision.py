@@ -25,7 +25,7 @@ from pipeline.clock import Clock
 from pipeline.engine.retry import RetryPolicy, retrying
 from pipeline.errors import ConfigError, NotFoundError, PipelineError, RateLimitedError
 from pipeline.manifest.spec import LOCAL_PREFIX, LocalRef, ModelSpec, thaw
-from pipeline.state.sqlite import StateStore
+from pipeline.state.store import StateStore
 
 __all__ = ["ModelNotReadyError", "Provisioner"]
 

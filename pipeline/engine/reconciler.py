@@ -61,8 +61,12 @@ class Reconciler:
             self._jobs_loaded = True
         slack = timedelta(seconds=ctx.options.reconcile_slack_s)
         start, end = window_of(uncertain, ctx.clock.now(), slack)
+        if await self._others_posting(uncertain):
+            self.uncertain.extend(uncertain)  # another worker's POST is in flight: decide when it is not
+            return
         try:
             listed = [j async for j in ctx.api.iter_jobs(start=start, end=end + slack)]
+            ctx.known_jobs.update(ctx.store.job_ids())  # jobs other workers recorded meanwhile
         except ApiError as exc:
             _log.warning("reconcile_failed", error=str(exc))
             for u in uncertain:
@@ -89,6 +93,12 @@ class Reconciler:
             else:
                 await self._unknown(decision.key, decision.reason)
                 log.warning("submission_unknown", reason=decision.reason)
+
+    async def _others_posting(self, uncertain: list[Uncertain]) -> bool:
+        """With workers sharing the run, a job another one created may be listed before its id is
+        recorded: never decide while one of their POSTs is in flight (a shared store says)."""
+        others = getattr(self.ctx.store, "others_submitting", None)
+        return others is not None and bool(await others([u.key for u in uncertain]))
 
     async def _unknown(self, key: str, reason: str) -> None:
         await self.ctx.store.mark_unknown(key, reason)

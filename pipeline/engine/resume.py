@@ -12,7 +12,7 @@ from pipeline.engine.context import RunContext
 from pipeline.engine.fetch import Fetch
 from pipeline.engine.watch import Watch
 from pipeline.state.lifecycle import Ending, Phase
-from pipeline.state.sqlite import UnitRecord
+from pipeline.state.records import UnitRecord
 
 __all__ = ["resume_units"]
 

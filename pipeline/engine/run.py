@@ -46,7 +46,7 @@ from pipeline.output.layout import OutputLayout
 from pipeline.output.local import LocalOutputStore
 from pipeline.output.store import OutputStore
 from pipeline.state.lifecycle import Ending, Event, Phase
-from pipeline.state.sqlite import StateStore
+from pipeline.state.store import StateStore
 
 __all__ = ["RunOptions", "RunSummary", "run_pipeline"]
 
@@ -260,6 +260,7 @@ async def run_pipeline(
         options=options,
         clock=clock,
         provisioner=provisioner,
+        upstreams=diff.upstreams,
     )
     run = _Run(ctx, layout=layout, downloader=downloader, output=output, recorded=diff.phases)
     if monitor is not None:

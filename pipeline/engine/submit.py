@@ -35,6 +35,7 @@ from pipeline.errors import (
 )
 from pipeline.manifest.spec import thaw
 from pipeline.state.lifecycle import Ending, Event
+from pipeline.state.records import CAP_429_REASON
 
 __all__ = ["Submit"]
 
@@ -54,7 +55,9 @@ class Submit:
     ) -> None:
         self.ctx, self.budget = ctx, budget
         self.on_job, self.on_uncertain = on_job, on_uncertain
-        self.limiter = RateLimiter(ctx.options.submit_rate, clock=ctx.clock)
+        # A store shared by several workers paces submissions for all of them (``--rate`` is a total).
+        shared: RateLimiter | None = getattr(ctx.store, "submit_limiter", None)
+        self.limiter = shared or RateLimiter(ctx.options.submit_rate, clock=ctx.clock)
         self.posts_in_flight = 0
         self._requeued: set[str] = set()
 
@@ -165,12 +168,14 @@ class Submit:
         ctx, log = self.ctx, _log.bind(item=self.ctx.units[key].item_id, unit=key)
         if isinstance(exc, RateLimitedError):
             ctx.tally.rate_limited += 1
-            if not ctx.pacer.explains_429():  # the job cap's doing, not the request rate's
+            cap_refused = not ctx.pacer.explains_429()  # the job cap's doing, not the request rate's
+            if cap_refused:
                 ctx.active.on_rate_limited()
             pause = exc.retry_after_s if exc.retry_after_s is not None else ctx.backoff(1)
             self.limiter.defer(pause)
             log.info("rate_limited", retry_after_s=exc.retry_after_s, target=ctx.active.target)
-            await self.back_to_pending(key, "429 rate limited")
+            # A shared store learns the job cap from this reason and teaches it to every worker.
+            await self.back_to_pending(key, CAP_429_REASON if cap_refused else "429 rate limited")
             self._requeue(key)
         elif isinstance(exc, QuotaExhaustedError):
             ctx.stop_submitting("quota")
@@ -219,7 +224,7 @@ class Submit:
         up = ctx.store.get(unit.upstream)
         if up is None or not up.outputs:
             raise RejectedError(f"upstream {unit.upstream} has no outputs", endpoint="(chain)")
-        n = 1 if ctx.units[unit.upstream].expected_outputs <= 1 else unit.index
+        n = 1 if ctx.unit(unit.upstream).expected_outputs <= 1 else unit.index
         source = up.outputs[min(n, len(up.outputs)) - 1]
         if unit.step == "upscale":
             body["imageID"] = source.asset_id

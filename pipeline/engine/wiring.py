@@ -7,12 +7,13 @@ plain objects.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import re
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -47,7 +48,10 @@ from pipeline.output.open import is_s3_url, open_output
 from pipeline.output.s3url import parse_s3_url
 from pipeline.output.store import OutputStore
 from pipeline.state.lock import RunLock
-from pipeline.state.sqlite import Phase, StateStore
+from pipeline.state.opening import resolve_state
+from pipeline.state.records import Phase
+from pipeline.state.sqlite import StateStore as SqliteStore
+from pipeline.state.store import StateStore
 
 __all__ = ["PreflightError", "RunRequest", "default_out", "default_state", "execute"]
 
@@ -73,7 +77,11 @@ class RunRequest:
     manifest: Path
     #: A folder, or ``s3://bucket/prefix`` (then the state and the parts stay local: :func:`s3_home`).
     out: Path | str | None = None
-    state: Path | None = None
+    #: A state file, or a ``postgresql://`` URL shared by cooperating workers (default: the file in
+    #: ``<out>/.state``, or ``$PHOTOGPT_STATE_URL`` when set).
+    state: Path | str | None = None
+    #: Seconds a cooperating worker's claim on a unit lasts without a heartbeat (shared state only).
+    lease_s: float = 60.0
     sandbox: bool = False
     sandbox_profile: str = "fast"
     base_url: str | None = None
@@ -160,7 +168,7 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
 
 async def _load_resuming(
     request: RunRequest, clock: Clock, stack: AsyncExitStack
-) -> tuple[Manifest, StateStore | None]:
+) -> tuple[Manifest, SqliteStore | None]:
     """The manifest, and the state already open when this is a resume.
 
     A resume's state file is opened (lock, integrity check: seconds for a million units) in a
@@ -178,15 +186,15 @@ async def _load_resuming(
         return load_manifest(request.manifest), None  # held: the run below says by whom
     stack.callback(lock.release)
     async with anyio.create_task_group() as tg:
-        opened: list[StateStore] = []
+        opened: list[SqliteStore] = []
 
         async def open_state() -> None:
-            opened.append(await stack.enter_async_context(StateStore.open(state_path, clock=clock)))
+            opened.append(await stack.enter_async_context(SqliteStore.open(state_path, clock=clock)))
 
         tg.start_soon(open_state)
         manifest = await anyio.to_thread.run_sync(load_manifest, request.manifest)
     out = request.out or default_out(manifest)
-    if (request.state or default_state(out)) != state_path:  # the guessed name was not the manifest's
+    if resolve_state(request.state, default_state(out)) != state_path:  # not the manifest's name
         await stack.aclose()
         return manifest, None
     return manifest, opened[0]
@@ -196,7 +204,10 @@ def _state_before_load(request: RunRequest) -> Path | None:
     """The state path when it can be told before the manifest is loaded: given, or from ``--out``, or
     from a plain ``name:`` line (checked against the loaded manifest afterwards)."""
     if request.state is not None or request.out is not None:
-        return request.state or default_state(request.out or Path())
+        found = resolve_state(request.state, default_state(request.out or Path()))
+        return found if isinstance(found, Path) else None  # a database URL: no file to open early
+    if isinstance(resolve_state(None, Path()), str):
+        return None
     try:
         with request.manifest.open("rb") as handle:
             head = handle.read(_PEEK_BYTES)
@@ -213,10 +224,13 @@ _NAME_LINE = re.compile(rb"^name:[ \t]*([A-Za-z0-9][A-Za-z0-9_.+=@,-]*)[ \t]*(?:
 
 
 async def _execute(
-    request: RunRequest, clock: Clock, manifest: Manifest, early: StateStore | None
+    request: RunRequest, clock: Clock, manifest: Manifest, early: SqliteStore | None
 ) -> RunSummary:
     out = request.out or default_out(manifest)
-    state_path = request.state or default_state(out)
+    state = resolve_state(request.state, default_state(out))
+    if isinstance(state, str):  # a shared database: workers cooperate through claims, no lock file
+        return await _execute_shared(request, manifest, out, state, clock)
+    state_path = state
     staging = s3_home(str(out)) / "parts" if is_s3_url(out) else Path(out)
     output = open_output(out, staging=staging)
     layout = OutputLayout(staging, manifest.output_template)
@@ -241,7 +255,7 @@ async def _execute(
                 options = replace(options, prices=manifest.prices)
             async with AsyncExitStack() as stack:
                 if early is None:
-                    store = await stack.enter_async_context(StateStore.open(state_path, clock=clock))
+                    store = await stack.enter_async_context(SqliteStore.open(state_path, clock=clock))
                 else:
                     store = early
                 if request.retry_failed:
@@ -270,7 +284,7 @@ async def _execute(
 
 
 async def _regenerate(
-    request: RunRequest, manifest: Manifest, store: StateStore, layout: OutputLayout, options: RunOptions,
+    request: RunRequest, manifest: Manifest, store: SqliteStore, layout: OutputLayout, options: RunOptions,
     clock: Clock,
 ) -> None:  # fmt: skip
     """Say what ``--regenerate-rejected`` will pay for, then set those units up for the run."""
@@ -279,6 +293,58 @@ async def _regenerate(
         _log.warning("regeneration_skipped", reason=why)
     (request.announce or (lambda text: _log.info("regeneration_planned", text=text)))(plan.describe())
     await regenerate.apply_regeneration(plan, store, layout, clock)
+
+
+async def _execute_shared(
+    request: RunRequest, manifest: Manifest, out: Path | str, url: str, clock: Clock
+) -> RunSummary:
+    """``run`` on a shared state database: one of possibly many workers (see cooperate.py)."""
+    # Imported here: psycopg costs a few hundred ms of start-up that a run on SQLite never pays.
+    from pipeline.engine.cooperate import SharedStore, run_shared
+    from pipeline.state.pgconn import key_hash
+
+    if request.lease_s <= 0:
+        raise ConfigError("--lease must be a positive number of seconds")
+    staging = s3_home(str(out)) / "parts" if is_s3_url(out) else Path(out)
+    output = open_output(out, staging=staging)
+    layout = OutputLayout(staging, manifest.output_template)
+    try:
+        await anyio.Path(staging).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use the output folder {staging}: {exc.strerror or exc}") from exc
+    # The database first: a bad URL or password is an error before any request to the API.
+    store = await SharedStore.open(url, clock=clock, run=manifest.name, lease_s=request.lease_s)
+    try:
+        await output.open()  # a missing bucket or refused credentials stop here: nothing paid
+        async with _api_config(request) as (config, is_sandbox):
+            options = _tuned(request, manifest, config, is_sandbox)
+            await store.share_limits(
+                key_hash(config.api_key.reveal()), cap=options.max_active, rate_per_s=options.submit_rate
+            )
+            if request.retry_failed:
+                await store.reset(Phase.FAILED)
+            if request.resubmit_unknown:
+                await store.reset(Phase.UNKNOWN)
+            runner = functools.partial(run_shared, batch=max(8, options.max_active // 2))
+            fast = options.poll != RunOptions().poll
+            return await _run(manifest, config, store, (layout, output), options, clock, fast=fast,
+                              progress=request.progress, runner=runner)  # fmt: skip
+    finally:
+        with anyio.CancelScope(shield=True):
+            await output.close()
+            await store.aclose()
+
+
+def _tuned(request: RunRequest, manifest: Manifest, config: ApiConfig, is_sandbox: bool) -> RunOptions:
+    options = request.options
+    fast = request.poll_profile == "fast" or (
+        request.poll_profile == "auto" and (is_sandbox or _is_loopback(config.base_url))
+    )
+    if fast and options.poll == RunOptions().poll:
+        options = _with_poll(options, PollPolicy.fast())
+    if manifest.prices and not options.prices:
+        options = replace(options, prices=manifest.prices)
+    return options
 
 
 def _with_poll(options: RunOptions, poll: PollPolicy) -> RunOptions:
@@ -297,6 +363,7 @@ async def _run(
     *,
     fast: bool = False,
     progress: Callable[[Callable[[], Snapshot]], Coroutine[Any, Any, None]] | None = None,
+    runner: Callable[..., Awaitable[RunSummary]] = run_pipeline,
 ) -> RunSummary:
     layout, output = where
     interrupted: list[int] = []
@@ -329,7 +396,7 @@ async def _run(
                     if progress is not None:
                         tg.start_soon(progress, snapshot)
 
-                summary = await run_pipeline(
+                summary = await runner(
                     manifest.units,
                     api=api,
                     store=store,
@@ -353,7 +420,9 @@ async def _after_run(
     manifest: Manifest, store: StateStore, output: OutputStore, summary: RunSummary, clock: Clock
 ) -> None:
     """The run record always; the gallery when the run changed anything it shows."""
-    await _write_run_record(output, summary, clock, store.review_counts())
+    review = store.review_counts() if isinstance(store, SqliteStore) else {}
+    worker = getattr(store, "holder", None)  # a shared run: which worker wrote this record
+    await _write_run_record(output, summary, clock, review, worker)
     if not (summary.submitted or summary.downloaded_bytes or summary.failures):
         return  # a no-op resume changes nothing the gallery shows (`report` rebuilds it)
     units = sum(summary.counts.values())
@@ -367,13 +436,18 @@ async def _after_run(
     from pipeline.output.report import variant_groups
 
     try:
-        await publish_report(output, state_path=store.path, groups=variant_groups(manifest.items))
+        state_path = getattr(store, "path", None)  # a shared database: the gallery shows the index
+        await publish_report(output, state_path=state_path, groups=variant_groups(manifest.items))
     except (OSError, OutputError) as exc:  # the gallery is a convenience: never fail a run over it
         _log.warning("report_failed", error=str(exc))
 
 
 async def _write_run_record(
-    output: OutputStore, summary: RunSummary, clock: Clock, review: dict[str, int] | None = None
+    output: OutputStore,
+    summary: RunSummary,
+    clock: Clock,
+    review: dict[str, int] | None = None,
+    worker: str | None = None,
 ) -> None:
     """``runs/<timestamp>.json``: the run's facts for scripts, written atomically."""
     stamp = clock.now().strftime("%Y%m%dT%H%M%S%fZ")
@@ -405,6 +479,8 @@ async def _write_run_record(
             for f in summary.failures
         ],
     }
+    if worker is not None:
+        record["worker"] = worker
     if isinstance(output, LocalOutputStore):
         for leftover in (output.root / "runs").glob(".*.tmp"):  # from a run killed while writing one
             leftover.unlink(missing_ok=True)

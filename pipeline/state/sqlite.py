@@ -32,9 +32,9 @@ import uuid
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar, cast
+from typing import Any, Self, TypeVar, cast
 from urllib.request import pathname2url
 
 import anyio
@@ -43,7 +43,24 @@ import anyio.to_thread
 import pipeline
 from pipeline.clock import Clock
 from pipeline.errors import StateError
-from pipeline.state.lifecycle import Event, Phase, allowed_from
+from pipeline.state.records import (
+    CAN_FAIL,
+    CAN_FINISH,
+    CAN_PARK,
+    CAN_RECORD_JOB,
+    CAN_REGENERATE,
+    CAN_REOPEN,
+    CAN_SUBMIT,
+    CAN_SUCCEED,
+    CAN_UNSEND,
+    PHASES,
+    EventRecord,
+    OutputRecord,
+    Phase,
+    UnitLike,
+    UnitRecord,
+    rfc3339,
+)
 
 __all__ = [
     "DecisionRecord",
@@ -51,6 +68,7 @@ __all__ = [
     "OutputRecord",
     "Phase",
     "RetiredRecord",
+    "SqliteStore",
     "StateStore",
     "StateView",
     "UnitLike",
@@ -69,86 +87,6 @@ _BATCH_MAX = 64  # lingering changes queued: commit now, do not wait for more
 _CHUNK = 10_000  # rows fetched at a time by the streaming reads
 
 T = TypeVar("T")
-
-
-_PHASE = {p.value: p for p in Phase}
-# Which phases each write starts from: the lifecycle's table, so no store can open a path it lacks.
-_CAN_SUBMIT = allowed_from(Event.INTENT)
-_CAN_RECORD_JOB = allowed_from(Event.ACCEPTED, Event.ADOPTED)
-_CAN_SUCCEED = allowed_from(Event.JOB_SUCCEEDED)
-_CAN_FINISH = allowed_from(Event.FETCHED)
-_CAN_REOPEN = allowed_from(Event.FILES_MISSING)
-_CAN_FAIL = allowed_from(Event.CHAIN_BROKEN, Event.INVALID, Event.JOB_FAILED, Event.OUTPUTS_GONE)
-_CAN_PARK = allowed_from(Event.AMBIGUOUS, Event.VANISHED)
-_CAN_UNSEND = allowed_from(Event.REFUSED, Event.NOTHING_CREATED)
-# A regeneration retires a rejected output (done) or what was made from one; pending ones stay.
-_CAN_REGENERATE = allowed_from(Event.REJECT, Event.REGENERATE, Event.UPSTREAM_REGENERATED) | {Phase.PENDING}
-
-
-class UnitLike(Protocol):
-    """One paid request as the manifest plans it (read-only attributes are enough)."""
-
-    @property
-    def key(self) -> str: ...
-    @property
-    def item_id(self) -> str: ...
-    @property
-    def step(self) -> str: ...
-    @property
-    def index(self) -> int: ...
-    @property
-    def request(self) -> Mapping[str, Any]: ...
-    @property
-    def upstream(self) -> str | None: ...
-    @property
-    def expected_outputs(self) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class OutputRecord:
-    """One output of a unit (``n`` is 1-based); the download fields are ``None`` until it is on disk."""
-
-    unit_key: str
-    n: int
-    asset_id: str
-    url: str
-    path: str | None
-    bytes: int | None
-    sha256: str | None
-    downloaded_at: str | None
-
-    @property
-    def downloaded(self) -> bool:
-        """True once the file was verified and recorded."""
-        return self.downloaded_at is not None
-
-
-@dataclass(frozen=True, slots=True)
-class UnitRecord:
-    """A unit's row, as stored. Timestamps are RFC 3339 UTC strings."""
-
-    key: str
-    item_id: str
-    step: str
-    index: int
-    upstream: str | None
-    request_json: str
-    expected_outputs: int
-    phase: Phase
-    job_id: str | None
-    attempts: int  #: POSTs sent (intents recorded), never reset
-    submitted_at: str | None
-    finished_at: str | None
-    last_error: str | None
-    error_kind: str | None
-    updated_at: str
-    run_id: str | None
-    outputs: tuple[OutputRecord, ...] = ()
-
-    @property
-    def request(self) -> dict[str, Any]:
-        """The request body exactly as synced (kept as JSON text so the record stays hashable)."""
-        return cast(dict[str, Any], json.loads(self.request_json))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,16 +117,6 @@ class RetiredRecord:
 
 #: Verdicts a decision row may hold; ``undo`` clears the current verdict and keeps the history.
 VERDICTS = frozenset({"approve", "reject", "undo"})
-
-
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One phase change in a unit's history."""
-
-    unit_key: str
-    at: str
-    phase: Phase
-    detail: str
 
 
 #: Schema 2: review decisions (append-only; the newest row per sha256 is the verdict) and the
@@ -238,10 +166,6 @@ _UNIT_COLS = (
 )
 _OUTPUT_COLS = "unit_key, n, asset_id, url, path, bytes, sha256, downloaded_at"
 _FORGET = ", job_id = NULL, submitted_at = NULL, finished_at = NULL, last_error = NULL, error_kind = NULL"
-
-
-def _rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _advice(exc: BaseException) -> str:
@@ -389,7 +313,7 @@ class _Reads:
             for out in conn.execute(out_sql, params):
                 outs.setdefault(out[0], []).append(OutputRecord(*out))
         make: Any = UnitRecord  # the row's columns are the record's fields, in order
-        return [make(*r[:7], _PHASE[r[7]], *r[8:], outputs=tuple(outs.get(r[0], ()))) for r in rows]
+        return [make(*r[:7], PHASES[r[7]], *r[8:], outputs=tuple(outs.get(r[0], ()))) for r in rows]
 
     def get(self, key: str) -> UnitRecord | None:
         """The unit with this key, with its outputs, or ``None``."""
@@ -400,13 +324,13 @@ class _Reads:
     def phases(self) -> dict[str, Phase]:
         """Every unit's phase by key: what the scheduler needs to plan a resume."""
         with _mapped(self._path, "reading phases"):
-            return {key: _PHASE[phase] for key, phase in self._reader.execute("SELECT key, phase FROM units")}
+            return {key: PHASES[phase] for key, phase in self._reader.execute("SELECT key, phase FROM units")}
 
     def iter_phases(self) -> Iterator[tuple[str, Phase]]:
         """Every unit's key and phase, in chunks from one snapshot: a resume of a million-unit state
         without a million-entry dict. Consume it to the end (the snapshot is held until then)."""
         sql = "SELECT key, phase FROM units"
-        yield from self._stream("reading phases", sql, lambda row: (row[0], _PHASE[row[1]]))
+        yield from self._stream("reading phases", sql, lambda row: (row[0], PHASES[row[1]]))
 
     def iter_outputs(self) -> Iterator[tuple[str, int, str | None, int | None]]:
         """``(unit_key, n, path, bytes)`` of every recorded output, streamed like :meth:`iter_phases`:
@@ -426,7 +350,7 @@ class _Reads:
         counts = dict.fromkeys(Phase, 0)
         with _mapped(self._path, "counting units"):
             for phase, count in self._reader.execute("SELECT phase, count(*) FROM units GROUP BY phase"):
-                counts[_PHASE[phase]] = count
+                counts[PHASES[phase]] = count
         return counts
 
     def job_ids(self) -> set[str]:
@@ -475,7 +399,7 @@ class _Reads:
             rows = self._reader.execute(
                 "SELECT unit_key, at, phase, detail FROM events WHERE unit_key = ? ORDER BY id", (key,)
             )
-            return [EventRecord(k, at, _PHASE[p], d) for k, at, p, d in rows]
+            return [EventRecord(k, at, PHASES[p], d) for k, at, p, d in rows]
 
     # ---- review (schema 2) ---------------------------------------------------------------
 
@@ -566,7 +490,7 @@ class _Change:
     error: StateError | None = None
 
 
-class StateStore(_Reads):
+class SqliteStore(_Reads):
     """The one writer of a state file. Mutators are async and durable on return; reads are sync.
 
     Durable on return holds for every mutator; ``mark_succeeded``, ``record_download`` and
@@ -652,7 +576,7 @@ class StateStore(_Reads):
                 await anyio.to_thread.run_sync(self._writer.close, limiter=self._limiter)
 
     def _now(self) -> str:
-        return _rfc3339(self._clock.now())
+        return rfc3339(self._clock.now())
 
     # ---- group commit ---------------------------------------------------------------------
 
@@ -779,7 +703,7 @@ class StateStore(_Reads):
         now = self._now()
 
         def apply(conn: sqlite3.Connection) -> int:
-            _expect(conn, key, "mark submitting", _CAN_SUBMIT)
+            _expect(conn, key, "mark submitting", CAN_SUBMIT)
             self._transition(conn, key, Phase.SUBMITTING, now, "intent", ", attempts = attempts + 1")
             return int(conn.execute("SELECT attempts FROM units WHERE key = ?", (key,)).fetchone()[0])
 
@@ -787,13 +711,13 @@ class StateStore(_Reads):
 
     async def mark_submitted(self, key: str, job_id: str, at: datetime | None = None) -> None:
         """Record the job id (durable on return). The same id again is a no-op; another id is refused."""
-        now, when = self._now(), _rfc3339(at or self._clock.now())
+        now, when = self._now(), rfc3339(at or self._clock.now())
 
         def apply(conn: sqlite3.Connection) -> None:
             row = conn.execute("SELECT phase, job_id FROM units WHERE key = ?", (key,)).fetchone()
             if row is not None and row[0] == Phase.SUBMITTED and row[1] == job_id:
                 return
-            _expect(conn, key, "record a job id", _CAN_RECORD_JOB)
+            _expect(conn, key, "record a job id", CAN_RECORD_JOB)
             other = conn.execute("SELECT key FROM units WHERE job_id = ? AND key <> ?", (job_id, key))
             if (owner := other.fetchone()) is not None:
                 raise StateError(f"job {job_id} already belongs to unit {owner[0]}, not to {key}")
@@ -814,7 +738,7 @@ class StateStore(_Reads):
             raise StateError(f"unit {key}: a success needs at least one output (mark it failed instead)")
 
         def apply(conn: sqlite3.Connection) -> None:
-            _expect(conn, key, "mark succeeded", _CAN_SUCCEED)
+            _expect(conn, key, "mark succeeded", CAN_SUCCEED)
             conn.execute("DELETE FROM outputs WHERE unit_key = ?", (key,))
             conn.executemany(
                 "INSERT INTO outputs (unit_key, n, asset_id, url) VALUES (?, ?, ?, ?)",
@@ -831,7 +755,7 @@ class StateStore(_Reads):
 
         Lingers: lost in a crash, the next run finds the published file with its sidecar and
         adopts it (``Delivery._adopt_published``) without downloading or paying again."""
-        now, when = self._now(), _rfc3339(at or self._clock.now())
+        now, when = self._now(), rfc3339(at or self._clock.now())
 
         def apply(conn: sqlite3.Connection) -> None:
             _expect(conn, key, "record a download", {Phase.SUCCEEDED})
@@ -855,7 +779,7 @@ class StateStore(_Reads):
         now = self._now()
 
         def apply(conn: sqlite3.Connection) -> None:
-            _expect(conn, key, "mark done", _CAN_FINISH)
+            _expect(conn, key, "mark done", CAN_FINISH)
             sql = "SELECT n FROM outputs WHERE unit_key = ? AND downloaded_at IS NULL ORDER BY n"
             missing = [n for (n,) in conn.execute(sql, (key,))]
             if missing:
@@ -886,7 +810,7 @@ class StateStore(_Reads):
         numbers = sorted(set(missing))
 
         def apply(conn: sqlite3.Connection) -> None:
-            _expect(conn, key, "reopen", _CAN_REOPEN)
+            _expect(conn, key, "reopen", CAN_REOPEN)
             conn.executemany(
                 "UPDATE outputs SET path = NULL, bytes = NULL, sha256 = NULL, downloaded_at = NULL"
                 " WHERE unit_key = ? AND n = ?",
@@ -898,15 +822,15 @@ class StateStore(_Reads):
 
     async def mark_failed(self, key: str, error: str, kind: str) -> None:
         """A permanent failure with its reason; only ``reset(Phase.FAILED)`` brings it back."""
-        await self._simple(key, Phase.FAILED, _CAN_FAIL, error, kind)
+        await self._simple(key, Phase.FAILED, CAN_FAIL, error, kind)
 
     async def mark_unknown(self, key: str, reason: str) -> None:
         """Park a unit whose outcome cannot be learned (lost intent, vanished job); see ``reset``."""
-        await self._simple(key, Phase.UNKNOWN, _CAN_PARK, reason, "unknown")
+        await self._simple(key, Phase.UNKNOWN, CAN_PARK, reason, "unknown")
 
     async def mark_pending(self, key: str, reason: str) -> None:
         """Back to pending when the API certainly created nothing (e.g. a 429); attempts are kept."""
-        await self._simple(key, Phase.PENDING, _CAN_UNSEND, reason, None)
+        await self._simple(key, Phase.PENDING, CAN_UNSEND, reason, None)
 
     async def _simple(self, key: str, to: Phase, allowed: Set[Phase], reason: str, kind: str | None) -> None:
         now = self._now()
@@ -970,7 +894,7 @@ class StateStore(_Reads):
         sha = sha256.strip().lower()
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise StateError(f"a decision needs the asset's sha256 (64 hex digits), not {sha256!r}")
-        record = DecisionRecord(sha, verdict, note or None, path, item_id, _rfc3339(at or self._clock.now()))
+        record = DecisionRecord(sha, verdict, note or None, path, item_id, rfc3339(at or self._clock.now()))
 
         def apply(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -995,7 +919,7 @@ class StateStore(_Reads):
         def apply(conn: sqlite3.Connection) -> int:
             changed = 0
             for key, why in units.items():
-                phase = _expect(conn, key, "regenerate", _CAN_REGENERATE)
+                phase = _expect(conn, key, "regenerate", CAN_REGENERATE)
                 conn.execute("DELETE FROM outputs WHERE unit_key = ?", (key,))
                 if phase is not Phase.PENDING:
                     self._transition(conn, key, Phase.PENDING, now, f"regenerate: {why}", _FORGET)
@@ -1019,37 +943,41 @@ def _expect(conn: sqlite3.Connection, key: str, action: str, allowed: Set[Phase]
     row = conn.execute("SELECT phase FROM units WHERE key = ?", (key,)).fetchone()
     if row is None:
         raise StateError(f"cannot {action}: no unit with key {key!r} in the state file")
-    if (phase := _PHASE[row[0]]) not in allowed:
+    if (phase := PHASES[row[0]]) not in allowed:
         raise StateError(f"unit {key}: cannot {action} while {phase} (only from {'/'.join(sorted(allowed))})")
     return phase
 
 
 class _Opening:
-    """What ``StateStore.open`` returns: ``await`` it, or use it as ``async with``."""
+    """What ``SqliteStore.open`` returns: ``await`` it, or use it as ``async with``."""
 
     def __init__(
         self, path: Path, clock: Clock, run_id: str, app_version: str | None, linger_s: float
     ) -> None:
         self._args = (path, clock, run_id, app_version, linger_s)
-        self._store: StateStore | None = None
+        self._store: SqliteStore | None = None
 
-    async def _open(self) -> StateStore:
+    async def _open(self) -> SqliteStore:
         path, clock, run_id, app_version, linger_s = self._args
         limiter = anyio.CapacityLimiter(1)
         writer, reader = await anyio.to_thread.run_sync(
-            _open_writer, path, _rfc3339(clock.now()), app_version, limiter=limiter
+            _open_writer, path, rfc3339(clock.now()), app_version, limiter=limiter
         )
-        return StateStore(
+        return SqliteStore(
             path, writer, reader, clock=clock, run_id=run_id, limiter=limiter, linger_s=linger_s
         )
 
-    def __await__(self) -> Generator[Any, None, StateStore]:
+    def __await__(self) -> Generator[Any, None, SqliteStore]:
         return self._open().__await__()
 
-    async def __aenter__(self) -> StateStore:
+    async def __aenter__(self) -> SqliteStore:
         self._store = await self._open()
         return self._store
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._store is not None:
             await self._store.aclose()
+
+
+#: The name callers used before the ``StateStore`` protocol (pipeline/state/store.py) existed.
+StateStore = SqliteStore

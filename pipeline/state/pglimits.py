@@ -1,0 +1,175 @@
+"""API limits shared by every worker of every run on one API key, in the state database.
+
+The request rate and the active-job cap belong to the key, not to a process: N workers pacing
+themselves at ``--rate`` each would send N times too much. So:
+
+- **one GCRA row per key** (keyed by a hash of the key; the key is never stored): every API request
+  of every worker reserves the next slot with one UPDATE on the database clock and sleeps the wait
+  it is given. GCRA keeps one timestamp (the theoretical arrival time, ``tat``): a request at ``t``
+  moves it to ``max(tat, t) + 1/rate`` and may go at once if ``tat - t <= burst/rate``;
+- **what one worker learns from a 429** (the rate that held, the cap the server named) is stored in
+  the same row and read by all; the effective rate is the lower of the one set and the one learned;
+- **one sweeper per key**: the worker holding the ``sweeper`` row's lease lists the jobs and stores
+  what it saw in ``job_status``; the others read it instead of sweeping themselves. ``NOTIFY`` only
+  wakes them early: missing one costs a poll interval, never correctness.
+
+The active-job cap itself is counted where the intent is written (``PostgresStore.start_submission``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from pipeline.state.pgconn import map_error
+
+__all__ = ["KeyLimits", "SharedLimits"]
+
+CHANNEL = "photogpt_jobs"
+
+_RESERVE = """
+INSERT INTO api_limits AS l (key_hash) VALUES (%(kh)s) ON CONFLICT (key_hash) DO NOTHING;
+"""
+_CHARGE = """
+WITH now AS (SELECT clock_timestamp() AS t)
+UPDATE api_limits l
+SET requests = l.requests + 1,
+    tat = CASE WHEN least(l.rate_per_s, l.learned_rate) IS NULL THEN l.tat
+               ELSE greatest(l.tat, now.t) + make_interval(secs => 1.0 / least(l.rate_per_s, l.learned_rate))
+          END
+FROM now
+WHERE l.key_hash = %(kh)s
+RETURNING CASE WHEN least(l.rate_per_s, l.learned_rate) IS NULL THEN 0.0
+               ELSE greatest(0.0, extract(epoch FROM l.tat - now.t)
+                                  - l.burst / least(l.rate_per_s, l.learned_rate))::float8
+          END
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """What the workers on one key know: the rate set, the rate and cap learned, requests charged."""
+
+    rate_per_s: float | None
+    learned_rate: float | None
+    learned_cap: int | None
+    requests: int
+
+    @property
+    def rate(self) -> float | None:
+        """The rate every worker paces under together: the lower of the set and the learned one."""
+        known = [r for r in (self.rate_per_s, self.learned_rate) if r is not None]
+        return min(known) if known else None
+
+
+class SharedLimits:
+    """The limits of one API key (``key_hash``) for one worker (``holder``)."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], url: str, key_hash: str, holder: str) -> None:
+        self._pool = pool
+        self._url = url
+        self.key_hash = key_hash
+        self.holder = holder
+
+    async def _run(self, sql: str, params: Mapping[str, Any] | Sequence[Any]) -> list[tuple[Any, ...]]:
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                cur = await conn.execute(sql, params)
+                return list(await cur.fetchall()) if cur.description else []
+        except psycopg.Error as exc:
+            raise map_error(self._url, exc, "updating the shared API limits") from exc
+
+    async def configure(self, *, rate_per_s: float | None = None, burst: int = 1) -> None:
+        """Create the key's row; ``rate_per_s`` (``--rate``, a total for the key) replaces the set rate."""
+        await self._run(
+            "INSERT INTO api_limits (key_hash, rate_per_s, burst) VALUES (%(kh)s, %(rate)s, %(burst)s)"
+            " ON CONFLICT (key_hash) DO UPDATE SET burst = EXCLUDED.burst,"
+            " rate_per_s = coalesce(EXCLUDED.rate_per_s, api_limits.rate_per_s)",
+            {"kh": self.key_hash, "rate": rate_per_s, "burst": max(1, int(burst))},
+        )
+
+    async def reserve(self) -> float:
+        """Charge one API request to the key; returns how long to wait before sending it (seconds)."""
+        rows = await self._run(_CHARGE, {"kh": self.key_hash})
+        if not rows:  # no row yet: create it, then charge
+            await self._run(_RESERVE, {"kh": self.key_hash})
+            rows = await self._run(_CHARGE, {"kh": self.key_hash})
+        return float(rows[0][0]) if rows else 0.0
+
+    async def learn(self, *, rate_per_s: float | None = None, cap: int | None = None) -> None:
+        """Share what a 429 taught: the rate that holds, the server's active-job cap.
+
+        A cap only ever goes down: each one learned is the count of jobs the key had running when
+        the server refused one more, never below the server's real cap, so the lowest is the best."""
+        await self._run(
+            "INSERT INTO api_limits (key_hash, learned_rate, learned_cap) VALUES (%(kh)s, %(rate)s, %(cap)s)"
+            " ON CONFLICT (key_hash) DO UPDATE SET"
+            " learned_rate = coalesce(EXCLUDED.learned_rate, api_limits.learned_rate),"
+            " learned_cap = coalesce(least(EXCLUDED.learned_cap, api_limits.learned_cap),"
+            " api_limits.learned_cap),"
+            " updated_at = clock_timestamp()",
+            {"kh": self.key_hash, "rate": rate_per_s, "cap": cap},
+        )
+
+    async def read(self) -> KeyLimits:
+        """What every worker knows about the key now."""
+        rows = await self._run(
+            "SELECT rate_per_s, learned_rate, learned_cap, requests FROM api_limits WHERE key_hash = %s",
+            (self.key_hash,),
+        )
+        if not rows:
+            return KeyLimits(None, None, None, 0)
+        rate, learned, cap, requests = rows[0]
+        return KeyLimits(rate, learned, cap, int(requests))
+
+    async def active(self, *, created_only: bool = False) -> int:
+        """Jobs of this key submitting or running, over every run in the database (``created_only``:
+        running only, the ones whose id is recorded)."""
+        phases = ["submitted"] if created_only else ["submitting", "submitted"]
+        rows = await self._run(
+            "SELECT count(*) FROM units WHERE key_hash = %s AND phase = ANY(%s)", (self.key_hash, phases)
+        )
+        return int(rows[0][0])
+
+    async def lead_sweeps(self, lease_s: float) -> bool:
+        """Try to be (or stay) the key's sweeper for ``lease_s``; True when this worker is it."""
+        rows = await self._run(
+            "INSERT INTO sweeper (key_hash, holder, lease_until)"
+            " VALUES (%(kh)s, %(me)s, clock_timestamp() + make_interval(secs => %(lease)s))"
+            " ON CONFLICT (key_hash) DO UPDATE SET holder = EXCLUDED.holder,"
+            " lease_until = EXCLUDED.lease_until"
+            " WHERE sweeper.holder = %(me)s OR sweeper.lease_until <= clock_timestamp()"
+            " RETURNING holder",
+            {"kh": self.key_hash, "me": self.holder, "lease": float(lease_s)},
+        )
+        return bool(rows)
+
+    async def publish(self, statuses: Mapping[str, str]) -> None:
+        """The sweeper stores what a sweep saw (job id -> status) and wakes the others."""
+        if not statuses:
+            return
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                async with conn.cursor() as cur:
+                    await cur.executemany(
+                        "INSERT INTO job_status (key_hash, job_id, status) VALUES (%s, %s, %s)"
+                        " ON CONFLICT (key_hash, job_id) DO UPDATE SET status = EXCLUDED.status,"
+                        " seen_at = clock_timestamp()",
+                        [(self.key_hash, j, s) for j, s in sorted(statuses.items())],
+                    )
+                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.key_hash))
+        except psycopg.Error as exc:
+            raise map_error(self._url, exc, "sharing job statuses") from exc
+
+    async def statuses(self, job_ids: Sequence[str], *, max_age_s: float) -> dict[str, str]:
+        """What the sweeper saw of these jobs within the last ``max_age_s`` seconds."""
+        rows = await self._run(
+            "SELECT job_id, status FROM job_status WHERE key_hash = %s AND job_id = ANY(%s)"
+            " AND seen_at > clock_timestamp() - make_interval(secs => %s)",
+            (self.key_hash, list(job_ids), float(max_age_s)),
+        )
+        return {j: s for j, s in rows}

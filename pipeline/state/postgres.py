@@ -1,0 +1,441 @@
+"""The shared state store: PostgreSQL, for several runs and several workers of one run.
+
+Same contract as the SQLite store (tests/test_state_contract.py runs over both): every mutator
+returns once the transaction holding its change committed, so the intent is in the database before
+the POST leaves and the job id as soon as the answer arrives. Each mutator is one transaction on a
+pooled async connection (psycopg 3 + psycopg-pool); reads are synchronous (see pgreads.py).
+
+Claims: a worker that cooperates (``lease_s`` given) works only on units it holds under a live
+lease; every write's UPDATE names the holder and checks the lease on the database clock, so a worker
+that lost its lease cannot overwrite (:class:`~pipeline.errors.LeaseLostError`). A store opened
+without a lease is exclusive: it writes units nobody holds under a live lease.
+Claiming, heartbeats and takeovers are in pgclaims.py; the shared API limits in pglimits.py.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
+from datetime import datetime
+from typing import Any, Self, TypeVar
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from pipeline import __version__
+from pipeline.clock import Clock
+from pipeline.errors import LeaseLostError, StateError
+from pipeline.state.pgclaims import Claims
+from pipeline.state.pgconn import connect_kwargs, holder_id, map_error, migrate, redact_url
+from pipeline.state.pglimits import SharedLimits
+from pipeline.state.pgreads import PgReads, connect_reader
+from pipeline.state.records import (
+    CAN_FAIL,
+    CAN_FINISH,
+    CAN_PARK,
+    CAN_RECORD_JOB,
+    CAN_REOPEN,
+    CAN_SUBMIT,
+    CAN_SUCCEED,
+    CAN_UNSEND,
+    PHASES,
+    SETTLED,
+    Phase,
+    UnitLike,
+    rfc3339,
+)
+
+__all__ = ["PostgresStore"]
+
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[Any]
+_DETAIL_MAX = 300
+_QUIET = frozenset({Phase.SUCCEEDED, Phase.DONE})
+_FORGET = ", job_id = NULL, submitted_at = NULL, finished_at = NULL, last_error = NULL, error_kind = NULL"
+#: Who may write a unit: in a cooperating store its holder under a live lease; in an exclusive one
+#: anybody while no other worker holds a live lease on it.
+_MINE = "holder = %(me)s AND lease_until > clock_timestamp()"
+_FREE = "(holder IS NULL OR holder = %(me)s OR lease_until <= clock_timestamp())"
+
+
+class PostgresStore(PgReads, Claims):
+    """One worker's handle on one run (``run``) of a shared state database.
+
+    Open with ``async with await PostgresStore.open(url, clock=clock, run="catalog") as store``.
+    """
+
+    def __init__(
+        self, url: str, run: str, pool: AsyncConnectionPool[Any], reader: psycopg.Connection[Any], *,
+        clock: Clock, run_id: str, holder: str, lease_s: float | None,
+    ) -> None:  # fmt: skip
+        PgReads.__init__(self, url, run, reader)
+        self._pool = pool
+        self._clock = clock
+        self.run_id = run_id
+        self.holder = holder
+        self.lease_s = lease_s
+        self._guard = _MINE if lease_s is not None else _FREE
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, url: str, *, clock: Clock, run: str, run_id: str | None = None, holder: str | None = None,
+        lease_s: float | None = None, pool_size: int = 8, app_version: str = __version__,
+    ) -> Self:  # fmt: skip
+        """Connect, create or migrate the schema, register this worker. Errors (unreachable, wrong
+        password, newer schema) are StateUnavailableError: exit 2, before any API request."""
+        kwargs = {"autocommit": True, **connect_kwargs(url)}
+        try:
+            async with await psycopg.AsyncConnection.connect(url, **kwargs) as conn:  # type: ignore[arg-type]
+                await migrate(conn, url, app_version)
+        except psycopg.Error as exc:
+            raise map_error(url, exc, "connecting") from exc
+        reader = connect_reader(url)
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url, min_size=1, max_size=pool_size, kwargs=kwargs, open=False, name="photogpt-state"
+        )
+        try:
+            await pool.open(wait=True, timeout=15)
+        except Exception as exc:
+            reader.close()
+            raise map_error(url, exc, "opening the connection pool") from exc
+        store = cls(url, run, pool, reader, clock=clock, run_id=run_id or uuid.uuid4().hex[:12],
+                    holder=holder or holder_id(), lease_s=lease_s)  # fmt: skip
+        await store._tx(store._register)
+        return store
+
+    async def _register(self, conn: Conn) -> None:
+        await conn.execute(
+            "INSERT INTO workers (run, holder) VALUES (%s, %s)"
+            " ON CONFLICT (run, holder) DO UPDATE SET seen_at = clock_timestamp()",
+            (self.run, self.holder),
+        )
+
+    def limits(self, key_hash: str) -> SharedLimits:
+        """The API limits every worker on this key shares (rate pacer, learned cap, sweeper)."""
+        return SharedLimits(self._pool, self._url, key_hash, self.holder)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def flush(self) -> None:
+        """Nothing lingers here: every mutator committed before it returned."""
+
+    async def aclose(self) -> None:
+        """Let go of the units this worker holds, then close the pool and the read connection."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._tx(self._release_all, closing=True)
+        except StateError:
+            pass  # the leases run out by themselves; nothing is lost
+        finally:
+            await self._pool.close()
+            self._reader.close()
+
+    async def _release_all(self, conn: Conn) -> None:
+        await conn.execute(
+            "UPDATE units SET holder = NULL, lease_until = NULL WHERE run = %s AND holder = %s",
+            (self.run, self.holder),
+        )
+        await conn.execute("DELETE FROM workers WHERE run = %s AND holder = %s", (self.run, self.holder))
+
+    def _now(self) -> str:
+        return rfc3339(self._clock.now())
+
+    async def _tx(self, apply: Callable[[Conn], Awaitable[T]], *, closing: bool = False) -> T:
+        """Run ``apply`` in one transaction; durable once this returns. Refusals roll it back."""
+        if self._closed and not closing:
+            raise StateError(f"state database {redact_url(self._url)}: the store is closed")
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                return await apply(conn)
+        except psycopg.Error as exc:
+            if isinstance(exc, psycopg.errors.IntegrityError | psycopg.errors.DataError):
+                raise StateError(f"state database: change refused: {exc}") from exc
+            raise map_error(self._url, exc, "writing") from exc
+
+    async def _expect(
+        self, conn: Conn, key: str, action: str, allowed: Set[Phase], guard: str | None = None
+    ) -> Phase:
+        """Lock the unit's row, check this worker may write it and that ``action`` is allowed now."""
+        guard = guard or self._guard
+        cur = await conn.execute(
+            f"SELECT phase, {guard.replace('%(me)s', '%s')}, holder FROM units"  # noqa: S608
+            " WHERE run = %s AND key = %s FOR UPDATE",
+            (self.holder, self.run, key),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise StateError(f"cannot {action}: no unit with key {key!r} in run {self.run!r}")
+        if not row[1]:
+            raise LeaseLostError(
+                f"unit {key}: cannot {action}: held by {row[2] or 'nobody'} (not by {self.holder})"
+            )
+        if (phase := PHASES[row[0]]) not in allowed:
+            raise StateError(
+                f"unit {key}: cannot {action} while {phase} (only from {'/'.join(sorted(allowed))})"
+            )
+        return phase
+
+    async def _transition(
+        self, conn: Conn, key: str, to: Phase, detail: str, tail: str = "", guard: str | None = None,
+        **args: Any,
+    ) -> None:  # fmt: skip
+        """Set the phase (plus ``tail`` columns, fixed SQL text from this module) under this worker's
+        claim, and log an event for what a later change would overwrite. A settled unit is let go."""
+        release = ", holder = NULL, lease_until = NULL" if to in SETTLED else ""
+        release += "" if to is Phase.SUBMITTING else ", must_reconcile = false"
+        cur = await conn.execute(
+            f"UPDATE units SET phase = %(to)s, updated_at = %(now)s, run_id = %(run_id)s{tail}{release}"  # noqa: S608
+            f" WHERE run = %(run)s AND key = %(key)s AND {guard or self._guard}",
+            {"to": to.value, "now": self._now(), "run_id": self.run_id, "run": self.run, "key": key,
+             "me": self.holder, **args},
+        )  # fmt: skip
+        if cur.rowcount != 1:
+            raise LeaseLostError(f"unit {key}: the lease ran out before the change was written")
+        if to not in _QUIET:
+            await conn.execute(
+                "INSERT INTO events (run, unit_key, at, phase, detail, holder)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (self.run, key, self._now(), to.value, detail[:_DETAIL_MAX], self.holder),
+            )
+
+    # ---- mutators -------------------------------------------------------------------------
+
+    async def sync_units(self, units: Iterable[UnitLike]) -> int:
+        """Insert new units as pending; existing rows stay untouched (several workers may sync at once)."""
+        now = self._now()
+        try:
+            rows = [
+                (self.run, u.key, u.item_id, u.step, int(u.index), u.upstream,
+                 json.dumps(u.request, allow_nan=False), int(u.expected_outputs), now)
+                for u in units
+            ]  # fmt: skip
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"state database: change refused: {exc}") from exc
+
+        async def apply(conn: Conn) -> int:
+            await conn.execute("CREATE TEMP TABLE incoming (LIKE units INCLUDING DEFAULTS) ON COMMIT DROP")
+            async with conn.cursor().copy(
+                "COPY incoming (run, key, item_id, step, idx, upstream, request_json, expected_outputs,"
+                " updated_at, phase) FROM STDIN"
+            ) as copy:
+                for row in rows:
+                    await copy.write_row((*row, "pending"))
+            cur = await conn.execute(
+                "INSERT INTO units SELECT * FROM incoming ORDER BY key ON CONFLICT (run, key) DO NOTHING"
+            )
+            return cur.rowcount
+
+        return await self._tx(apply)
+
+    async def mark_submitting(self, key: str) -> int:
+        """Record the intent to POST, committed on return. Returns attempts so far."""
+        return await self._tx(lambda conn: self._intent(conn, key))
+
+    async def _intent(self, conn: Conn, key: str, key_hash: str | None = None) -> int:
+        await self._expect(conn, key, "mark submitting", CAN_SUBMIT)
+        cur = await conn.execute(
+            "SELECT must_reconcile FROM units WHERE run = %s AND key = %s", (self.run, key)
+        )
+        if (row := await cur.fetchone()) is not None and row[0]:
+            raise StateError(
+                f"unit {key}: cannot mark submitting: it was taken over while submitting; reconcile it "
+                "from the job list first (it may have been paid for)"
+            )
+        tail = (
+            ", attempts = attempts + 1, key_hash = coalesce(%(kh)s, key_hash), intent_at = clock_timestamp()"
+        )
+        await self._transition(conn, key, Phase.SUBMITTING, "intent", tail, kh=key_hash)
+        return await self._attempts(conn, key)
+
+    async def _attempts(self, conn: Conn, key: str) -> int:
+        cur = await conn.execute("SELECT attempts FROM units WHERE run = %s AND key = %s", (self.run, key))
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def mark_submitted(self, key: str, job_id: str, at: datetime | None = None) -> None:
+        """Record the job id. The same id again is a no-op; another id is refused."""
+        when = rfc3339(at or self._clock.now())
+
+        async def apply(conn: Conn) -> None:
+            cur = await conn.execute(
+                "SELECT phase, job_id FROM units WHERE run = %s AND key = %s", (self.run, key)
+            )
+            row = await cur.fetchone()
+            if row is not None and row[0] == Phase.SUBMITTED and row[1] == job_id:
+                return
+            await self._expect(conn, key, "record a job id", CAN_RECORD_JOB)
+            cur = await conn.execute(
+                "SELECT key FROM units WHERE run = %s AND job_id = %s AND key <> %s", (self.run, job_id, key)
+            )
+            if (owner := await cur.fetchone()) is not None:
+                raise StateError(f"job {job_id} already belongs to unit {owner[0]}, not to {key}")
+            await self._transition(
+                conn, key, Phase.SUBMITTED, f"job {job_id}",
+                ", job_id = %(job)s, submitted_at = %(when)s, last_error = NULL, error_kind = NULL",
+                job=job_id, when=when,
+            )  # fmt: skip
+
+        await self._tx(apply)
+
+    async def mark_succeeded(self, key: str, outputs: Sequence[tuple[str, str]]) -> None:
+        """The job finished: record its outputs as (asset_id, url), numbered from 1."""
+        outs = [(str(a), str(u)) for a, u in outputs]
+        if not outs:
+            raise StateError(f"unit {key}: a success needs at least one output (mark it failed instead)")
+
+        async def apply(conn: Conn) -> None:
+            await self._expect(conn, key, "mark succeeded", CAN_SUCCEED)
+            await conn.execute("DELETE FROM outputs WHERE run = %s AND unit_key = %s", (self.run, key))
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO outputs (run, unit_key, n, asset_id, url) VALUES (%s, %s, %s, %s, %s)",
+                    [(self.run, key, n, a, u) for n, (a, u) in enumerate(outs, 1)],
+                )
+            await self._transition(
+                conn, key, Phase.SUCCEEDED, f"{len(outs)} outputs", ", finished_at = %(now)s"
+            )
+
+        await self._tx(apply)
+
+    async def record_download(
+        self, key: str, n: int, *, path: str, bytes: int, sha256: str, at: datetime | None = None
+    ) -> None:
+        """Record that output ``n`` is published and verified."""
+        when = rfc3339(at or self._clock.now())
+
+        async def apply(conn: Conn) -> None:
+            await self._expect(conn, key, "record a download", {Phase.SUCCEEDED})
+            cur = await conn.execute(
+                "UPDATE outputs SET path = %s, bytes = %s, sha256 = %s, downloaded_at = %s"
+                " WHERE run = %s AND unit_key = %s AND n = %s",
+                (path, int(bytes), sha256, when, self.run, key, int(n)),
+            )
+            if cur.rowcount != 1:
+                raise StateError(f"unit {key} has no output {n}")
+            await conn.execute(
+                "UPDATE units SET updated_at = %s, run_id = %s WHERE run = %s AND key = %s",
+                (self._now(), self.run_id, self.run, key),
+            )
+
+        await self._tx(apply)
+
+    async def mark_done(self, key: str) -> None:
+        """Close the unit: refused while any recorded output is not downloaded."""
+
+        async def apply(conn: Conn) -> None:
+            await self._expect(conn, key, "mark done", CAN_FINISH)
+            cur = await conn.execute(
+                "SELECT n FROM outputs WHERE run = %s AND unit_key = %s AND downloaded_at IS NULL ORDER BY n",
+                (self.run, key),
+            )
+            if missing := [n for (n,) in await cur.fetchall()]:
+                raise StateError(f"unit {key}: outputs {missing} are not downloaded yet")
+            await self._transition(conn, key, Phase.DONE, "done")
+
+        await self._tx(apply)
+
+    async def put_resource(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
+        """Record a shared resource of this run durably."""
+        text = json.dumps(dict(value), sort_keys=True)
+
+        async def apply(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO resources (run, kind, key, value_json, updated_at) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (run, kind, key) DO UPDATE SET value_json = EXCLUDED.value_json,"
+                " updated_at = EXCLUDED.updated_at",
+                (self.run, kind, key, text, self._now()),
+            )
+
+        await self._tx(apply)
+
+    async def reopen(self, key: str, missing: Iterable[int]) -> None:
+        """A done unit whose files are gone: back to succeeded with those outputs to fetch again."""
+        numbers = sorted(set(missing))
+
+        async def apply(conn: Conn) -> None:
+            await self._expect(conn, key, "reopen", CAN_REOPEN, _FREE)
+            await conn.execute(
+                "UPDATE outputs SET path = NULL, bytes = NULL, sha256 = NULL, downloaded_at = NULL"
+                " WHERE run = %s AND unit_key = %s AND n = ANY(%s)",
+                (self.run, key, numbers),
+            )
+            await self._transition(
+                conn, key, Phase.SUCCEEDED, f"outputs {numbers} missing on disk", guard=_FREE
+            )
+
+        await self._tx(apply)
+
+    async def mark_failed(self, key: str, error: str, kind: str) -> None:
+        """A permanent failure with its reason."""
+        await self._simple(key, Phase.FAILED, CAN_FAIL, error, kind)
+
+    async def mark_unknown(self, key: str, reason: str) -> None:
+        """Park a unit whose outcome cannot be learned."""
+        await self._simple(key, Phase.UNKNOWN, CAN_PARK, reason, "unknown")
+
+    async def mark_pending(self, key: str, reason: str) -> None:
+        """Back to pending when the API certainly created nothing; attempts are kept."""
+        await self._simple(key, Phase.PENDING, CAN_UNSEND, reason, None)
+
+    async def _simple(self, key: str, to: Phase, allowed: Set[Phase], reason: str, kind: str | None) -> None:
+        tail = ", last_error = %(reason)s, error_kind = %(kind)s"
+        tail += ", finished_at = %(now)s" if to is Phase.FAILED else ""
+
+        async def apply(conn: Conn) -> None:
+            await self._expect(conn, key, f"mark {to}", allowed)
+            await self._transition(conn, key, to, reason, tail, reason=reason, kind=kind)
+
+        await self._tx(apply)
+
+    async def update_urls(self, key: str, outputs: Sequence[tuple[str, str]]) -> None:
+        """Replace expired URLs with fresh ones; asset ids must match."""
+        outs = [(str(a), str(u)) for a, u in outputs]
+
+        async def apply(conn: Conn) -> None:
+            await self._expect(conn, key, "update URLs", {Phase.SUCCEEDED})
+            cur = await conn.execute(
+                "SELECT asset_id FROM outputs WHERE run = %s AND unit_key = %s ORDER BY n", (self.run, key)
+            )
+            have, fresh = [a for (a,) in await cur.fetchall()], [a for a, _ in outs]
+            if have != fresh:
+                raise StateError(f"unit {key}: fresh outputs {fresh} do not match the recorded {have}")
+            async with conn.cursor() as c:
+                await c.executemany(
+                    "UPDATE outputs SET url = %s WHERE run = %s AND unit_key = %s AND n = %s",
+                    [(u, self.run, key, n) for n, (_, u) in enumerate(outs, 1)],
+                )
+            await conn.execute(
+                "UPDATE units SET updated_at = %s, run_id = %s WHERE run = %s AND key = %s",
+                (self._now(), self.run_id, self.run, key),
+            )
+
+        await self._tx(apply)
+
+    async def reset(self, phase: Phase, keys: Iterable[str] | None = None) -> int:
+        """Failed or unknown units (all, or ``keys``) back to pending, job id and outputs forgotten."""
+        if phase not in (Phase.FAILED, Phase.UNKNOWN):
+            raise StateError(f"reset works on failed or unknown units, not {phase}")
+        wanted = None if keys is None else set(keys)
+
+        async def apply(conn: Conn) -> int:
+            cur = await conn.execute(
+                "SELECT key, last_error FROM units WHERE run = %s AND phase = %s"
+                " AND (holder IS NULL OR lease_until <= clock_timestamp()) ORDER BY key FOR UPDATE",
+                (self.run, phase.value),
+            )
+            chosen = [(k, err) for k, err in await cur.fetchall() if wanted is None or k in wanted]
+            for k, err in chosen:
+                await conn.execute("DELETE FROM outputs WHERE run = %s AND unit_key = %s", (self.run, k))
+                detail = f"reset from {phase}: {err or ''}"
+                await self._transition(conn, k, Phase.PENDING, detail, _FORGET, guard=_FREE)
+            return len(chosen)
+
+        return await self._tx(apply)

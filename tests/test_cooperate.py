@@ -1,0 +1,67 @@
+"""The cooperating worker's shared limits, against the throwaway PostgreSQL: ``--rate`` and
+``--max-active`` are totals for the API key, whatever the number of workers."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import anyio
+
+from pipeline.clock import FakeClock, SystemClock
+from pipeline.engine.cooperate import SharedStore
+from pipeline.state.pgconn import key_hash
+from pipeline.state.records import CAP_429_REASON, Phase
+from tests.pg import PgServer
+from tests.test_state import key, unit
+
+
+async def test_rate_is_a_total_for_the_key(pg_server: PgServer) -> None:
+    """Two workers, --rate 50 each: 20 submissions between them take about 0.4 s, not 0.2 s."""
+    kh, run = key_hash(f"sk-{uuid.uuid4().hex}"), f"r-{uuid.uuid4().hex[:6]}"
+    clock = SystemClock()
+    stores = [await SharedStore.open(pg_server.url(), clock=clock, run=run) for _ in range(2)]
+    try:
+        for s in stores:
+            await s.share_limits(kh, cap=64, rate_per_s=50)
+        started = time.monotonic()
+
+        async def submit(s: SharedStore) -> None:
+            assert s.submit_limiter is not None
+            for _ in range(10):
+                await s.submit_limiter.acquire()
+
+        async with anyio.create_task_group() as tg:
+            for s in stores:
+                tg.start_soon(submit, s)
+        assert time.monotonic() - started >= 0.35  # 19 gaps of 20 ms: paced together
+        assert (await stores[0].limits(kh).read()).requests == 20
+    finally:
+        for s in stores:
+            await s.aclose()
+
+
+async def test_a_cap_refusal_teaches_every_worker(pg_server: PgServer) -> None:
+    """A 429 for the cap while 3 jobs run: every worker's intents stop at 3 from then on."""
+    kh, run, clock = key_hash(f"sk-{uuid.uuid4().hex}"), f"r-{uuid.uuid4().hex[:6]}", FakeClock()
+    a = await SharedStore.open(pg_server.url(), clock=clock, run=run, lease_s=60)
+    b = await SharedStore.open(pg_server.url(), clock=clock, run=run, lease_s=60)
+    try:
+        for s in (a, b):
+            await s.share_limits(kh, cap=64, rate_per_s=None)
+        await a.sync_units(unit(i) for i in range(8))
+        await a.claim(4)
+        await b.claim(4)
+        for i in range(3):
+            await a.mark_submitting(key(i))
+            await a.mark_submitted(key(i), f"job-{i}")
+        await a.mark_submitting(key(3))
+        await a.mark_pending(key(3), CAP_429_REASON)  # the server said: too many active jobs
+        assert (await b.limits(kh).read()).learned_cap == 3
+        assert await b.start_submission(key(4), key_hash=kh, cap=64) is None
+        await a.mark_succeeded(key(0), [("a", "https://cdn/a")])  # one job finished: a slot frees
+        assert await b.mark_submitting(key(4)) == 1
+        assert b.get(key(4)).phase is Phase.SUBMITTING  # type: ignore[union-attr]
+    finally:
+        await a.aclose()
+        await b.aclose()
