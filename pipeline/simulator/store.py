@@ -168,6 +168,8 @@ class Store:
         self.peak_active: dict[str, int] = {}
         self.counts: Counter[str] = Counter()
         self.active_jobs: Counter[str] = Counter()
+        #: Every POST to ``/api`` as it arrived: route and wall time (epoch seconds), in order.
+        self.posts: list[tuple[str, float]] = []
         self._due: list[tuple[float, int, str]] = []  # (finish time, seq, job id), time mode
 
     def new_id(self) -> str:
@@ -357,6 +359,7 @@ class Store:
             "active_jobs": {k: v for k, v in self.active_jobs.items() if v},
             "peak_active_jobs": dict(self.peak_active),
             "credits": self.credits,
+            "post_arrivals": [{"route": r, "at": at} for r, at in self.posts],
         }
 
     def ledger(self) -> list[dict[str, Any]]:
