@@ -47,6 +47,7 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "ConflictError",
+    "ConnectTimeoutError",
     "DownloadError",
     "IntegrityError",
     "InterruptedRunError",
@@ -190,6 +191,10 @@ class TransportError(ApiError):
 
 class RequestTimeoutError(TransportError):
     """The request did not complete within its timeout. For a POST the outcome is unknown."""
+
+
+class ConnectTimeoutError(TransportError):
+    """No connection within the connect timeout: nothing was sent, so nothing was created."""
 
 
 class DownloadError(PipelineError):

@@ -17,6 +17,7 @@ import anyio
 import pytest
 import structlog
 
+from pipeline import logs
 from pipeline.engine.run import RunSummary
 from pipeline.simulator import Sandbox, SimConfig
 from pipeline.state.sqlite import open_readonly
@@ -46,6 +47,7 @@ async def _until(check: Any, what: str, seconds: float = 20.0) -> None:
             await anyio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_a_job_created_during_the_listing_is_not_adopted_by_the_uncertain_unit(tmp_path: Path) -> None:
     """A's POST meets a 503 (nothing created); the listing starts; B's POST creates its job while the
     listing is held and B's reply is held too. The run must not give B's job to A."""
@@ -58,6 +60,7 @@ async def test_a_job_created_during_the_listing_is_not_adopted_by_the_uncertain_
         # B leaves 2 s after A, while A's listing is held: B's job falls in A's window.
         opts = options(submit_workers=1, submit_rate=0.5)
         done: list[RunSummary] = []
+        logs.configure(fmt="json", level="info")  # reconcile_waits is an info event
         with structlog.testing.capture_logs() as events:
             async with anyio.create_task_group() as tg:
 

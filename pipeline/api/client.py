@@ -49,6 +49,7 @@ from pipeline.errors import (
     ApiError,
     AuthError,
     ConflictError,
+    ConnectTimeoutError,
     NotFoundError,
     ProtocolError,
     QuotaExhaustedError,
@@ -462,7 +463,9 @@ class ApiClient:
             excerpt = _excerpt(body, secrets)
             message = f"{detail}: {excerpt}" if excerpt else detail
             return ProtocolError(_redact(message, secrets), status=status, endpoint=endpoint)
-        if isinstance(exc, TimeoutError):  # asyncio.TimeoutError and aiohttp's timeouts
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):  # before TimeoutError: nothing was sent
+            return ConnectTimeoutError(f"could not connect in time ({type(exc).__name__})", endpoint=endpoint)
+        if isinstance(exc, TimeoutError):  # asyncio.TimeoutError, aiohttp's read and total timeouts
             return RequestTimeoutError(f"request timed out ({type(exc).__name__})", endpoint=endpoint)
         if isinstance(exc, aiohttp.ClientResponseError):  # an HTTP reply aiohttp could not parse
             return ProtocolError(

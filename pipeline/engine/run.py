@@ -24,7 +24,7 @@ import errno
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -36,11 +36,13 @@ from pipeline.api.records import Job, JobPage, JobStatus
 from pipeline.clock import Clock
 from pipeline.crashpoints import crash_point
 from pipeline.engine.delivery import Delivery, WorkUnit
+from pipeline.engine.inflight import PostLog
 from pipeline.engine.limits import ActiveJobLimit, RateLimiter, RequestPacer
+from pipeline.engine.outcome import SubmitOutcome, classify
 from pipeline.engine.poller import DueQueue, DurationEstimator, PollPolicy
 from pipeline.engine.provision import Provisioner
-from pipeline.engine.reconcile import Uncertain, Verdict, decide, window_of
-from pipeline.engine.retry import RetryPolicy, outcome_is_known, retrying
+from pipeline.engine.reconcile import Decision, Uncertain, Verdict, decide, window_of
+from pipeline.engine.retry import RetryPolicy, retrying
 from pipeline.engine.sweep import Found, JobSweep, Window
 from pipeline.engine.tally import Snapshot, Tally
 from pipeline.errors import (
@@ -48,13 +50,10 @@ from pipeline.errors import (
     AssetGoneError,
     AuthError,
     ConfigError,
-    ConflictError,
     NotFoundError,
     PipelineError,
-    QuotaExhaustedError,
     RateLimitedError,
     RejectedError,
-    ServerError,
 )
 from pipeline.manifest.plan import price_of
 from pipeline.manifest.spec import thaw
@@ -92,8 +91,11 @@ class RunOptions:
     #: Stop new submissions before credits spent (job list) + in flight (price table) would pass this.
     budget: float | None = None
     prices: Mapping[str, float] = field(default_factory=dict)
-    #: How long uncertain submissions may wait for a quiet moment before being reconciled.
+    #: How far a job's creation time may be from our send time while the server's clock is not
+    #: learned yet, and how long after a POST got no answer the server may still create its job.
     reconcile_slack_s: float = 60.0
+    #: An uncertain POST is looked for in the job list this long after its span ends (list lag).
+    reconcile_settle_s: float = 0.5
     seed: int | None = None
 
 
@@ -210,8 +212,7 @@ class _Run:
         self.queued: set[str] = set()  # in the ready stream or being submitted: never twice
         self.eligible: set[str] = set()  # units whose recorded phase is pending: the only ones to POST
         self.requeued: set[str] = set()
-        self.uncertain: list[Uncertain] = []
-        self.posts_in_flight = 0
+        self.posts = PostLog()  # every paid POST from send to record, and the uncertain ones
         self.remaining = len(units)
         self.settled: dict[str, str] = {}
         self.reasons: dict[str, str] = {}  # in-memory reasons for ends the state does not record
@@ -452,6 +453,7 @@ class _Run:
             return
         await self._take_slot(key)
         job_id: str | None = None
+        ticket: int | None = None
         intent_at = self.clock.now()
         try:
             await self.submit_limiter.acquire()
@@ -473,56 +475,27 @@ class _Run:
             self._show(key, "submitting")
             crash_point("after_intent_commit")
             intent_at = self.clock.now()
-            self.posts_in_flight += 1
-            try:
-                job_id = await self._post(unit, body)
-            finally:
-                self.posts_in_flight -= 1
+            ticket = self.posts.begin(key, intent_at, self.clock.monotonic())
+            job_id = await self._post(unit, body)
+            self.posts.answered(ticket, self.clock.now(), job_id)
             crash_point("after_post_before_record")
-        except RateLimitedError as exc:
-            self.tally.rate_limited += 1
-            if not self.pacer.explains_429():  # the request rate's doing, not the job cap's
-                self.active.on_rate_limited()
-            pause = exc.retry_after_s if exc.retry_after_s is not None else self._backoff(1)
-            self.submit_limiter.defer(pause)
-            log.info("rate_limited", retry_after_s=exc.retry_after_s, target=self.active.target)
-            await self._back_to_pending(key, "429 rate limited")
-            self._requeue(key)
-            return
-        except QuotaExhaustedError as exc:
-            self.stop_submitting("quota")
-            await self._back_to_pending(key, exc.message)
-            self.settle(key, "not_started")
-            return
-        except ConflictError as exc:
-            await self._back_to_pending(key, exc.message)
-            self.submit_limiter.defer(self._backoff(2))
-            self._requeue(key)
-            return
-        except AuthError:
-            raise
-        except RejectedError as exc:
-            log.warning("job_rejected", status=exc.status, reason=exc.message)
-            await self.store.mark_failed(key, exc.message, "rejected")
-            self.settle(key, "failed")
-            return
         except ApiError as exc:
-            if outcome_is_known(exc) and not isinstance(exc, ServerError):
-                await self._back_to_pending(key, str(exc))
-                self.submit_limiter.defer(self._backoff(1))
-                self._requeue(key)
-                return
-            log.warning("submission_uncertain", error=str(exc))
-            self.uncertain.append(Uncertain(key, intent_at))
+            if ticket is not None:
+                self.posts.answered(ticket, self.clock.now())
+            await self._submit_failed(key, exc, intent_at)
             return
         finally:
             if job_id is None:
                 self._drop_slot(key)
                 self.reserved.discard(key)
+                if ticket is not None:
+                    self.posts.close(ticket, self.clock.monotonic())
         # The job exists and costs money from here on: its id must be on disk whatever happens.
         with anyio.CancelScope(shield=True):
             await self.store.mark_submitted(key, job_id, self.clock.now())
         self.known_jobs.add(job_id)
+        if ticket is not None:
+            self.posts.close(ticket, self.clock.monotonic())
         self.run_jobs[job_id] = key
         self.reserved.discard(key)
         self.active.on_accepted()
@@ -536,6 +509,41 @@ class _Run:
         else:
             self.due.push(key, now + self.estimator.first_delay(unit.step))
         log.info("job_submitted", job_id=job_id)
+
+    async def _submit_failed(self, key: str, exc: ApiError, intent_at: datetime) -> None:
+        """Act on :func:`~pipeline.engine.outcome.classify`: resend only what provably created nothing."""
+        unit = self.units[key]
+        log = _log.bind(item=unit.item_id, unit=key, step=unit.step, index=unit.index)
+        outcome = classify(exc)
+        if outcome is SubmitOutcome.AUTH:
+            raise exc
+        if outcome is SubmitOutcome.RATE_LIMITED:
+            retry_after = exc.retry_after_s if isinstance(exc, RateLimitedError) else None
+            self.tally.rate_limited += 1
+            if not self.pacer.explains_429():  # the request rate's doing, not the job cap's
+                self.active.on_rate_limited()
+            self.submit_limiter.defer(retry_after if retry_after is not None else self._backoff(1))
+            log.info("rate_limited", retry_after_s=retry_after, target=self.active.target)
+            await self._back_to_pending(key, "429 rate limited")
+            self._requeue(key)
+        elif outcome is SubmitOutcome.QUOTA:
+            self.stop_submitting("quota")
+            await self._back_to_pending(key, exc.message)
+            self.settle(key, "not_started")
+        elif outcome in (SubmitOutcome.CONFLICT, SubmitOutcome.NOT_SENT):
+            await self._back_to_pending(key, exc.message if outcome is SubmitOutcome.CONFLICT else str(exc))
+            self.submit_limiter.defer(self._backoff(2 if outcome is SubmitOutcome.CONFLICT else 1))
+            self._requeue(key)
+        elif outcome is SubmitOutcome.REJECTED:
+            log.warning("job_rejected", status=exc.status, reason=exc.message)
+            await self.store.mark_failed(key, exc.message, "rejected")
+            self.settle(key, "failed")
+        else:
+            # The server may still create it after a silent failure: the span stays open a while.
+            late = self.options.reconcile_slack_s if outcome is SubmitOutcome.UNCERTAIN_SILENT else 0.0
+            log.warning("submission_uncertain", error=str(exc), answered=late == 0.0)
+            until = self.clock.now() + timedelta(seconds=late)
+            self.posts.waiting.append(Uncertain(key, intent_at, until))
 
     def _cost(self, key: str) -> float:
         """Estimated credits of a unit from the manifest's price table (0 when unpriced)."""
@@ -593,48 +601,69 @@ class _Run:
     # -- reconciliation ------------------------------------------------------------------------------
 
     async def reconcile(self, uncertain: list[Uncertain], *, final: bool) -> None:
-        """Settle uncertain submissions from the job list (see :mod:`pipeline.engine.reconcile`)."""
+        """Settle uncertain submissions from the job list (see :mod:`pipeline.engine.reconcile`).
+
+        The listing is read at once, but decided on only when every POST begun before it ended
+        is recorded (:class:`~pipeline.engine.inflight.PostLog`): their jobs are then claimed.
+        """
         if not uncertain:
             return
         slack = timedelta(seconds=self.options.reconcile_slack_s)
-        start, end = window_of(uncertain, self.clock.now(), slack)
+        start, end = window_of(uncertain, self.posts.skew(), slack)
         try:
-            listed = [j async for j in self.api.iter_jobs(start=start, end=end + slack)]
+            listed = [j async for j in self.api.iter_jobs(start=start, end=end)]
         except ApiError as exc:
             _log.warning("reconcile_failed", error=str(exc))
             for u in uncertain:
                 await self.store.mark_unknown(u.key, f"could not read the job list: {exc}")
                 self.settle(u.key, "unknown")
+            self.posts.unknown.extend(uncertain)
             return
-        for decision in decide(uncertain, listed, self.known_jobs, slack=slack):
-            unit = self.units.get(decision.key)
-            log = _log.bind(unit=decision.key, item=unit.item_id if unit else None)
-            if decision.verdict is Verdict.RESUBMIT and not final:
-                await self._back_to_pending(decision.key, decision.reason)
-                self.enqueue(decision.key)
-                log.info("submission_resent", reason=decision.reason)
-            elif decision.verdict is Verdict.RESUBMIT:
-                await self._back_to_pending(decision.key, decision.reason)
-                self.settle(decision.key, "not_started")
-            elif decision.verdict is Verdict.ADOPT and decision.job_id:
-                with anyio.CancelScope(shield=True):
-                    await self.store.mark_submitted(decision.key, decision.job_id, self.clock.now())
-                self.known_jobs.add(decision.job_id)
-                now = self.clock.monotonic()
-                self.started[decision.key] = (now, 0)
-                self.due.push(decision.key, now)
-                log.info("job_adopted", job_id=decision.job_id)
-            else:
-                await self.store.mark_unknown(decision.key, decision.reason)
-                self.settle(decision.key, "unknown")
-                log.warning("submission_unknown", reason=decision.reason)
+        listed_at = self.clock.monotonic()
+        for job in listed:
+            self.posts.learn(job.job_id, job.created_at)
+        if self.posts.open_before(listed_at):
+            _log.info("reconcile_waits", units=len(uncertain), posts=self.posts.open_before(listed_at))
+            await self.posts.wait_closed(listed_at)
+        rivals = [*self.posts.waiting, *self.posts.unknown]
+        decisions = decide(
+            uncertain, listed, self.known_jobs, slack=slack, skew=self.posts.skew(), rivals=rivals
+        )
+        for u, decision in zip(uncertain, decisions, strict=True):
+            if decision.verdict is Verdict.UNKNOWN:
+                self.posts.unknown.append(u)
+            await self._apply(decision, final=final)
+
+    async def _apply(self, decision: Decision, *, final: bool) -> None:
+        unit = self.units.get(decision.key)
+        log = _log.bind(unit=decision.key, item=unit.item_id if unit else None)
+        if decision.verdict is Verdict.RESUBMIT and not final:
+            await self._back_to_pending(decision.key, decision.reason)
+            self.enqueue(decision.key)
+            log.info("submission_resent", reason=decision.reason)
+        elif decision.verdict is Verdict.RESUBMIT:
+            await self._back_to_pending(decision.key, decision.reason)
+            self.settle(decision.key, "not_started")
+        elif decision.verdict is Verdict.ADOPT and decision.job_id:
+            with anyio.CancelScope(shield=True):
+                await self.store.mark_submitted(decision.key, decision.job_id, self.clock.now())
+            self.known_jobs.add(decision.job_id)
+            now = self.clock.monotonic()
+            self.started[decision.key] = (now, 0)
+            self.due.push(decision.key, now)
+            log.info("job_adopted", job_id=decision.job_id)
+        else:
+            await self.store.mark_unknown(decision.key, decision.reason)
+            self.settle(decision.key, "unknown")
+            log.warning("submission_unknown", reason=decision.reason)
 
     async def reconcile_loop(self) -> None:
-        """Reconcile uncertain submissions whenever no POST of ours is in flight."""
+        """Reconcile each uncertain submission as soon as its job would be listed."""
+        settle = timedelta(seconds=self.options.reconcile_settle_s)
         while not self.finished.is_set():
-            await self.clock.sleep(0.5)
-            if self.uncertain and self.posts_in_flight == 0:
-                batch, self.uncertain = self.uncertain, []
+            await self.clock.sleep(0.25)
+            batch = self.posts.take_ready(self.clock.now(), settle)
+            if batch:
                 await self.reconcile(batch, final=self.stop_reason is not None)
 
     # -- polling -----------------------------------------------------------------------------------
@@ -696,6 +725,8 @@ class _Run:
                     return await self.api.list_jobs(start=window.start, end=window.end, page_token=token)
 
                 page = await retrying(page_of, policy=self.options.retry, clock=self.clock, rng=self.rng)
+                for job in page.jobs:
+                    self.posts.learn(job.job_id, job.created_at)
                 for found in self.sweep.take(window, page.jobs, self.clock.monotonic(), next_look):
                     self._drop_slot(found.key)  # finished on the server: its slot is free now
                     if found.credits is not None:
@@ -773,6 +804,7 @@ class _Run:
             log.warning("poll_failed", error=str(exc))
             self.due.push(key, self.clock.monotonic() + self.options.poll.max_interval_s)
             return
+        self.posts.learn(job_id, job.created_at)  # the server's clock, for narrow reconcile spans
         now = self.clock.monotonic()
         elapsed = now - submitted_at
         polls += 1
