@@ -96,6 +96,9 @@ class RunOptions:
     reconcile_slack_s: float = 60.0
     #: An uncertain POST is looked for in the job list this long after its span ends (list lag).
     reconcile_settle_s: float = 0.5
+    #: After a stop request (SIGINT/SIGTERM): how long POSTs already sent may take to answer, be
+    #: recorded and reconciled before the run ends.
+    stop_grace_s: float = 10.0
     seed: int | None = None
 
 
@@ -179,8 +182,11 @@ class _Run:
         options: RunOptions,
         clock: Clock,
         provisioner: Provisioner | None = None,
+        stop: anyio.Event | None = None,
     ) -> None:
         self.provisioner = provisioner
+        self.stop = stop or anyio.Event()
+        self.deciding = 0  # uncertain POSTs taken from the log and not decided yet
         self.waiting: dict[str, list[str]] = {}  # declared model name -> units waiting for it
         self.units = {u.key: u for u in units}
         self.order = [u.key for u in units]
@@ -272,6 +278,10 @@ class _Run:
             in_use=self.active.in_use,
             paced_rps=pacer.rate if pacer.estimate is not None and not pacer.learning else None,
         )
+
+    def stopping(self) -> bool:
+        """No new POST may leave: the run stops submitting (quota, budget, time, a signal)."""
+        return self.stop_reason is not None or self.stop.is_set()
 
     def stop_submitting(self, reason: str) -> None:
         """No new POSTs from now on; in-flight jobs are still polled and downloaded."""
@@ -474,6 +484,10 @@ class _Run:
             self.eligible.discard(key)
             self._show(key, "submitting")
             crash_point("after_intent_commit")
+            if self.stopping():  # stopped while the intent was written: nothing sent yet
+                await self._back_to_pending(key, "the run stopped before sending it")
+                self.settle(key, "not_started")
+                return
             intent_at = self.clock.now()
             ticket = self.posts.begin(key, intent_at, self.clock.monotonic())
             job_id = await self._post(unit, body)
@@ -664,7 +678,28 @@ class _Run:
             await self.clock.sleep(0.25)
             batch = self.posts.take_ready(self.clock.now(), settle)
             if batch:
-                await self.reconcile(batch, final=self.stop_reason is not None)
+                self.deciding += len(batch)
+                try:
+                    await self.reconcile(batch, final=self.stop_reason is not None)
+                finally:
+                    self.deciding -= len(batch)
+
+    async def stop_when_asked(self) -> None:
+        """A stop request (SIGINT/SIGTERM): no new POST from now on; POSTs already sent get up to
+        ``stop_grace_s`` to answer and be recorded, and uncertain ones to be reconciled; then the
+        run ends. Running jobs and downloads are picked up by the next run, never paid again."""
+        await self.stop.wait()
+        self.stop_submitting("interrupted")
+        _log.warning("stopping", in_flight=self.posts.in_flight, grace_s=self.options.stop_grace_s)
+        deadline = self.clock.monotonic() + self.options.stop_grace_s
+        while self.posts.in_flight or self.posts.waiting or self.deciding:
+            if self.clock.monotonic() >= deadline:
+                _log.warning(
+                    "stop_grace_over", in_flight=self.posts.in_flight, uncertain=len(self.posts.waiting)
+                )
+                break
+            await self.clock.sleep(0.05)
+        self.finished.set()
 
     # -- polling -----------------------------------------------------------------------------------
 
@@ -898,9 +933,10 @@ class _Run:
             await self.reconcile(
                 [Uncertain(r.key, _parse_time(r.updated_at, self.clock)) for r in leftovers], final=False
             )
-        if self.finished.is_set():
+        if self.finished.is_set() or self.stop.is_set():
             return
         async with anyio.create_task_group() as tg:
+            tg.start_soon(self.stop_when_asked)
             for _ in range(max(1, self.options.submit_workers)):
                 tg.start_soon(self.submit_worker)
             # Twice as many deliveries as connections: bookkeeping overlaps the next fetch.
@@ -1033,8 +1069,12 @@ async def run_pipeline(
     preflight: Callable[[], Awaitable[None]] | None = None,
     provisioner: Provisioner | None = None,
     monitor: Callable[[Callable[[], Snapshot]], None] | None = None,
+    stop: anyio.Event | None = None,
 ) -> RunSummary:
-    """Run every unit to the end (or until stopped) and say what happened."""
+    """Run every unit to the end (or until stopped) and say what happened.
+
+    Setting ``stop`` asks for a graceful stop (see :meth:`_Run.stop_when_asked`).
+    """
     started = clock.monotonic()
     await store.sync_units(units)
     stale = len(store.stale_keys({u.key for u in units}))
@@ -1047,12 +1087,14 @@ async def run_pipeline(
         options=options,
         clock=clock,
         provisioner=provisioner,
+        stop=stop,
     )
     if monitor is not None:
         monitor(run.snapshot)
     try:
         await run.run(preflight)
-        await run.final_credits()
+        if not run.stop.is_set():
+            await run.final_credits()
     finally:
         run.close()
         # Whatever stopped us, the final state flush must not be cancelled half-way.
