@@ -135,6 +135,28 @@ class TestDecide:
         decisions = decide([u("a", 10, 11), u("b", 20, 21)], listed, set(), slack=SLACK, skew=EXACT)
         assert [(d.verdict, d.job_id) for d in decisions] == [(Verdict.ADOPT, "j1"), (Verdict.ADOPT, "j2")]
 
+    def test_overlapping_lost_replies_are_told_apart_by_the_matching(self) -> None:
+        """u's span holds both jobs, v's only its own: v made j_v, so j_u must be u's."""
+        listed = [job("j_u", 10.01), job("j_v", 10.21)]
+        decisions = decide([u("a", 10, 10.5), u("b", 10.2, 11)], listed, set(), slack=SLACK, skew=EXACT)
+        assert [(d.verdict, d.job_id) for d in decisions] == [(Verdict.ADOPT, "j_u"), (Verdict.ADOPT, "j_v")]
+
+    def test_the_matching_counts_rivals_too(self) -> None:
+        """The rival (decided later) must own j_v; then j_u is a's."""
+        listed = [job("j_u", 10.01), job("j_v", 10.21)]
+        [d] = decide([u("a", 10, 10.5)], listed, set(), slack=SLACK, skew=EXACT, rivals=[u("b", 10.2, 11)])
+        assert (d.verdict, d.job_id) == (Verdict.ADOPT, "j_u")
+
+    def test_more_jobs_than_owners_adopts_nothing(self) -> None:
+        """Two unclaimed jobs, one uncertain POST: someone else is creating jobs; do not guess."""
+        listed = [job("j1", 10.2), job("j2", 10.4)]
+        [d] = decide([u("a", 10, 11)], listed, set(), slack=SLACK, skew=EXACT)
+        assert d.verdict is Verdict.UNKNOWN and "account for" in d.reason
+
+    def test_a_job_in_no_span_is_ignored(self) -> None:
+        [d] = decide([u("a", 10, 11)], [job("j1", 10.5), job("far", 50)], set(), slack=SLACK, skew=EXACT)
+        assert (d.verdict, d.job_id) == (Verdict.ADOPT, "j1")
+
     def test_a_killed_post_is_spanned_by_the_slack(self) -> None:
         """No answer time (the run was killed mid-POST): ``intent ± slack``."""
         assert span_of(u("a", 10, None), EXACT, SLACK) == (at(10) - timedelta(milliseconds=1), at(10.001))
@@ -267,7 +289,7 @@ class _Post:
 
 
 LATE_MS = 3000  # how long after a silent failure the server may still create the job
-FATES = ("ok", "ok", "ok", "lost", "nothing", "silent", "refused", "killed")
+FATES = ("ok", "ok", "lost", "lost", "nothing", "silent", "refused", "killed")
 
 
 @st.composite

@@ -7,9 +7,15 @@ the server could have created this POST's job in, that no unit of ours has
 claimed. The rule is at-most-once:
 
 - no unclaimed job in the unit's span → nothing was created: it may be sent again;
-- exactly one unclaimed job in its span, and that job in no other uncertain
-  unit's span → that job is ours: adopt it;
+- one job the unit owns in *every* way of explaining the unclaimed jobs → adopt it;
 - anything else → ``unknown``: reported, resubmitted only on explicit request.
+
+"Explaining" is a matching: every unclaimed job inside some uncertain unit's span
+was created by one of those units (each creates at most one job), never by
+someone else. Two lost replies whose spans overlap are then both resolved unless
+each job sits in both spans (sent within a few milliseconds of each other). A job
+no uncertain unit's span holds is someone else's and is ignored. If the jobs cannot
+be explained at all (more jobs than units could have made), nothing is adopted.
 
 This holds only if every other POST of ours that could have created a job in
 the listing was answered and recorded before deciding (the caller waits for that:
@@ -30,7 +36,7 @@ from pipeline.api.records import JobSummary
 
 __all__ = ["ROUNDING", "Decision", "Skew", "Uncertain", "Verdict", "decide", "span_of", "window_of"]
 
-_ONE = "exactly one unclaimed job in its time span"
+_ONE = "the one job in its time span that no other submission of ours can account for"
 #: Listed times are rounded to the millisecond.
 ROUNDING = timedelta(milliseconds=1)
 
@@ -113,21 +119,49 @@ def decide(
     in ``uncertain`` or ``rivals`` (uncertain units not decided now, and units left
     ``unknown``, whose jobs may exist unclaimed).
     """
-    unclaimed = [j for j in listed if j.job_id not in known_job_ids]
-    everyone = [*uncertain, *rivals]
-    spans = {id(u): span_of(u, skew, slack) for u in everyone}
+    owners = [*uncertain, *rivals]
+    spans = [span_of(o, skew, slack) for o in owners]
+    jobs = [j for j in listed if j.job_id not in known_job_ids and any(_inside(j, s) for s in spans)]
+    near = [[k for k, j in enumerate(jobs) if _inside(j, span)] for span in spans]
     decisions: list[Decision] = []
-    for u in uncertain:
-        near = [j for j in unclaimed if _inside(j, spans[id(u)])]
-        if not near:
+    for i, u in enumerate(uncertain):
+        if not near[i]:
             decisions.append(Decision(u.key, Verdict.RESUBMIT, reason="no job was created in its time span"))
             continue
-        shared = [v for v in everyone if v is not u and any(_inside(j, spans[id(v)]) for j in near)]
-        if len(near) == 1 and not shared:
-            decisions.append(Decision(u.key, Verdict.ADOPT, job_id=near[0].job_id, reason=_ONE))
+        # If u may have made nothing, it may as well have made any job in its span (the owner of
+        # that job in the matching can do without it): so None is possible only with every job.
+        possible = [k for k in (None, *near[i]) if _explained(near, len(jobs), fixed=(i, k))]
+        if len(possible) == 1 and possible[0] is not None:
+            decisions.append(Decision(u.key, Verdict.ADOPT, job_id=jobs[possible[0]].job_id, reason=_ONE))
             continue
-        why = f"{len(near)} unclaimed job(s) in its time span"
-        if shared:
-            why += f", {len(shared)} other uncertain submission(s) could own them"
-        decisions.append(Decision(u.key, Verdict.UNKNOWN, reason=why + "; cannot tell which is ours"))
+        why = f"{len(near[i])} unclaimed job(s) in its time span; "
+        why += "cannot tell which is ours" if possible else "more than our submissions can account for"
+        decisions.append(Decision(u.key, Verdict.UNKNOWN, reason=why))
     return decisions
+
+
+def _explained(near: list[list[int]], n_jobs: int, *, fixed: tuple[int, int | None]) -> bool:
+    """Whether every job can be given its own owner (``near[owner]``: the jobs in its span), with
+    owner ``fixed[0]`` given job ``fixed[1]`` (None: no job). Augmenting paths (Kuhn's algorithm)."""
+    me, mine = fixed
+    owner_of: dict[int, int] = {} if mine is None else {mine: me}
+
+    def assign(job: int, tried: set[int]) -> bool:
+        for owner, options in enumerate(near):
+            if owner == me or owner in tried or job not in options:
+                continue
+            tried.add(owner)
+            held = next((j for j, o in owner_of.items() if o == owner), None)
+            if held is None or assign_away(held, owner, tried):
+                owner_of[job] = owner
+                return True
+        return False
+
+    def assign_away(held: int, owner: int, tried: set[int]) -> bool:
+        del owner_of[held]
+        if assign(held, tried):
+            return True
+        owner_of[held] = owner
+        return False
+
+    return all(job in owner_of or assign(job, set()) for job in range(n_jobs))
