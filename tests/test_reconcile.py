@@ -225,6 +225,21 @@ class TestPostLog:
         assert [x.key for x in log.take_ready(at(1.5), timedelta(seconds=0.5))] == ["a"]
         assert [x.key for x in log.waiting] == ["c"]
 
+    def test_until_the_server_clock_is_learned_uncertain_posts_wait_up_to_the_patience(self) -> None:
+        log = PostLog()
+        log.waiting = [u("a", 0, 1)]
+        patience = timedelta(seconds=30)
+        assert log.take_ready(at(2), timedelta(seconds=0.5), patience) == []
+        t = log.begin("b", at(1), 1.0)
+        log.answered(t, at(1.2), "j")
+        log.learn("j", at(1.1))
+        assert [x.key for x in log.take_ready(at(2), timedelta(seconds=0.5), patience)] == ["a"]
+        log.waiting = [u("c", 0, 1)]
+        assert [x.key for x in PostLog().take_ready(at(31.5), timedelta(seconds=0.5), patience)] == []
+        fresh = PostLog()
+        fresh.waiting = [u("c", 0, 1)]
+        assert [x.key for x in fresh.take_ready(at(31.5), timedelta(seconds=0.5), patience)] == ["c"]
+
     def test_old_closed_posts_are_forgotten_but_open_ones_kept(self) -> None:
         log = PostLog(keep_s=10.0)
         old = log.begin("a", at(0), 0.0)

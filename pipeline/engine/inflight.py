@@ -116,8 +116,16 @@ class PostLog:
 
     # -- uncertain POSTs ---------------------------------------------------------------------------
 
-    def take_ready(self, now: datetime, settle: timedelta) -> list[Uncertain]:
-        """The waiting POSTs whose job, if any, would be listed by now (``settle`` after their span)."""
+    def take_ready(
+        self, now: datetime, settle: timedelta, patience: timedelta = timedelta(0)
+    ) -> list[Uncertain]:
+        """The waiting POSTs whose job, if any, would be listed by now (``settle`` after their span).
+
+        While the server's clock is not learned, each waits up to ``patience`` more for it: a span
+        of ``±slack`` holds every job of a busy minute, so deciding early leaves it ``unknown``.
+        """
+        if self.skew() is None:
+            settle += patience
         ready = [u for u in self.waiting if (u.until or u.intent_at) + settle <= now]
         self.waiting = [u for u in self.waiting if u not in ready]
         return ready

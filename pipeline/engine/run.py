@@ -676,7 +676,8 @@ class _Run:
         settle = timedelta(seconds=self.options.reconcile_settle_s)
         while not self.finished.is_set():
             await self.clock.sleep(0.25)
-            batch = self.posts.take_ready(self.clock.now(), settle)
+            patience = timedelta(0) if self.stopping() else timedelta(seconds=self.options.reconcile_slack_s)
+            batch = self.posts.take_ready(self.clock.now(), settle, patience)
             if batch:
                 self.deciding += len(batch)
                 try:

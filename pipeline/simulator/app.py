@@ -195,11 +195,11 @@ async def _start_job(
     if store.credits is not None and cost > store.credits:
         raise ApiFailure(config.insufficient_credits_status, "insufficient credits", "insufficient_credits")
     job = store.create_job(kind, owner, body, trigger, cost, source_id)
-    await _after_creating(request, sim)
+    await _after_creating(request, sim, job.id)
     return ok({"jobId": job.id, "status": "queued"})
 
 
-async def _after_creating(request: web.Request, sim: Simulator) -> None:
+async def _after_creating(request: web.Request, sim: Simulator, job_id: str) -> None:
     """The reply of a job-creating POST, once its job exists: delayed, held, or lost (502)."""
     route, config = _route(request), sim.config
     await sim.held(route)
@@ -208,6 +208,7 @@ async def _after_creating(request: web.Request, sim: Simulator) -> None:
     if config.reply_delay_s[1] > 0:
         await sim.clock.sleep(sim.faults.between(config.reply_delay_s))
     if sim.faults.lost_reply(config):
+        sim.store.lost_replies.append(job_id)
         raise ApiFailure(502, "bad gateway (simulated: the job was created)", "server_error")
 
 

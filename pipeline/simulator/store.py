@@ -170,6 +170,8 @@ class Store:
         self.active_jobs: Counter[str] = Counter()
         #: Every POST to ``/api`` as it arrived: route and wall time (epoch seconds), in order.
         self.posts: list[tuple[str, float]] = []
+        #: Jobs whose creating POST was answered 502 on purpose (``lost_reply_rate``, ``next_n_lost``).
+        self.lost_replies: list[str] = []
         self._due: list[tuple[float, int, str]] = []  # (finish time, seq, job id), time mode
 
     def new_id(self) -> str:
@@ -360,6 +362,7 @@ class Store:
             "peak_active_jobs": dict(self.peak_active),
             "credits": self.credits,
             "post_arrivals": [{"route": r, "at": at} for r, at in self.posts],
+            "lost_replies": list(self.lost_replies),
         }
 
     def ledger(self) -> list[dict[str, Any]]:
