@@ -229,15 +229,18 @@ class TestPostLog:
         log = PostLog()
         log.waiting = [u("a", 0, 1)]
         patience = timedelta(seconds=30)
+        assert [x.key for x in log.take_ready(at(2), timedelta(seconds=0.5), patience)] == ["a"]
+        log.waiting = [u("a", 0, 1)]  # nothing to learn from: no wait; a POST in flight: wait
+        log.begin("x", at(1.5), 1.5)
         assert log.take_ready(at(2), timedelta(seconds=0.5), patience) == []
         t = log.begin("b", at(1), 1.0)
         log.answered(t, at(1.2), "j")
         log.learn("j", at(1.1))
         assert [x.key for x in log.take_ready(at(2), timedelta(seconds=0.5), patience)] == ["a"]
-        log.waiting = [u("c", 0, 1)]
-        assert [x.key for x in PostLog().take_ready(at(31.5), timedelta(seconds=0.5), patience)] == []
         fresh = PostLog()
+        fresh.begin("x", at(0), 0.0)
         fresh.waiting = [u("c", 0, 1)]
+        assert fresh.take_ready(at(31.4), timedelta(seconds=0.5), patience) == []
         assert [x.key for x in fresh.take_ready(at(31.5), timedelta(seconds=0.5), patience)] == ["c"]
 
     def test_old_closed_posts_are_forgotten_but_open_ones_kept(self) -> None:

@@ -53,6 +53,7 @@ class PostLog:
         self.waiting: list[Uncertain] = []
         #: Uncertain POSTs left ``unknown``: their jobs may exist, unclaimed, for the rest of the run.
         self.unknown: list[Uncertain] = []
+        self._not_before: dict[str, datetime] = {}
 
     @property
     def in_flight(self) -> int:
@@ -121,11 +122,23 @@ class PostLog:
     ) -> list[Uncertain]:
         """The waiting POSTs whose job, if any, would be listed by now (``settle`` after their span).
 
-        While the server's clock is not learned, each waits up to ``patience`` more for it: a span
-        of ``±slack`` holds every job of a busy minute, so deciding early leaves it ``unknown``.
+        While the server's clock is not learned but soon will be (a job of ours exists, or a POST
+        is in flight), each waits up to ``patience`` more for it: a span of ``±slack`` holds every
+        job of a busy minute, so deciding early leaves it ``unknown``.
         """
-        if self.skew() is None:
+        if self.skew() is None and (self._by_job or self.in_flight):
             settle += patience
-        ready = [u for u in self.waiting if (u.until or u.intent_at) + settle <= now]
+        ready = [
+            u
+            for u in self.waiting
+            if (u.until or u.intent_at) + settle <= now and self._not_before.get(u.key, now) <= now
+        ]
         self.waiting = [u for u in self.waiting if u not in ready]
+        for u in ready:
+            self._not_before.pop(u.key, None)
         return ready
+
+    def again(self, u: Uncertain, at: datetime) -> None:
+        """Decide ``u`` again from ``at`` on (an ambiguity while the server's clock was unknown)."""
+        self._not_before[u.key] = at
+        self.waiting.append(u)

@@ -643,10 +643,22 @@ class _Run:
         decisions = decide(
             uncertain, listed, self.known_jobs, slack=slack, skew=self.posts.skew(), rivals=rivals
         )
+        now = self.clock.now()
         for u, decision in zip(uncertain, decisions, strict=True):
             if decision.verdict is Verdict.UNKNOWN:
+                if self._ask_again(u, final=final, now=now, skew_known=self.posts.skew() is not None):
+                    continue
                 self.posts.unknown.append(u)
             await self._apply(decision, final=final)
+
+    def _ask_again(self, u: Uncertain, *, final: bool, now: datetime, skew_known: bool) -> bool:
+        """An ambiguity found with ``±slack`` spans may clear once the server's clock is learned (a
+        poll of any job teaches it): ask again a little later, for up to ``reconcile_slack_s``."""
+        give_up = (u.until or u.intent_at) + timedelta(seconds=self.options.reconcile_slack_s)
+        if final or skew_known or now >= give_up:
+            return False
+        self.posts.again(u, now + timedelta(seconds=1))
+        return True
 
     async def _apply(self, decision: Decision, *, final: bool) -> None:
         unit = self.units.get(decision.key)
