@@ -66,6 +66,7 @@ __all__ = [
     "TransientDownloadError",
     "TransportError",
     "UnsafeAssetError",
+    "UploadUncertainError",
 ]
 
 
@@ -195,6 +196,11 @@ class RequestTimeoutError(TransportError):
 
 class ConnectTimeoutError(TransportError):
     """No connection within the connect timeout: nothing was sent, so nothing was created."""
+
+
+class UploadUncertainError(PipelineError):
+    """An upload failed in a way that does not prove it did not arrive (5xx, timeout, reset): it is
+    not sent again, since a duplicate training photo counts against the model's limit."""
 
 
 class DownloadError(PipelineError):

@@ -480,6 +480,8 @@ class _Run:
                 self.settle(key, "not_started")
                 return
             self.reserved.add(key)
+            if body != thaw(unit.request):  # filled in (uploads, models, upstream outputs): keep it
+                await self.store.put_resource("sent", key, body)
             await self.store.mark_submitting(key)
             self.eligible.discard(key)
             self._show(key, "submitting")
@@ -927,7 +929,12 @@ class _Run:
         self.tally.downloaded_bytes += await self.delivery.deliver(self.units[key], n)
 
     async def _sent_body(self, unit: WorkUnit) -> dict[str, Any]:
-        """The request as it was sent: the manifest's, completed from the upstream outputs."""
+        """The request as it was sent: recorded with the intent when it differs from the manifest's.
+
+        State files from before that record fall back to the body rebuilt from the upstream outputs."""
+        sent = self.store.resource("sent", unit.key)
+        if sent is not None:
+            return sent
         try:
             return await self._body(unit)
         except PipelineError:
@@ -943,9 +950,7 @@ class _Run:
         if preflight is not None:
             await preflight()
         if leftovers:
-            await self.reconcile(
-                [Uncertain(r.key, _parse_time(r.updated_at, self.clock)) for r in leftovers], final=False
-            )
+            await self.reconcile([self._leftover(r) for r in leftovers], final=False)
         if self.finished.is_set() or self.stop.is_set():
             return
         async with anyio.create_task_group() as tg:
@@ -968,6 +973,16 @@ class _Run:
                 tg.start_soon(self._runtime_guard, self.options.max_runtime_s)
             await self.finished.wait()
             tg.cancel_scope.cancel()
+
+    def _leftover(self, rec: UnitRecord) -> Uncertain:
+        """A unit a previous run left ``submitting``: its intent time, or, when that cannot be read,
+        a span back to the oldest the job list can show (logged: never silently "now")."""
+        intent = _parse_time(rec.updated_at)
+        if intent is not None:
+            return Uncertain(rec.key, intent)
+        now = self.clock.now()
+        _log.warning("intent_time_unreadable", unit=rec.key, value=rec.updated_at, searched_days=6)
+        return Uncertain(rec.key, now - timedelta(days=6), now)
 
     def close(self) -> None:
         if self.api.pacer is self.pacer:
@@ -1059,15 +1074,15 @@ _EXPLAIN = {
 }
 
 
-def _parse_time(text: str | None, clock: Clock) -> Any:
-    from datetime import datetime
-
+def _parse_time(text: str | None) -> datetime | None:
+    """A recorded timestamp, or None when it is missing or unreadable (the caller widens its search)."""
     if not text:
-        return clock.now()
+        return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        return clock.now()
+        return None
+    return moment if moment.tzinfo else None
 
 
 async def run_pipeline(
