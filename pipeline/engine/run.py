@@ -486,7 +486,7 @@ class _Run:
             self.eligible.discard(key)
             self._show(key, "submitting")
             crash_point("after_intent_commit")
-            if self.stopping():  # stopped while the intent was written: nothing sent yet
+            if self.stop.is_set():  # a signal came while the intent was written: nothing sent yet
                 await self._back_to_pending(key, "the run stopped before sending it")
                 self.settle(key, "not_started")
                 return
