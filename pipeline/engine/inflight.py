@@ -18,6 +18,7 @@ an isolated lost reply has exactly one candidate job.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -42,7 +43,8 @@ class PostLog:
     """The run's POSTs (see the module docstring) and its uncertain ones, waiting to be reconciled."""
 
     def __init__(self, *, keep_s: float = 600.0) -> None:
-        self._posts: dict[int, _Post] = {}
+        self._posts: OrderedDict[int, _Post] = OrderedDict()  # in send order: old ones leave first
+        self._open = 0
         self._by_job: dict[str, _Post] = {}
         self._next = 0
         self._changed = anyio.Event()
@@ -57,12 +59,13 @@ class PostLog:
 
     @property
     def in_flight(self) -> int:
-        return sum(p.open for p in self._posts.values())
+        return self._open
 
     def begin(self, key: str, sent: datetime, now: float) -> int:
         """A POST for ``key`` is about to leave: its ticket."""
         self._next += 1
         self._posts[self._next] = _Post(key, sent, now)
+        self._open += 1
         return self._next
 
     def answered(self, ticket: int, at: datetime, job_id: str | None = None) -> None:
@@ -79,14 +82,16 @@ class PostLog:
         if post is None or not post.open:
             return
         post.open = False
+        self._open -= 1
         self._changed.set()
         self._changed = anyio.Event()
-        for t, p in list(self._posts.items()):
-            if p.open or p.begun > now - self._keep_s:
+        while self._posts:
+            oldest = self._posts[next(iter(self._posts))]
+            if oldest.open or oldest.begun > now - self._keep_s:
                 break
-            del self._posts[t]
-            if p.job_id is not None:
-                self._by_job.pop(p.job_id, None)
+            self._posts.popitem(last=False)
+            if oldest.job_id is not None:
+                self._by_job.pop(oldest.job_id, None)
 
     def open_before(self, when: float) -> int:
         """POSTs begun at or before monotonic ``when`` and not closed yet."""
