@@ -68,10 +68,15 @@ class PostLog:
         self._open += 1
         return self._next
 
-    def answered(self, ticket: int, at: datetime, job_id: str | None = None) -> None:
-        """The POST's answer (or failure) came back at ``at``; ``job_id`` if it created one."""
+    def answered(
+        self, ticket: int, at: datetime, job_id: str | None = None, sent: datetime | None = None
+    ) -> None:
+        """The POST's answer (or failure) came back at ``at``; ``job_id`` if it created one; ``sent``
+        when it is known that the request left later than :meth:`begin` was told (a narrower span)."""
         post = self._posts[ticket]
         post.answered, post.job_id = at, job_id
+        if sent is not None and post.sent < sent <= at:
+            post.sent = sent
         if job_id is not None:
             self._by_job[job_id] = post
 

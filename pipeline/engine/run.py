@@ -31,7 +31,7 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from pipeline.api.client import ApiClient
+from pipeline.api.client import ApiClient, request_sent_at
 from pipeline.api.records import Job, JobPage, JobStatus
 from pipeline.clock import Clock
 from pipeline.crashpoints import crash_point
@@ -41,7 +41,7 @@ from pipeline.engine.limits import ActiveJobLimit, RateLimiter, RequestPacer
 from pipeline.engine.outcome import SubmitOutcome, classify
 from pipeline.engine.poller import DueQueue, DurationEstimator, PollPolicy
 from pipeline.engine.provision import Provisioner
-from pipeline.engine.reconcile import Decision, Uncertain, Verdict, decide, window_of
+from pipeline.engine.reconcile import Decision, Uncertain, Verdict, decide, span_of, window_of
 from pipeline.engine.retry import RetryPolicy, retrying
 from pipeline.engine.sweep import Found, JobSweep, Window
 from pipeline.engine.tally import Snapshot, Tally
@@ -493,11 +493,13 @@ class _Run:
             intent_at = self.clock.now()
             ticket = self.posts.begin(key, intent_at, self.clock.monotonic())
             job_id = await self._post(unit, body)
-            self.posts.answered(ticket, self.clock.now(), job_id)
+            self.posts.answered(ticket, self.clock.now(), job_id, sent=request_sent_at())
             crash_point("after_post_before_record")
         except ApiError as exc:
             if ticket is not None:
-                self.posts.answered(ticket, self.clock.now())
+                sent = request_sent_at()
+                self.posts.answered(ticket, self.clock.now(), sent=sent)
+                intent_at = sent if sent is not None and intent_at < sent else intent_at
             await self._submit_failed(key, exc, intent_at)
             return
         finally:
@@ -625,7 +627,7 @@ class _Run:
         if not uncertain:
             return
         slack = timedelta(seconds=self.options.reconcile_slack_s)
-        start, end = window_of(uncertain, self.posts.skew(), slack)
+        start, end = self._listing_window(uncertain, slack)
         try:
             listed = [j async for j in self.api.iter_jobs(start=start, end=end)]
         except ApiError as exc:
@@ -661,6 +663,15 @@ class _Run:
             return False
         self.posts.again(u, now + timedelta(seconds=1))
         return True
+
+    def _listing_window(self, uncertain: list[Uncertain], slack: timedelta) -> tuple[datetime, datetime]:
+        """The batch's spans, and those of the other uncertain POSTs that overlap them: their jobs,
+        listed too, tell the matching which job is whose (:func:`~pipeline.engine.reconcile.decide`)."""
+        skew = self.posts.skew()
+        start, end = window_of(uncertain, skew, slack)
+        rivals = [*self.posts.waiting, *self.posts.unknown]
+        near = [r for r in rivals if (s := span_of(r, skew, slack))[0] <= end and s[1] >= start]
+        return window_of([*uncertain, *near], skew, slack)
 
     async def _apply(self, decision: Decision, *, final: bool) -> None:
         unit = self.units.get(decision.key)
