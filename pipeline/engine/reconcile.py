@@ -56,7 +56,7 @@ class Uncertain:
     ``intent_at``: our clock just before the POST left. ``until``: the latest our
     clock says the server could have created the job (when its error answer came, or
     later when no answer came); ``None`` when unknown (a run killed mid-POST): then
-    ``intent_at`` widened by the slack.
+    ``intent_at`` widened by the slack, whatever is known of the server's clock.
     """
 
     key: str
@@ -84,10 +84,11 @@ class Decision:
 
 def span_of(u: Uncertain, skew: Skew | None, slack: timedelta) -> tuple[datetime, datetime]:
     """The server-time span ``u``'s job, if any, was created in."""
-    end = u.until if u.until is not None else u.intent_at
+    if u.until is None:  # killed mid-POST: sent and answered whenever; the clock's skew does not help
+        return u.intent_at - slack, u.intent_at + slack
     if skew is None:
-        return u.intent_at - slack, end + slack
-    return u.intent_at + skew.lo - ROUNDING, end + skew.hi + ROUNDING
+        return u.intent_at - slack, u.until + slack
+    return u.intent_at + skew.lo - ROUNDING, u.until + skew.hi + ROUNDING
 
 
 def window_of(
