@@ -424,3 +424,34 @@ def test_the_next_run_after_a_kill_never_adopts_wrongly_nor_resends_a_paid_unit(
             assert d.job_id == f"job-{d.key}", f"{d.key} adopted another unit's job"
         if d.verdict is Verdict.RESUBMIT:
             assert owner[d.key].created is None, f"{d.key} would be sent again though its job exists"
+
+
+def _brute(near: list[list[int]], n_jobs: int, me: int, mine: int | None) -> bool:
+    """Every job gets its own owner among those whose span holds it, ``me`` getting ``mine``."""
+    from itertools import product
+
+    choices = [[None, *options] if o != me else [mine] for o, options in enumerate(near)]
+    for pick in product(*choices):
+        taken = [j for j in pick if j is not None]
+        if len(taken) == len(set(taken)) and set(taken) == set(range(n_jobs)):
+            return True
+    return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    data=st.integers(1, 4).flatmap(
+        lambda jobs: st.tuples(
+            st.just(jobs), st.lists(st.lists(st.integers(0, jobs - 1), unique=True), min_size=1, max_size=4)
+        )
+    ),
+    pick=st.integers(0, 10),
+)
+def test_the_matching_agrees_with_brute_force(data: tuple[int, list[list[int]]], pick: int) -> None:
+    """Kuhn's augmenting paths answer what trying every assignment answers."""
+    from pipeline.engine.reconcile import _explained
+
+    n_jobs, near = data
+    me = pick % len(near)
+    for mine in (None, *near[me]):
+        assert _explained(near, n_jobs, fixed=(me, mine)) == _brute(near, n_jobs, me, mine)
