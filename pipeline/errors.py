@@ -52,6 +52,7 @@ __all__ = [
     "AuthError",
     "ConfigError",
     "ConflictError",
+    "ConnectTimeoutError",
     "DownloadError",
     "IntegrityError",
     "InterruptedRunError",
@@ -75,6 +76,7 @@ __all__ = [
     "TransientDownloadError",
     "TransportError",
     "UnsafeAssetError",
+    "UploadUncertainError",
     "unwrap_group",
 ]
 
@@ -201,6 +203,15 @@ class TransportError(ApiError):
 
 class RequestTimeoutError(TransportError):
     """The request did not complete within its timeout. For a POST the outcome is unknown."""
+
+
+class ConnectTimeoutError(TransportError):
+    """No connection within the connect timeout: nothing was sent, so nothing was created."""
+
+
+class UploadUncertainError(PipelineError):
+    """An upload failed in a way that does not prove it did not arrive (5xx, timeout, reset): it is
+    not sent again, since a duplicate training photo counts against the model's limit."""
 
 
 class DownloadError(PipelineError):

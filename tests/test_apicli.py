@@ -23,7 +23,6 @@ from pipeline import logs
 from pipeline.api.client import ApiClient
 from pipeline.api.config import ApiConfig, ApiKey
 from pipeline.api.records import Job
-from pipeline.cli import main as cli
 from pipeline.cli.api_commands import register
 from pipeline.errors import PipelineError
 from pipeline.simulator import Sandbox, SimConfig
@@ -241,14 +240,8 @@ async def test_wrong_key_exits_3_without_showing_it(run: Cli, tmp_path: Path) ->
     assert code == 3 and wrong not in out + err
 
 
-def _wired() -> bool:
-    cli._build_parser()
-    return "models list" in cli._COMMANDS
-
-
-@pytest.mark.skipif(not _wired(), reason="cli.py does not register the API commands yet")
 def test_through_the_real_cli(sandbox_process: str) -> None:
-    """Once cli.py merges register(): a real process lists models and jobs as JSON."""
+    """A real process lists models and jobs as JSON."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOTOGPT_")}
     env |= {"PHOTOGPT_BASE_URL": sandbox_process, "PHOTOGPT_API_KEY": "sandbox"}
     for argv in (["models", "list", "--json"], ["jobs", "list", "--json"]):

@@ -29,10 +29,12 @@ from pipeline.api.client import ApiClient
 from pipeline.api.config import ApiConfig, ApiKey
 from pipeline.api.records import JobStatus
 from pipeline.clock import FakeClock
+from pipeline.engine.outcome import SubmitOutcome, classify
 from pipeline.errors import (
     ApiError,
     AuthError,
     ConflictError,
+    ConnectTimeoutError,
     NotFoundError,
     ProtocolError,
     QuotaExhaustedError,
@@ -531,16 +533,28 @@ class TestTransport:
         assert info.value.__cause__ is exc
 
     @pytest.mark.parametrize(
-        "exc", [TimeoutError(), aiohttp.ServerTimeoutError("read"), aiohttp.ConnectionTimeoutError()]
+        "exc", [TimeoutError(), aiohttp.ServerTimeoutError("read"), aiohttp.SocketTimeoutError("read")]
     )
     async def test_timeouts_are_request_timeout_errors(
         self, api: ApiClient, mocked: aioresponses, exc: Exception
     ) -> None:
-        """asyncio and aiohttp timeouts become RequestTimeoutError (a retryable TransportError)."""
-        mocked.get(JOB, exception=exc)
+        """asyncio and aiohttp read/total timeouts become RequestTimeoutError: the request may have
+        been sent, so for a POST the outcome is unknown."""
+        mocked.post(GEN, exception=exc)
         with pytest.raises(RequestTimeoutError) as info:
-            await api.get_job("j1")
+            await api.generate_images({})
         assert info.value.retryable and info.value.__cause__ is exc
+        assert classify(info.value) is SubmitOutcome.UNCERTAIN_SILENT
+
+    async def test_a_connect_timeout_sent_nothing(self, api: ApiClient, mocked: aioresponses) -> None:
+        """aiohttp's connect timeout: no connection, nothing sent: safe to send again."""
+        exc = aiohttp.ConnectionTimeoutError("connect")
+        mocked.post(GEN, exception=exc)
+        with pytest.raises(ConnectTimeoutError) as info:
+            await api.generate_images({})
+        assert info.value.retryable and info.value.__cause__ is exc
+        assert not isinstance(info.value, RequestTimeoutError)
+        assert classify(info.value) is SubmitOutcome.NOT_SENT
 
 
 class TestSecrets:

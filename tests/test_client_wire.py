@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.api.client import ApiClient
+from pipeline.api.client import ApiClient, request_sent_at
 from pipeline.api.config import ApiConfig, ApiKey
 from pipeline.api.records import JobStatus
 from pipeline.clock import FakeClock
@@ -282,3 +282,17 @@ class TestErrors:
         with pytest.raises(QuotaExhaustedError) as info:
             await api.generate_images(SEED_BODY)
         assert info.value.exit_code == 5 and not info.value.retryable
+
+
+async def test_a_post_records_when_it_actually_left(
+    api: ApiClient, sandbox: Sandbox, clock: FakeClock
+) -> None:
+    """The send time a reconcile span starts from is the moment the headers left, read right after
+    the call, answered or failed."""
+    clock.advance(5)
+    await api.generate_images({"prompt": "p", "modelID": "gpt-image-2"})
+    assert request_sent_at() == clock.now()
+    sandbox.control(next_n_5xx=1)
+    with pytest.raises(ServerError):
+        await api.generate_images({"prompt": "p", "modelID": "gpt-image-2"})
+    assert request_sent_at() == clock.now()

@@ -80,16 +80,28 @@ def _start(
     )
 
 
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """The child's stderr once it exits; on timeout it is killed and reaped, never leaked."""
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return err
+
+
 def _finish(manifest: Path, out: Path, origin: str) -> None:
     """Run until exit 0; units reported unknown are resubmitted explicitly, as a user would."""
+    err = b""
     for _ in range(6):
         proc = _start(manifest, out, origin)
-        _, err = proc.communicate(timeout=120)
+        err = _wait(proc, 120)
         if proc.returncode == 0:
             return
         if proc.returncode == 1 and b"unknown" in err:
             proc = _start(manifest, out, origin, "--resubmit-unknown")
-            _, err = proc.communicate(timeout=120)
+            err = _wait(proc, 120)
             if proc.returncode == 0:
                 return
         assert proc.returncode in (0, 1), err.decode()[-2000:]
@@ -124,7 +136,7 @@ def test_kill_at_a_named_point_then_resume(point: str, sim_url: str, tmp_path: P
     """S1–S4: the kill lands exactly at the risky moment; the rerun pays at most once."""
     manifest, out = _manifest(tmp_path, 6), tmp_path / "out"
     proc = _start(manifest, out, sim_url, "--max-active", "1", crash_at=point)
-    _, err = proc.communicate(timeout=120)
+    err = _wait(proc, 120)
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
     before = _sim(sim_url, "GET", "/_sim/stats")
     _finish(manifest, out, sim_url)
@@ -148,20 +160,61 @@ def test_random_kills_then_resume(sim_url: str, tmp_path: Path) -> None:
         time.sleep(rng.uniform(0.3, 1.5))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=30)
+        _wait(proc, 30)
         if proc.returncode == 0:
             break
     _finish(manifest, out, sim_url)
     _check_invariants(out, sim_url, units=30 + 10 + 5)
 
 
+def _events(err: bytes) -> list[dict[str, Any]]:
+    out = []
+    for line in err.decode(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+def _epoch(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def test_sigterm_stops_cleanly_with_130_and_resumes(sim_url: str, tmp_path: Path) -> None:
-    """SIGTERM: no new submissions, state consistent, exit 130; the rerun completes."""
+    """SIGTERM once the first job is submitted: exit 130; no POST leaves after the run saw the signal
+    (only those already in flight arrive); the state holds no unknown unit; the rerun finds none
+    either, finishes, and pays at most once per request body."""
     manifest, out = _manifest(tmp_path, 30), tmp_path / "out"
-    proc = _start(manifest, out, sim_url)
-    time.sleep(0.8)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode in (130, 0), err.decode()[-2000:]
-    _finish(manifest, out, sim_url)
+    proc = _start(manifest, out, sim_url, "--log-level", "info")
+    assert proc.stderr is not None
+    seen: list[bytes] = []
+    try:
+        while b'"job_submitted"' not in (line := proc.stderr.readline()):  # the readiness signal
+            assert line, "the run ended before submitting: " + b"".join(seen).decode()[-2000:]
+            seen.append(line)
+        proc.send_signal(signal.SIGTERM)
+        err = b"".join(seen) + line + _wait(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err.decode()[-2000:]
+    events = _events(err)
+    [stopping] = [e for e in events if e["event"] == "submissions_stopped" and e["reason"] == "interrupted"]
+    in_flight = next(e["in_flight"] for e in events if e["event"] == "stopping")
+    arrivals = [a["at"] for a in _sim(sim_url, "GET", "/_sim/stats")["post_arrivals"]]
+    late = [at for at in arrivals if at > _epoch(stopping["timestamp"])]
+    assert len(late) <= in_flight, f"{len(late)} POSTs arrived after the stop, {in_flight} were in flight"
+    with open_readonly(out / ".state" / "state.db") as view:
+        counts = {str(k): v for k, v in view.counts().items() if v}
+    assert "unknown" not in counts, counts
+    rerun = _start(manifest, out, sim_url, "--log-level", "info")
+    err = _wait(rerun, 120)
+    assert rerun.returncode == 0, err.decode()[-2000:]
+    assert not [e for e in _events(err) if e["event"] == "submission_unknown"]
     _check_invariants(out, sim_url, units=30 + 10 + 5)
+    assert max(_sim(sim_url, "GET", "/_sim/stats")["jobs_by_body"].values()) == 1

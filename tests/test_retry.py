@@ -15,10 +15,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock
-from pipeline.engine.retry import RetryPolicy, is_transient, outcome_is_known, retrying, safe_to_resubmit
+from pipeline.engine.retry import RetryPolicy, outcome_is_known, retrying
 from pipeline.errors import (
     ApiError,
     AuthError,
+    ConnectTimeoutError,
     IntegrityError,
     NotFoundError,
     ProtocolError,
@@ -199,12 +200,12 @@ class TestRetrying:
         assert (op.calls, clock.sleeps) == (1, [])
 
     async def test_a_custom_predicate_decides(self) -> None:
-        """``is_retryable=safe_to_resubmit`` keeps a POST timeout from being resent."""
+        """``is_retryable=outcome_is_known`` keeps a POST timeout from being resent."""
         clock = RecordingClock()
         op = Flaky(RequestTimeoutError("timed out"))
         with pytest.raises(RequestTimeoutError):
             await retrying(
-                op, policy=RetryPolicy(), clock=clock, rng=random.Random(0), is_retryable=safe_to_resubmit
+                op, policy=RetryPolicy(), clock=clock, rng=random.Random(0), is_retryable=outcome_is_known
             )
         assert op.calls == 1
 
@@ -304,7 +305,9 @@ class TestOutcomeIsKnown:
             pytest.param(RateLimitedError("slow down", status=429), True, id="429"),
             pytest.param(RejectedError("bad", status=400), True, id="400"),
             pytest.param(AuthError("no", status=401), True, id="401"),
-            pytest.param(ServerError("oops", status=500), True, id="500"),
+            pytest.param(ServerError("oops", status=500), False, id="500-may-have-created-it"),
+            pytest.param(ServerError("bad gateway", status=502), False, id="502-lost-reply"),
+            pytest.param(ConnectTimeoutError("no connection in time"), True, id="connect-timeout"),
             pytest.param(ProtocolError("not JSON", status=200), False, id="2xx-unreadable"),
             pytest.param(ProtocolError("malformed HTTP"), False, id="no-status-protocol"),
             pytest.param(RequestTimeoutError("timed out"), False, id="timeout"),
@@ -360,20 +363,3 @@ class TestOutcomeIsKnown:
         a, b = TransportError("a"), ConnectionResetError()
         a.__cause__, b.__cause__ = b, a
         assert outcome_is_known(a) is False
-
-    @pytest.mark.parametrize(
-        ("error", "safe"),
-        [
-            (RateLimitedError("slow down", status=429), True),
-            (ServerError("oops", status=502), True),
-            (_caused(TransportError("refused"), ConnectionRefusedError()), True),
-            (RequestTimeoutError("timed out"), False),
-            (_caused(TransportError("reset"), ConnectionResetError()), False),
-            (RejectedError("bad", status=422), False),
-            (QuotaExhaustedError("insufficient credits", status=402), False),
-        ],
-    )
-    def test_safe_to_resubmit_needs_transient_and_known(self, error: BaseException, safe: bool) -> None:
-        """A paid POST is resent only when the error is transient and nothing was created."""
-        assert safe_to_resubmit(error) is safe
-        assert not safe or is_transient(error)

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
+from pipeline import logs
 from pipeline.clock import SystemClock
 from pipeline.engine.poller import PollPolicy
 from pipeline.engine.retry import RetryPolicy
@@ -27,6 +29,7 @@ from pipeline.state.sqlite import Phase, StateStore, open_readonly
 from tests.conftest import TEST_KEY
 
 FAST = PollPolicy.fast()
+SUBMIT = "POST /api/images/generation"
 #: Retries on a sub-second scale: the simulator's faults are short, and tests should be too.
 QUICK = RetryPolicy(base_s=0.02, cap_s=0.25, max_attempts=200, deadline_s=60)
 
@@ -214,11 +217,17 @@ class TestHappyPath:
 
 
 class TestFaults:
-    async def test_429_storm_without_retry_after(self, sim: Sandbox, tmp_path: Path) -> None:
-        """Forty 429s in a row: the run waits them out, finishes, pays once per unit."""
-        sim.control(next_n_429=40)
-        summary = await run(sim, write_manifest(tmp_path, catalog(20)), tmp_path / "out")
-        assert summary.exit_code == 0
+    async def test_429_storm_on_submissions_slows_the_pool(self, sim: Sandbox, tmp_path: Path) -> None:
+        """Twenty 429s in a row, on POST /images/generation only (no Retry-After): every one reaches
+        the submit path, the active-job target shrinks, the run finishes and pays once per unit."""
+        sim.control(fault_routes=[SUBMIT], next_n_429=20)
+        items = catalog(6, upscale_every=99, video_every=99)
+        summary = await run(sim, write_manifest(tmp_path, items), tmp_path / "out")
+        assert summary.exit_code == 0, summary.failures
+        stats = sim.stats()
+        assert stats["sent_429"] == 20 and summary.rate_limited == 20  # all met by submissions
+        assert stats["requests"][SUBMIT] == 6 + 20  # each refused POST sent again
+        assert summary.active_cap is not None and summary.active_cap < 64  # the pool slowed down
         assert max(jobs_per_body(sim).values()) == 1
 
     async def test_an_unannounced_request_rate_limit_is_learned(self, sim: Sandbox, tmp_path: Path) -> None:
@@ -244,11 +253,30 @@ class TestFaults:
         assert summary.rate_limit_rps is None  # refused submissions alone prove no rate limit
         assert max(jobs_per_body(sim).values()) == 1
 
-    async def test_5xx_burst_on_submissions_and_polls(self, sim: Sandbox, tmp_path: Path) -> None:
-        """Server errors are retried (POSTs only once the job list shows nothing was created)."""
-        sim.control(next_n_5xx=15)
-        summary = await run(sim, write_manifest(tmp_path, catalog(15)), tmp_path / "out")
+    async def test_5xx_burst_on_submissions_is_reconciled_not_resent(
+        self, sim: Sandbox, tmp_path: Path
+    ) -> None:
+        """Ten 503s (nothing created) and three lost replies (job created, then 502), on
+        POST /images/generation only: each 503 is sent again only after the job list showed nothing
+        was created; each lost reply's job is adopted, never paid twice."""
+        sim.control(fault_routes=[SUBMIT], next_n_5xx=10, next_n_lost=3)
+        logs.configure(fmt="json", level="info")
+        # 50 ms between POSTs: two lost replies sent in the same millisecond could not be told apart.
+        with structlog.testing.capture_logs() as events:
+            opts = options(submit_rate=20.0)
+            items = catalog(10, upscale_every=99, video_every=99)
+            summary = await run(sim, write_manifest(tmp_path, items), tmp_path / "out", options=opts)
         assert summary.exit_code == 0, summary.failures
+        stats = sim.stats()
+        assert stats["sent_5xx"] == 10 + 3
+        # 10 first tries (503), 10 resends (3 of them lost replies, adopted and not sent again).
+        assert stats["requests"][SUBMIT] == 10 + 10
+        kinds = [e["event"] for e in events]
+        assert kinds.count("submission_uncertain") == 13
+        assert kinds.count("submission_resent") == 10  # decided from the job list, not blindly
+        assert kinds.count("job_adopted") == 3
+        assert kinds.index("submission_resent") > kinds.index("submission_uncertain")
+        assert stats["jobs_created"] == summary.counts["done"]
         assert max(jobs_per_body(sim).values()) == 1
 
     async def test_truncated_downloads_resume(self, sim: Sandbox, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from pipeline.errors import (
     ApiError,
     AuthError,
     ConflictError,
+    ConnectTimeoutError,
     NotFoundError,
     ProtocolError,
     QuotaExhaustedError,
@@ -115,7 +116,9 @@ def map_error(
         excerpt = _excerpt(body, secrets)
         message = f"{detail}: {excerpt}" if excerpt else detail
         return ProtocolError(redact(message, secrets), status=status, endpoint=endpoint)
-    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError and aiohttp's timeouts
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):  # before TimeoutError: nothing was sent
+        return ConnectTimeoutError(f"could not connect in time ({type(exc).__name__})", endpoint=endpoint)
+    if isinstance(exc, TimeoutError):  # asyncio.TimeoutError, aiohttp's read and total timeouts
         return RequestTimeoutError(f"request timed out ({type(exc).__name__})", endpoint=endpoint)
     if isinstance(exc, aiohttp.ClientResponseError):  # an HTTP reply aiohttp could not parse
         return ProtocolError(redact(f"malformed HTTP response: {exc.message}", secrets), endpoint=endpoint)

@@ -14,6 +14,7 @@ import copy
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import PurePath
 from types import TracebackType
@@ -44,7 +45,17 @@ from pipeline.errors import (
     ApiError,
 )
 
-__all__ = ["ApiClient"]
+__all__ = ["ApiClient", "request_sent_at"]
+
+#: When the current task's last request had its headers written (our wall clock), or None when not
+#: known (not sent, or a session the client does not own). Read right after the call returns/raises.
+_SENT_AT: ContextVar[datetime | None] = ContextVar("photogpt_request_sent_at", default=None)
+
+
+def request_sent_at() -> datetime | None:
+    """When this task's last request actually left: a paid POST's job was created no earlier."""
+    return _SENT_AT.get()
+
 
 log = structlog.get_logger("pipeline.api.client")
 
@@ -114,13 +125,19 @@ class ApiClient:
             await self._session.close()
         self._session = None
 
+    async def _on_headers_sent(self, _session: Any, _ctx: Any, _params: Any) -> None:
+        _SENT_AT.set(self._clock.now())
+
     def _open(self) -> aiohttp.ClientSession:
         if self._closed:
             raise RuntimeError("ApiClient is closed")
         if self._session is None:
+            trace = aiohttp.TraceConfig()
+            trace.on_request_headers_sent.append(self._on_headers_sent)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._config.max_connections),
                 timeout=self._timeout,
+                trace_configs=[trace],
             )
         return self._session
 
@@ -329,6 +346,7 @@ class ApiClient:
         if pacer is not None:
             await pacer.acquire()
         self.stats[endpoint] += 1
+        _SENT_AT.set(None)
         started = self._clock.monotonic()
         status: int | None = None
         try:

@@ -20,6 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pipeline.api.client import ApiClient
 from pipeline.clock import Clock
 from pipeline.engine.delivery import WorkUnit
+from pipeline.engine.inflight import PostLog
 from pipeline.engine.limits import ActiveJobLimit, RequestPacer
 from pipeline.engine.provision import Provisioner
 from pipeline.engine.tally import Snapshot, Tally
@@ -75,6 +76,7 @@ class RunContext:
         clock: Clock,
         provisioner: Provisioner | None = None,
         upstreams: Mapping[str, WorkUnit] | None = None,
+        stop: anyio.Event | None = None,
     ) -> None:
         self.units: Mapping[str, WorkUnit] = {u.key: u for u in units}
         #: Done upstream units outside this run's set, which chained requests are built from.
@@ -108,6 +110,10 @@ class RunContext:
         self.ready_recv: MemoryObjectReceiveStream[str] = recv
         self.provisioner = provisioner
         self.holding: set[str] = set()  # units holding an active-job slot (jobs this run started)
+        #: Every paid POST from send to record, and the uncertain ones (submit, watch, reconcile).
+        self.posts = PostLog()
+        #: Set by a signal: no new POST; those sent finish and are recorded (see run.py).
+        self.stop = stop or anyio.Event()
 
     # -- phases --------------------------------------------------------------------------------
 
@@ -177,6 +183,10 @@ class RunContext:
         if key in self.holding:
             self.holding.discard(key)
             self.active.release()
+
+    def stopping(self) -> bool:
+        """No new POST may leave: the run stops submitting (quota, budget, time, a signal)."""
+        return self.stop_reason is not None or self.stop.is_set()
 
     def stop_submitting(self, reason: str) -> None:
         """No new POSTs from now on; in-flight jobs are still polled and downloaded."""

@@ -171,8 +171,11 @@ async def run_shared(
     provisioner: Provisioner | None = None,
     monitor: Callable[[Callable[[], Snapshot]], None] | None = None,
     output: OutputStore | None = None,
+    stop: anyio.Event | None = None,
 ) -> RunSummary:
-    """Work on the run with the other workers until every unit is settled; say what happened."""
+    """Work on the run with the other workers until every unit is settled; say what happened.
+
+    ``stop`` (a signal) ends the current batch gracefully and claims no other."""
     started, totals = clock.monotonic(), _Totals()
     lease_s = float(store.lease_s or 60.0)
     by_key = {u.key: u for u in units}
@@ -181,7 +184,7 @@ async def run_shared(
     stale = len(store.stale_keys(set(by_key)))
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, store, lease_s, clock)
-        while totals.stopped is None:
+        while totals.stopped is None and not (stop is not None and stop.is_set()):
             given_up = {k for k, n in totals.tries.items() if n >= _GIVE_UP}
             claimed = [c.key for c in await store.claim(batch)]
             mine = [k for k in claimed if k in by_key and k not in given_up]
@@ -201,7 +204,7 @@ async def run_shared(
                     subset, api=api, store=store, layout=layout, downloader=downloader, options=options,
                     clock=clock, preflight=preflight if totals.batches == 0 else None,
                     provisioner=provisioner, monitor=monitor if totals.batches == 0 else None,
-                    output=output,
+                    output=output, stop=stop,
                 )  # fmt: skip
             except* LeaseLostError as group:
                 _log.warning("batch_lost", error=str(group.exceptions[0]), units=len(mine))

@@ -36,8 +36,14 @@ class RunOptions:
     #: Stop new submissions before credits spent (job list) + in flight (price table) would pass this.
     budget: float | None = None
     prices: Mapping[str, float] = field(default_factory=dict)
-    #: How far around an uncertain submission the job list is searched for its job (clock skew).
+    #: How far a job's creation time may be from our send time while the server's clock is not
+    #: learned yet, and how long after a POST got no answer the server may still create its job.
     reconcile_slack_s: float = 60.0
+    #: An uncertain POST is looked for in the job list this long after its span ends (list lag).
+    reconcile_settle_s: float = 0.5
+    #: After a stop request (SIGINT/SIGTERM): how long POSTs already sent may take to answer, be
+    #: recorded and reconciled before the run ends.
+    stop_grace_s: float = 10.0
     seed: int | None = None
     #: Unit key -> the seed a regeneration drew for it (recorded in the state; see engine/regenerate.py).
     seeds: Mapping[str, int] = field(default_factory=dict)

@@ -22,8 +22,15 @@ import structlog
 
 from pipeline.api.client import ApiClient
 from pipeline.clock import Clock
-from pipeline.engine.retry import RetryPolicy, retrying
-from pipeline.errors import ConfigError, NotFoundError, PipelineError, RateLimitedError
+from pipeline.engine.retry import RetryPolicy, is_transient, outcome_is_known, retrying
+from pipeline.errors import (
+    ApiError,
+    ConfigError,
+    NotFoundError,
+    PipelineError,
+    RateLimitedError,
+    UploadUncertainError,
+)
 from pipeline.manifest.spec import LOCAL_PREFIX, LocalRef, ModelSpec, thaw
 from pipeline.state.store import StateStore
 
@@ -34,6 +41,11 @@ _log = structlog.get_logger("pipeline.engine.provision")
 
 class ModelNotReadyError(PipelineError):
     """A declared model failed training, or was not ready before its deadline."""
+
+
+def _safe_to_resend(exc: BaseException) -> bool:
+    """Retry an upload only when the failure proves nothing arrived (429, 409, refused, connect timeout)."""
+    return is_transient(exc) and outcome_is_known(exc)
 
 
 class Provisioner:
@@ -96,7 +108,19 @@ class Provisioner:
                     model_id=model_id, image_type=kind, data=data, filename=ref.path.name
                 )
 
-            image = await retrying(send, policy=self._retry, clock=self._clock, rng=self._rng)
+            # At most once: an upload that may have arrived (5xx, timeout, reset) is not sent again,
+            # as a duplicate training photo counts against the model's limit; it is reported instead.
+            try:
+                image = await retrying(
+                    send, policy=self._retry, clock=self._clock, rng=self._rng, is_retryable=_safe_to_resend
+                )
+            except ApiError as exc:
+                if outcome_is_known(exc):
+                    raise
+                raise UploadUncertainError(
+                    f"{ref.path}: the upload may or may not have arrived ({exc}); check the account's "
+                    "images and rerun with --retry-failed"
+                ) from exc
             await self._store.put_resource("upload", cache_key, {"imageId": image.id, "url": image.url})
             _log.info("file_uploaded", path=str(ref.path), image_id=image.id)
             return image.id, image.url

@@ -1,8 +1,10 @@
 """The reconcile stage: decide uncertain submissions from the job list, at most once.
 
 A POST whose answer was lost (timeout, reset, 5xx) may or may not have created a paid job. This
-stage reads the job list around its intent and applies :func:`pipeline.engine.reconcile.decide`:
-nothing there → send again; exactly one unclaimed job → adopt it; anything else → ``unknown``.
+stage lists the jobs created in its span (as narrow as the learned server clock allows) and, once
+every POST begun before that listing ended is recorded (:class:`~pipeline.engine.inflight.PostLog`),
+applies :func:`pipeline.engine.reconcile.decide`: nothing there → send again; a job that is the unit's
+in every way the unclaimed jobs can be assigned → adopt it; anything else → ``unknown``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import anyio
 import structlog
 
 from pipeline.engine.context import RunContext
-from pipeline.engine.reconcile import Uncertain, Verdict, decide, window_of
+from pipeline.engine.reconcile import Decision, Uncertain, Verdict, decide, span_of, window_of
 from pipeline.errors import ApiError
 from pipeline.state.lifecycle import Ending, Event
 
@@ -24,75 +26,113 @@ _log = structlog.get_logger("pipeline.engine.reconciler")
 
 
 class Reconciler:
-    """Owns the uncertain submissions and the loop that settles them."""
+    """Owns the loop that settles uncertain submissions (they wait in the context's PostLog)."""
 
-    def __init__(
-        self,
-        ctx: RunContext,
-        *,
-        posts_in_flight: Callable[[], int],
-        adopt: Callable[[str], None],
-    ) -> None:
-        self.ctx = ctx
-        self.posts_in_flight, self.adopt = posts_in_flight, adopt
-        self.uncertain: list[Uncertain] = []
+    def __init__(self, ctx: RunContext, *, adopt: Callable[[str], None]) -> None:
+        self.ctx, self.adopt = ctx, adopt
+        self.deciding = 0  # uncertain POSTs taken from the log and not decided yet
         self._jobs_loaded = False
 
-    def add(self, key: str, intent_at: datetime) -> None:
-        """The inbox: ``key``'s POST may or may not have created a job."""
-        self.uncertain.append(Uncertain(key, intent_at))
+    def add(self, key: str, intent_at: datetime, until: datetime) -> None:
+        """The inbox: ``key``'s POST may have created a job between ``intent_at`` and ``until``."""
+        self.ctx.posts.waiting.append(Uncertain(key, intent_at, until))
 
     async def loop(self) -> None:
-        """Reconcile uncertain submissions whenever no POST of ours is in flight."""
+        """Reconcile each uncertain submission as soon as its job would be listed."""
         ctx = self.ctx
+        settle = timedelta(seconds=ctx.options.reconcile_settle_s)
         while not ctx.finished.is_set():
-            await ctx.clock.sleep(0.5)
-            if self.uncertain and self.posts_in_flight() == 0:
-                batch, self.uncertain = self.uncertain, []
-                await self.reconcile(batch, final=ctx.stop_reason is not None)
+            await ctx.clock.sleep(0.25)
+            patience = timedelta(0) if ctx.stopping() else timedelta(seconds=ctx.options.reconcile_slack_s)
+            batch = ctx.posts.take_ready(ctx.clock.now(), settle, patience)
+            if batch:
+                self.deciding += len(batch)
+                try:
+                    await self.reconcile(batch, final=ctx.stop_reason is not None)
+                finally:
+                    self.deciding -= len(batch)
 
     async def reconcile(self, uncertain: list[Uncertain], *, final: bool) -> None:
-        """Settle ``uncertain`` from the job list (see :mod:`pipeline.engine.reconcile`)."""
+        """Settle ``uncertain`` from the job list, read at once but decided on only when every POST
+        begun before it ended is recorded (their jobs are then claimed)."""
         if not uncertain:
             return
         ctx = self.ctx
         if not self._jobs_loaded:  # read when first needed: a million done units have a million ids
             ctx.known_jobs.update(ctx.store.job_ids())
             self._jobs_loaded = True
-        slack = timedelta(seconds=ctx.options.reconcile_slack_s)
-        start, end = window_of(uncertain, ctx.clock.now(), slack)
         if await self._others_posting(uncertain):
-            self.uncertain.extend(uncertain)  # another worker's POST is in flight: decide when it is not
+            ctx.posts.waiting.extend(uncertain)  # another worker's POST is in flight: decide later
             return
+        slack = timedelta(seconds=ctx.options.reconcile_slack_s)
+        start, end = self._listing_window(uncertain, slack)
         try:
-            listed = [j async for j in ctx.api.iter_jobs(start=start, end=end + slack)]
+            listed = [j async for j in ctx.api.iter_jobs(start=start, end=end)]
             ctx.known_jobs.update(ctx.store.job_ids())  # jobs other workers recorded meanwhile
         except ApiError as exc:
             _log.warning("reconcile_failed", error=str(exc))
             for u in uncertain:
                 await self._unknown(u.key, f"could not read the job list: {exc}")
+            ctx.posts.unknown.extend(uncertain)
             return
-        for decision in decide(uncertain, listed, ctx.known_jobs, slack=slack):
-            log = _log.bind(unit=decision.key, item=ctx.units[decision.key].item_id)
-            if decision.verdict is Verdict.RESUBMIT:
-                with anyio.CancelScope(shield=True):
-                    await ctx.store.mark_pending(decision.key, decision.reason)
-                ctx.move(decision.key, Event.NOTHING_CREATED)
-                if final:
-                    ctx.settle(decision.key, Ending.NOT_STARTED)
-                else:
-                    ctx.enqueue(decision.key)
-                    log.info("submission_resent", reason=decision.reason)
-            elif decision.verdict is Verdict.ADOPT and decision.job_id:
-                with anyio.CancelScope(shield=True):
-                    await ctx.store.mark_submitted(decision.key, decision.job_id, ctx.clock.now())
-                ctx.move(decision.key, Event.ADOPTED)
-                ctx.known_jobs.add(decision.job_id)
-                self.adopt(decision.key)
-                log.info("job_adopted", job_id=decision.job_id)
+        listed_at = ctx.clock.monotonic()
+        for job in listed:
+            ctx.posts.learn(job.job_id, job.created_at)
+        if open_posts := ctx.posts.open_before(listed_at):
+            _log.info("reconcile_waits", units=len(uncertain), posts=open_posts)
+            await ctx.posts.wait_closed(listed_at)
+        rivals = [*ctx.posts.waiting, *ctx.posts.unknown]
+        skew = ctx.posts.skew()
+        decisions = decide(uncertain, listed, ctx.known_jobs, slack=slack, skew=skew, rivals=rivals)
+        now = ctx.clock.now()
+        for u, decision in zip(uncertain, decisions, strict=True):
+            if decision.verdict is Verdict.UNKNOWN:
+                if self._ask_again(u, final=final, now=now, skew_known=skew is not None):
+                    continue
+                ctx.posts.unknown.append(u)
+            await self._apply(decision, final=final)
+
+    def _ask_again(self, u: Uncertain, *, final: bool, now: datetime, skew_known: bool) -> bool:
+        """An ambiguity found with ``±slack`` spans may clear once the server's clock is learned (a
+        poll of any job teaches it): ask again a little later, for up to ``reconcile_slack_s``."""
+        give_up = (u.until or u.intent_at) + timedelta(seconds=self.ctx.options.reconcile_slack_s)
+        if final or skew_known or now >= give_up:
+            return False
+        self.ctx.posts.again(u, now + timedelta(seconds=1))
+        return True
+
+    def _listing_window(self, uncertain: list[Uncertain], slack: timedelta) -> tuple[datetime, datetime]:
+        """The batch's spans, and those of the other uncertain POSTs that overlap them: their jobs,
+        listed too, tell the matching which job is whose (:func:`~pipeline.engine.reconcile.decide`)."""
+        posts = self.ctx.posts
+        skew = posts.skew()
+        start, end = window_of(uncertain, skew, slack)
+        rivals = [*posts.waiting, *posts.unknown]
+        near = [r for r in rivals if (s := span_of(r, skew, slack))[0] <= end and s[1] >= start]
+        return window_of([*uncertain, *near], skew, slack)
+
+    async def _apply(self, decision: Decision, *, final: bool) -> None:
+        ctx = self.ctx
+        log = _log.bind(unit=decision.key, item=ctx.units[decision.key].item_id)
+        if decision.verdict is Verdict.RESUBMIT:
+            with anyio.CancelScope(shield=True):
+                await ctx.store.mark_pending(decision.key, decision.reason)
+            ctx.move(decision.key, Event.NOTHING_CREATED)
+            if final:
+                ctx.settle(decision.key, Ending.NOT_STARTED)
             else:
-                await self._unknown(decision.key, decision.reason)
-                log.warning("submission_unknown", reason=decision.reason)
+                ctx.enqueue(decision.key)
+                log.info("submission_resent", reason=decision.reason)
+        elif decision.verdict is Verdict.ADOPT and decision.job_id:
+            with anyio.CancelScope(shield=True):
+                await ctx.store.mark_submitted(decision.key, decision.job_id, ctx.clock.now())
+            ctx.move(decision.key, Event.ADOPTED)
+            ctx.known_jobs.add(decision.job_id)
+            self.adopt(decision.key)
+            log.info("job_adopted", job_id=decision.job_id)
+        else:
+            await self._unknown(decision.key, decision.reason)
+            log.warning("submission_unknown", reason=decision.reason)
 
     async def _others_posting(self, uncertain: list[Uncertain]) -> bool:
         """With workers sharing the run, a job another one created may be listed before its id is

@@ -1,14 +1,11 @@
 """Retrying transient failures: capped exponential backoff with full jitter, Retry-After, a deadline.
 
-**Never pay twice.** A POST that creates paid work may be retried only when the
-failure proves nothing was created: the server *answered* with an error status
-(429, other 4xx, 5xx), or the connection was refused / the name did not resolve
-before anything was sent. A timeout or a reset *after* sending is an unknown
-outcome: the job may exist, so it must be reconciled (same idempotency key, job
-lookup, or ``UNKNOWN``), never blindly resent. Callers enforce this by passing
-``is_retryable=safe_to_resubmit`` for submissions; :func:`outcome_is_known`
-is the test. (Plan §4.2 is stricter for 5xx on POST without an idempotency
-key: there, add ``not isinstance(exc, ServerError)``.)
+**Never pay twice.** :func:`retrying` is for requests that create nothing paid (reads,
+pings). A paid POST is never retried here: its failures go through
+:func:`pipeline.engine.outcome.classify`, which sends it again only when the failure
+proves nothing was created, and to reconciliation otherwise. :func:`outcome_is_known`
+is the low-level test it uses: the server answered with a status below 500, or the
+connection failed before anything was sent.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ from typing import TypeVar
 from pipeline.clock import Clock
 from pipeline.errors import (
     ApiError,
+    ConnectTimeoutError,
     PipelineError,
     QuotaExhaustedError,
     RateLimitedError,
@@ -33,7 +31,6 @@ __all__ = [
     "is_transient",
     "outcome_is_known",
     "retrying",
-    "safe_to_resubmit",
 ]
 
 T = TypeVar("T")
@@ -99,15 +96,18 @@ def is_transient(exc: BaseException) -> bool:
 def outcome_is_known(exc: BaseException) -> bool:
     """True when the failure proves the request created nothing on the server.
 
-    Known: the server answered with an error status (``ApiError.status >= 400``),
-    or the cause chain holds a connect-phase failure (``ConnectionRefusedError``,
-    ``socket.gaierror``, aiohttp's ``ClientConnectorError``). Unknown: timeouts,
-    resets and other transport errors, and a 2xx we could not read (ProtocolError).
+    Known: the server answered with a 4xx (``ApiError.status``), the connection timed
+    out before anything was sent (:class:`ConnectTimeoutError`), or the cause chain holds
+    a connect-phase failure (``ConnectionRefusedError``, ``socket.gaierror``, aiohttp's
+    ``ClientConnectorError``). Unknown: a 5xx (the server may have created it first),
+    read timeouts, resets and other transport errors, and a 2xx we could not read.
     """
+    if isinstance(exc, ConnectTimeoutError):
+        return True
     if isinstance(exc, RequestTimeoutError):
         return False
     if isinstance(exc, ApiError) and exc.status is not None:
-        return exc.status >= 400
+        return 400 <= exc.status < 500
     seen: set[int] = set()
     link: BaseException | None = exc
     while link is not None and id(link) not in seen:
@@ -118,11 +118,6 @@ def outcome_is_known(exc: BaseException) -> bool:
             return True
         link = link.__cause__  # not __context__: an error met while handling another proves nothing
     return False
-
-
-def safe_to_resubmit(exc: BaseException) -> bool:
-    """The retry test for paid POSTs: transient *and* provably nothing was created."""
-    return is_transient(exc) and outcome_is_known(exc)
 
 
 async def retrying(

@@ -17,7 +17,7 @@ shutdown order: when every unit has ended, the group is cancelled; state writes 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -46,6 +46,7 @@ from pipeline.output.layout import OutputLayout
 from pipeline.output.local import LocalOutputStore
 from pipeline.output.store import OutputStore
 from pipeline.state.lifecycle import Ending, Event, Phase
+from pipeline.state.records import UnitRecord
 from pipeline.state.store import StateStore
 
 __all__ = ["RunOptions", "RunSummary", "run_pipeline"]
@@ -92,16 +93,16 @@ class _Run:
         )
         self.fetch = Fetch(ctx, delivery)
         self.watch = Watch(ctx, self.fetch, self.budget)
-        self.submit = Submit(ctx, self.budget, on_job=self.watch.track, on_uncertain=self._uncertain)
-        self.reconciler = Reconciler(
-            ctx, posts_in_flight=lambda: self.submit.posts_in_flight, adopt=self.watch.look_now
-        )
-
-    def _uncertain(self, key: str, intent_at: datetime) -> None:
-        self.reconciler.add(key, intent_at)
+        self.reconciler = Reconciler(ctx, adopt=self.watch.look_now)
+        self.submit = Submit(ctx, self.budget, on_job=self.watch.track, on_uncertain=self.reconciler.add)
 
     async def _sent_body(self, unit: WorkUnit) -> dict[str, Any]:
-        """The request as it was sent: the manifest's, completed from the upstream outputs."""
+        """The request as it was sent: recorded with the intent when it differs from the manifest's.
+
+        State files from before that record fall back to the body rebuilt from the upstream outputs."""
+        sent = self.ctx.store.resource("sent", unit.key)
+        if sent is not None:
+            return sent
         try:
             return await self.submit.body(unit.key)
         except PipelineError:
@@ -116,10 +117,8 @@ class _Run:
         if preflight is not None:
             await preflight()
         if leftovers:
-            await self.reconciler.reconcile(
-                [Uncertain(r.key, _parse_time(r.updated_at, ctx.clock)) for r in leftovers], final=False
-            )
-        if ctx.finished.is_set():
+            await self.reconciler.reconcile([self._leftover(r) for r in leftovers], final=False)
+        if ctx.finished.is_set() or ctx.stop.is_set():
             return
         try:
             async with anyio.create_task_group() as tg:
@@ -133,6 +132,7 @@ class _Run:
 
     def _start_stages(self, tg: anyio.abc.TaskGroup) -> None:
         ctx, options = self.ctx, self.ctx.options
+        tg.start_soon(self._stop_when_asked)
         for _ in range(max(1, options.submit_workers)):
             tg.start_soon(self.submit.worker)
         # Twice as many deliveries as connections: bookkeeping overlaps the next fetch.
@@ -147,6 +147,32 @@ class _Run:
             tg.start_soon(self.budget.loop, lambda: self.watch.sweeping)
         if options.max_runtime_s is not None:
             tg.start_soon(self._runtime_guard, options.max_runtime_s)
+
+    async def _stop_when_asked(self) -> None:
+        """A stop request (SIGINT/SIGTERM): no new POST from now on; POSTs already sent get up to
+        ``stop_grace_s`` to answer and be recorded, and uncertain ones to be reconciled; then the
+        run ends. Running jobs and downloads are picked up by the next run, never paid again."""
+        ctx, posts = self.ctx, self.ctx.posts
+        await ctx.stop.wait()
+        ctx.stop_submitting("interrupted")
+        _log.warning("stopping", in_flight=posts.in_flight, grace_s=ctx.options.stop_grace_s)
+        deadline = ctx.clock.monotonic() + ctx.options.stop_grace_s
+        while posts.in_flight or posts.waiting or self.reconciler.deciding:
+            if ctx.clock.monotonic() >= deadline:
+                _log.warning("stop_grace_over", in_flight=posts.in_flight, uncertain=len(posts.waiting))
+                break
+            await ctx.clock.sleep(0.05)
+        ctx.finished.set()
+
+    def _leftover(self, rec: UnitRecord) -> Uncertain:
+        """A unit a previous run left ``submitting``: its intent time, or, when that cannot be read,
+        a span back to the oldest the job list can show (logged: never silently "now")."""
+        intent = _parse_time(rec.updated_at)
+        if intent is not None:
+            return Uncertain(rec.key, intent)
+        now = self.ctx.clock.now()
+        _log.warning("intent_time_unreadable", unit=rec.key, value=rec.updated_at, searched_days=6)
+        return Uncertain(rec.key, now - timedelta(days=6), now)
 
     async def _provision_model(self, name: str) -> None:
         """Train (or find) declared model ``name``, then release the units that wait for it."""
@@ -224,15 +250,15 @@ class _Run:
         )
 
 
-def _parse_time(text: str | None, clock: Clock) -> Any:
-    from datetime import datetime
-
+def _parse_time(text: str | None) -> datetime | None:
+    """A recorded timestamp, or None when it is missing or unreadable (the caller widens its search)."""
     if not text:
-        return clock.now()
+        return None
     try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        return clock.now()
+        return None
+    return moment if moment.tzinfo else None
 
 
 async def run_pipeline(
@@ -248,8 +274,11 @@ async def run_pipeline(
     provisioner: Provisioner | None = None,
     monitor: Callable[[Callable[[], Snapshot]], None] | None = None,
     output: OutputStore | None = None,
+    stop: anyio.Event | None = None,
 ) -> RunSummary:
-    """Run every unit to the end (or until stopped) and say what happened."""
+    """Run every unit to the end (or until stopped) and say what happened.
+
+    Setting ``stop`` asks for a graceful stop: no new POST; those sent finish and are recorded."""
     started = clock.monotonic()
     output = output or LocalOutputStore(layout.root)
     diff = await sort_out(units, store, output.present)
@@ -261,13 +290,15 @@ async def run_pipeline(
         clock=clock,
         provisioner=provisioner,
         upstreams=diff.upstreams,
+        stop=stop,
     )
     run = _Run(ctx, layout=layout, downloader=downloader, output=output, recorded=diff.phases)
     if monitor is not None:
         monitor(ctx.snapshot)
     try:
         await run.run(preflight)
-        await run.budget.settle_up()
+        if not ctx.stop.is_set():
+            await run.budget.settle_up()
     finally:
         run.close()
         # Whatever stopped us, the final state flush must not be cancelled half-way.

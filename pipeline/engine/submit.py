@@ -10,28 +10,26 @@ a garbled 2xx) leaves it ``submitting`` for the reconcile stage, which alone may
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import structlog
 
+from pipeline.api.client import request_sent_at
 from pipeline.crashpoints import crash_point
 from pipeline.engine.budget import Budget
 from pipeline.engine.context import RunContext, declared_model
 from pipeline.engine.limits import RateLimiter
+from pipeline.engine.outcome import SubmitOutcome, classify
 from pipeline.engine.regenerate import with_seed
-from pipeline.engine.retry import outcome_is_known
 from pipeline.errors import (
     ApiError,
     AuthError,
     ConfigError,
-    ConflictError,
     PipelineError,
-    QuotaExhaustedError,
     RateLimitedError,
     RejectedError,
-    ServerError,
 )
 from pipeline.manifest.spec import thaw
 from pipeline.state.lifecycle import Ending, Event
@@ -51,7 +49,7 @@ class Submit:
         budget: Budget,
         *,
         on_job: Callable[[str, str, datetime], None],
-        on_uncertain: Callable[[str, datetime], None],
+        on_uncertain: Callable[[str, datetime, datetime], None],
     ) -> None:
         self.ctx, self.budget = ctx, budget
         self.on_job, self.on_uncertain = on_job, on_uncertain
@@ -95,21 +93,34 @@ class Submit:
             return
         await ctx.take_slot(key)
         job_id: str | None = None
+        ticket: int | None = None
         intent_at = ctx.clock.now()
         try:
             if not await self._cleared(key):
                 return
-            intent_at = await self._intent(key)
+            intent_at = await self._intent(key, body)
+            if ctx.stop.is_set():  # a signal came while the intent was written: nothing sent yet
+                await self.back_to_pending(key, "the run stopped before sending it")
+                ctx.settle(key, Ending.NOT_STARTED)
+                return
+            ticket = ctx.posts.begin(key, intent_at, ctx.clock.monotonic())
             job_id = await self._post(key, body)
+            ctx.posts.answered(ticket, ctx.clock.now(), job_id, sent=request_sent_at())
             crash_point("after_post_before_record")
-        except PipelineError as exc:
+        except ApiError as exc:
+            if ticket is not None:
+                sent = request_sent_at()
+                ctx.posts.answered(ticket, ctx.clock.now(), sent=sent)
+                intent_at = sent if sent is not None and intent_at < sent else intent_at
             await self._not_accepted(key, exc, intent_at)
             return
         finally:
             if job_id is None:
                 ctx.drop_slot(key)
                 self.budget.unreserve(key)
-        await self._accepted(key, job_id, intent_at)
+                if ticket is not None:
+                    ctx.posts.close(ticket, ctx.clock.monotonic())
+        await self._accepted(key, job_id, intent_at, ticket)
 
     async def _cleared(self, key: str) -> bool:
         """Past the rate limiter: may ``key`` still go? (Not when stopping, over target or budget.)"""
@@ -130,8 +141,11 @@ class Submit:
         self.budget.reserve(key)
         return True
 
-    async def _intent(self, key: str) -> datetime:
-        """The intent to POST, durable before the request leaves."""
+    async def _intent(self, key: str, body: dict[str, Any]) -> datetime:
+        """The intent to POST, durable before the request leaves (with the body, when the manifest's
+        was filled in: uploads, trained models, upstream outputs; the sidecar records what was sent)."""
+        if body != thaw(self.ctx.units[key].request):
+            await self.ctx.store.put_resource("sent", key, body)
         await self.ctx.store.mark_submitting(key)
         self.ctx.move(key, Event.INTENT)
         crash_point("after_intent_commit")
@@ -151,11 +165,13 @@ class Submit:
             self.posts_in_flight -= 1
         return ticket.job_id
 
-    async def _accepted(self, key: str, job_id: str, intent_at: datetime) -> None:
+    async def _accepted(self, key: str, job_id: str, intent_at: datetime, ticket: int | None) -> None:
         """The job exists and costs money from here on: its id must be on disk whatever happens."""
         ctx = self.ctx
         with anyio.CancelScope(shield=True):
             await ctx.store.mark_submitted(key, job_id, ctx.clock.now())
+        if ticket is not None:
+            ctx.posts.close(ticket, ctx.clock.monotonic())
         ctx.move(key, Event.ACCEPTED)
         ctx.known_jobs.add(job_id)
         self.budget.job_started(job_id, key)
@@ -163,45 +179,47 @@ class Submit:
         self.on_job(key, job_id, intent_at)
         _log.info("job_submitted", item=ctx.units[key].item_id, unit=key, job_id=job_id)
 
-    async def _not_accepted(self, key: str, exc: PipelineError, intent_at: datetime) -> None:
-        """The ladder of answers that are not a job id, from proof-of-nothing to uncertain."""
+    async def _not_accepted(self, key: str, exc: ApiError, intent_at: datetime) -> None:
+        """Act on :func:`~pipeline.engine.outcome.classify`: resend only what provably created nothing."""
         ctx, log = self.ctx, _log.bind(item=self.ctx.units[key].item_id, unit=key)
-        if isinstance(exc, RateLimitedError):
-            ctx.tally.rate_limited += 1
-            cap_refused = not ctx.pacer.explains_429()  # the job cap's doing, not the request rate's
-            if cap_refused:
-                ctx.active.on_rate_limited()
-            pause = exc.retry_after_s if exc.retry_after_s is not None else ctx.backoff(1)
-            self.limiter.defer(pause)
-            log.info("rate_limited", retry_after_s=exc.retry_after_s, target=ctx.active.target)
-            # A shared store learns the job cap from this reason and teaches it to every worker.
-            await self.back_to_pending(key, CAP_429_REASON if cap_refused else "429 rate limited")
-            self._requeue(key)
-        elif isinstance(exc, QuotaExhaustedError):
+        outcome = classify(exc)
+        if outcome is SubmitOutcome.AUTH:
+            raise exc
+        if outcome is SubmitOutcome.RATE_LIMITED:
+            await self._rate_limited(key, exc)
+        elif outcome is SubmitOutcome.QUOTA:
             ctx.stop_submitting("quota")
             await self.back_to_pending(key, exc.message)
             ctx.settle(key, Ending.NOT_STARTED)
-        elif isinstance(exc, ConflictError):
-            await self.back_to_pending(key, exc.message)
-            self.limiter.defer(ctx.backoff(2))
+        elif outcome in (SubmitOutcome.CONFLICT, SubmitOutcome.NOT_SENT):
+            await self.back_to_pending(key, exc.message if outcome is SubmitOutcome.CONFLICT else str(exc))
+            self.limiter.defer(ctx.backoff(2 if outcome is SubmitOutcome.CONFLICT else 1))
             self._requeue(key)
-        elif isinstance(exc, AuthError):
-            raise exc
-        elif isinstance(exc, RejectedError):
+        elif outcome is SubmitOutcome.REJECTED:
             log.warning("job_rejected", status=exc.status, reason=exc.message)
             await ctx.store.mark_failed(key, exc.message, "rejected")
             ctx.move(key, Event.INVALID)
             ctx.settle(key, Ending.FAILED)
-        elif isinstance(exc, ApiError) and outcome_is_known(exc) and not isinstance(exc, ServerError):
-            await self.back_to_pending(key, str(exc))
-            self.limiter.defer(ctx.backoff(1))
-            self._requeue(key)
-        elif isinstance(exc, ApiError):
-            log.warning("submission_uncertain", error=str(exc))
-            ctx.move(key, Event.UNCERTAIN)
-            self.on_uncertain(key, intent_at)
         else:
-            raise exc
+            # The server may still create it after a silent failure: the span stays open a while.
+            late = ctx.options.reconcile_slack_s if outcome is SubmitOutcome.UNCERTAIN_SILENT else 0.0
+            log.warning("submission_uncertain", error=str(exc), answered=late == 0.0)
+            ctx.move(key, Event.UNCERTAIN)
+            self.on_uncertain(key, intent_at, ctx.clock.now() + timedelta(seconds=late))
+
+    async def _rate_limited(self, key: str, exc: ApiError) -> None:
+        """A 429 created nothing: slow down, learn the cap when the rate does not explain it, resend."""
+        ctx = self.ctx
+        retry_after = exc.retry_after_s if isinstance(exc, RateLimitedError) else None
+        ctx.tally.rate_limited += 1
+        cap_refused = not ctx.pacer.explains_429()  # the job cap's doing, not the request rate's
+        if cap_refused:
+            ctx.active.on_rate_limited()
+        self.limiter.defer(retry_after if retry_after is not None else ctx.backoff(1))
+        _log.info("rate_limited", unit=key, retry_after_s=retry_after, target=ctx.active.target)
+        # A shared store learns the job cap from this reason and teaches it to every worker.
+        await self.back_to_pending(key, CAP_429_REASON if cap_refused else "429 rate limited")
+        self._requeue(key)
 
     async def back_to_pending(self, key: str, reason: str) -> None:
         """The answer proves nothing was created: ``key`` may be sent again."""

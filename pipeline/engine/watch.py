@@ -140,6 +140,8 @@ class Watch:
                 return await ctx.api.list_jobs(start=window.start, end=window.end, page_token=token)
 
             page = await retrying(page_of, policy=ctx.options.retry, clock=ctx.clock, rng=ctx.rng)
+            for job in page.jobs:
+                ctx.posts.learn(job.job_id, job.created_at)  # the server's clock, for reconcile spans
             for found in self.sweep.take(window, page.jobs, ctx.clock.monotonic(), next_look):
                 ctx.drop_slot(found.key)  # finished on the server: its slot is free now
                 self.budget.saw(found.job_id, found.credits)
@@ -212,6 +214,7 @@ class Watch:
             _log.warning("poll_failed", unit=key, job_id=job_id, error=str(exc))
             self.due.push(key, ctx.clock.monotonic() + ctx.options.poll.max_interval_s)
             return
+        ctx.posts.learn(job_id, job.created_at)  # the server's clock, for narrow reconcile spans
         started = ctx.started.setdefault(key, Started(ctx.clock.monotonic()))
         started.polls += 1
         self._check_list_freshness(key, job)

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import anyio.abc
 import structlog
 
 from pipeline.api.client import ApiClient
@@ -146,15 +147,32 @@ async def _api_config(request: RunRequest) -> AsyncIterator[tuple[ApiConfig, boo
     yield ApiConfig.from_env(env, key_file=request.key_file), False
 
 
-async def _watch_signals(scope: anyio.CancelScope, interrupted: list[int]) -> None:
-    """First SIGINT/SIGTERM: cancel the run (state writes are shielded). Second: leave at once."""
+async def _watch_signals(
+    stop: anyio.Event,
+    scope: anyio.CancelScope,
+    interrupted: list[int],
+    grace_s: float,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """First SIGINT/SIGTERM: ask the run to stop gracefully (no new POST; those sent finish and
+    are recorded), and cancel it a little after its grace in case it is somewhere that does not
+    watch the request (preflight, training a model). Second: leave at once."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            if interrupted:
-                os._exit(130)  # WAL keeps the state file consistent even now
-            interrupted.append(signum)
-            _log.warning("interrupted", signal=signal.Signals(signum).name)
-            scope.cancel()
+        task_status.started()
+        async with anyio.create_task_group() as tg:
+            async for signum in signals:
+                if interrupted:
+                    os._exit(130)  # WAL keeps the state file consistent even now
+                interrupted.append(signum)
+                _log.warning("interrupted", signal=signal.Signals(signum).name, grace_s=grace_s)
+                stop.set()
+                tg.start_soon(_cancel_after, scope, grace_s + 5.0)
+
+
+async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
+    await anyio.sleep(seconds)
+    scope.cancel()
 
 
 async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSummary:
@@ -388,9 +406,10 @@ async def _run(
             model_poll_s=0.5 if fast else 300.0,
             seed=options.seed,
         )
+        stop = anyio.Event()
         with anyio.CancelScope() as scope:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_watch_signals, scope, interrupted)
+                await tg.start(_watch_signals, stop, scope, interrupted, options.stop_grace_s)
 
                 def monitor(snapshot: Callable[[], Snapshot]) -> None:
                     if progress is not None:
@@ -408,6 +427,7 @@ async def _run(
                     provisioner=provisioner,
                     monitor=monitor,
                     output=output,
+                    stop=stop,
                 )
                 tg.cancel_scope.cancel()
     if interrupted or summary is None:

@@ -25,7 +25,7 @@ from pipeline.catalog import (
 from pipeline.clock import Clock, SystemClock
 from pipeline.simulator.config import SimConfig
 from pipeline.simulator.envelope import ApiFailure, nok, ok
-from pipeline.simulator.faults import retry_after_headers
+from pipeline.simulator.faults import in_scope, retry_after_headers
 from pipeline.simulator.files import serve_file
 from pipeline.simulator.rules import PRESETS, Trigger, check_image, check_upscale, check_video
 from pipeline.simulator.runtime import OWNER, SIMULATOR, Simulator, simulator
@@ -43,6 +43,12 @@ def _owner(request: web.Request) -> str:
     return request[OWNER]
 
 
+def _route(request: web.Request) -> str:
+    """``"METHOD /path/{template}"``: how stats, fault scopes and holds name a request."""
+    resource = request.match_info.route.resource
+    return f"{request.method} {resource.canonical if resource else '(unmatched)'}"
+
+
 def _origin(request: web.Request) -> str:
     return f"{request.scheme}://{request.host}"
 
@@ -54,8 +60,10 @@ def _origin(request: web.Request) -> str:
 async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Outermost: count requests per route template and the 429s and 5xx sent."""
     store = simulator(request).store
-    resource = request.match_info.route.resource
-    store.requests[f"{request.method} {resource.canonical if resource else '(unmatched)'}"] += 1
+    route = _route(request)
+    store.requests[route] += 1
+    if request.method == "POST" and request.path.startswith("/api/"):
+        store.posts.append((route, store.clock.now().timestamp()))
     response = await handler(request)
     store = simulator(request).store  # a reset may have replaced it
     if response.status == 429:
@@ -83,7 +91,7 @@ async def _api(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _gate(request: web.Request, sim: Simulator) -> None:
-    config, faults = sim.config, sim.faults
+    config = sim.config
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or token not in config.keys:
@@ -95,6 +103,16 @@ async def _gate(request: web.Request, sim: Simulator) -> None:
             "missing or unsupported API-Version; send API-Version: 1",
             "bad_api_version",
         )
+    route = _route(request)
+    if in_scope(config, route):
+        await _inject(request, sim)
+    if not _creates_job(route):
+        await sim.held(route)
+
+
+async def _inject(request: web.Request, sim: Simulator) -> None:
+    """The faults that hit a request before it is handled: forced 429/5xx, rate, random 5xx, slowness."""
+    config, faults = sim.config, sim.faults
     forced = faults.forced()
     if forced == 429:
         raise ApiFailure(429, "too many requests", "rate_limited", _retry(sim, 1.0))
@@ -107,6 +125,15 @@ async def _gate(request: web.Request, sim: Simulator) -> None:
         raise ApiFailure(faults.server_error(), "internal server error (simulated)", "server_error")
     if faults.chance(config.slow_response_rate):
         await sim.clock.sleep(faults.between(config.slow_response_s))
+
+
+_JOB_ROUTES = frozenset(
+    {"POST /api/images/generation", "POST /api/images/upscaling", "POST /api/videos/generation"}
+)
+
+
+def _creates_job(route: str) -> bool:
+    return route in _JOB_ROUTES
 
 
 def _retry(sim: Simulator, seconds: float) -> dict[str, str]:
@@ -168,7 +195,21 @@ async def _start_job(
     if store.credits is not None and cost > store.credits:
         raise ApiFailure(config.insufficient_credits_status, "insufficient credits", "insufficient_credits")
     job = store.create_job(kind, owner, body, trigger, cost, source_id)
+    await _after_creating(request, sim, job.id)
     return ok({"jobId": job.id, "status": "queued"})
+
+
+async def _after_creating(request: web.Request, sim: Simulator, job_id: str) -> None:
+    """The reply of a job-creating POST, once its job exists: delayed, held, or lost (502)."""
+    route, config = _route(request), sim.config
+    await sim.held(route)
+    if not in_scope(config, route):
+        return
+    if config.reply_delay_s[1] > 0:
+        await sim.clock.sleep(sim.faults.between(config.reply_delay_s))
+    if sim.faults.lost_reply(config):
+        sim.store.lost_replies.append(job_id)
+        raise ApiFailure(502, "bad gateway (simulated: the job was created)", "server_error")
 
 
 # API handlers -------------------------------------------------------------------------------

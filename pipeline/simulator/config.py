@@ -49,6 +49,13 @@ class SimConfig:
     truncated_download_rate: float = 0.0
     slow_response_rate: float = 0.0
     slow_response_s: Span = (0.5, 2.0)
+    #: Routes the faults above (and ``next_n_429``/``next_n_5xx``) hit, as ``"METHOD /api/path"``
+    #: templates, e.g. ``("POST /api/images/generation",)``; empty: every ``/api`` route.
+    fault_routes: tuple[str, ...] = ()
+    #: Job-creating POSTs (in ``fault_routes``) that create their job, then answer 502: a lost reply.
+    lost_reply_rate: float = 0.0
+    #: Job-creating POSTs (in ``fault_routes``) hold their answer this long after creating the job.
+    reply_delay_s: Span = (0.0, 0.0)
     # Files.
     range_requests: bool = True
     #: Asset URLs carry a signature (``?sig=``) that ``expire_urls`` invalidates: old URLs then get 403,
@@ -97,13 +104,14 @@ class SimConfig:
         return dataclasses.replace(self, **fixed)
 
 
-_SPANS = ("image_s", "upscale_s", "video_s", "slow_response_s")
+_SPANS = ("image_s", "upscale_s", "video_s", "slow_response_s", "reply_delay_s")
 _RATES = (
     "created_probability",
     "failed_job_rate",
     "server_error_rate",
     "truncated_download_rate",
     "slow_response_rate",
+    "lost_reply_rate",
 )
 _STATUSES = (
     "version_error_status",
@@ -142,6 +150,9 @@ def _problems(c: SimConfig) -> list[str]:
     for name, floor in (("credits", 0), ("max_active_jobs", 1), ("rps_limit", 0.001)):
         if getattr(c, name) is not None and getattr(c, name) < floor:
             out.append(f"{name} must be >= {floor} or None")
+    bad_routes = [r for r in c.fault_routes if r.partition(" ")[0] not in ("GET", "POST", "DELETE")]
+    if bad_routes:
+        out.append(f"fault_routes must look like 'POST /api/images/generation', not {bad_routes}")
     if not c.failure_marker:
         out.append("failure_marker must not be empty")
     return out

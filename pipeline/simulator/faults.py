@@ -14,7 +14,7 @@ from email.utils import format_datetime
 
 from pipeline.simulator.config import SimConfig, Span
 
-__all__ = ["Faults", "retry_after_headers"]
+__all__ = ["Faults", "in_scope", "retry_after_headers"]
 
 
 @dataclass(slots=True)
@@ -30,6 +30,8 @@ class Faults:
         self.rng = random.Random(f"{seed}:faults")
         self.next_n_429 = 0
         self.next_n_5xx = 0
+        #: The next n job-creating POSTs in scope create their job, then answer 502.
+        self.next_n_lost = 0
         self._buckets: dict[str, _Bucket] = {}
 
     def chance(self, rate: float) -> bool:
@@ -50,6 +52,13 @@ class Faults:
             return 503
         return None
 
+    def lost_reply(self, config: SimConfig) -> bool:
+        """Whether this job-creating POST loses its reply (after its job was created)."""
+        if self.next_n_lost > 0:
+            self.next_n_lost -= 1
+            return True
+        return self.chance(config.lost_reply_rate)
+
     def server_error(self) -> int:
         """Which 5xx a random server failure uses."""
         return self.rng.choice((500, 502, 503))
@@ -67,6 +76,11 @@ class Faults:
             bucket.tokens -= 1.0
             return None
         return (1.0 - bucket.tokens) / rate
+
+
+def in_scope(config: SimConfig, route: str) -> bool:
+    """Whether injected faults apply to ``route`` (``"POST /api/images/generation"``)."""
+    return not config.fault_routes or route in config.fault_routes
 
 
 def retry_after_headers(config: SimConfig, seconds: float, now: datetime) -> dict[str, str]:

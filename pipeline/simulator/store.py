@@ -172,6 +172,10 @@ class Store:
         self.peak_active: dict[str, int] = {}
         self.counts: Counter[str] = Counter()
         self.active_jobs: Counter[str] = Counter()
+        #: Every POST to ``/api`` as it arrived: route and wall time (epoch seconds), in order.
+        self.posts: list[tuple[str, float]] = []
+        #: Jobs whose creating POST was answered 502 on purpose (``lost_reply_rate``, ``next_n_lost``).
+        self.lost_replies: list[str] = []
         self._due: list[tuple[float, int, str]] = []  # (finish time, seq, job id), time mode
 
     def new_id(self) -> str:
@@ -373,6 +377,8 @@ class Store:
             "active_jobs": {k: v for k, v in self.active_jobs.items() if v},
             "peak_active_jobs": dict(self.peak_active),
             "credits": self.credits,
+            "post_arrivals": [{"route": r, "at": at} for r, at in self.posts],
+            "lost_replies": list(self.lost_replies),
         }
 
     def ledger(self) -> list[dict[str, Any]]:
