@@ -9,27 +9,24 @@ there; 200 or a bad 206 or 416 restart from zero, the curl test 38 lesson).
 :meth:`Downloader.publish` is ``os.replace`` plus a directory fsync, so a final
 name only ever holds a whole file. This module is the one boundary where aiohttp
 and ``OSError`` failures of a download become :class:`~pipeline.errors.DownloadError`.
+The ``.part`` file itself (resume check, append-and-hash sink) lives in
+:mod:`pipeline.output.part`, the magic-byte test in :mod:`pipeline.output.magic`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import hashlib
 import ipaddress
-import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 
 import aiohttp
 import anyio.to_thread
 from aiohttp import hdrs
 from yarl import URL
 
-from pipeline.crashpoints import crash_point
 from pipeline.errors import (
     AssetGoneError,
     DownloadError,
@@ -37,13 +34,12 @@ from pipeline.errors import (
     TransientDownloadError,
     UnsafeAssetError,
 )
-from pipeline.output.layout import check_inside, make_dirs_inside
 from pipeline.output.local import replace_part
+from pipeline.output.magic import HEAD, Kind, require_kind, sniff
+from pipeline.output.part import PartSink, discard, resumable
 from pipeline.output.sidecar import strip_query
 
 __all__ = ["LOOPBACK_HOSTS", "Downloader", "Fetched", "Kind", "TransientDownloadError", "sniff"]
-
-Kind = Literal["jpeg", "png", "webp", "mp4"]
 
 #: Hosts that may be fetched over plain http by default: loopback only (tests, the sandbox).
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -51,13 +47,8 @@ LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 _GiB = 1024**3
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _GONE = frozenset({403, 404, 410})
-_HEAD = 12  # bytes needed to tell the four formats apart
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _NUMERIC_HOST = re.compile(r"(?i)(0x[0-9a-f]*|[0-9]+)")  # '2130706433', '0x7f': resolvers read these as IPs
-# ISO-BMFF brands of HEIF/AVIF stills: an 'ftyp' box that is not a video we keep.
-_HEIF_BRANDS = frozenset(
-    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,26 +70,6 @@ class Fetched:
     resumed_from: int
 
 
-def sniff(head: bytes) -> Kind | None:
-    """The asset type from the first bytes of a file, or ``None`` when it is not one we keep."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp"
-    if head[4:8] == b"ftyp" and len(head) >= _HEAD and head[8:12] not in _HEIF_BRANDS:
-        return "mp4"
-    return None
-
-
-def _require_kind(head: bytes, where: str) -> Kind:
-    kind = sniff(head)
-    if kind is None:
-        raise UnsafeAssetError(f"{where}: not an image or video: starts with {head[:16]!r}")
-    return kind
-
-
 async def _strip_credentials(
     request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
 ) -> aiohttp.ClientResponse:
@@ -106,11 +77,6 @@ async def _strip_credentials(
     request.headers.popall(hdrs.AUTHORIZATION, None)
     request.headers.popall(hdrs.COOKIE, None)
     return await handler(request)
-
-
-def _discard(part: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(part)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -186,7 +152,7 @@ class Downloader:
             DownloadError: any other status, or the part cannot be written (the part is removed).
         """
         self.check_url(url)
-        offset, kind = await anyio.to_thread.run_sync(self._prepare, part_path)
+        offset, kind = await anyio.to_thread.run_sync(resumable, part_path, self._root, self._max_bytes)
         if offset:
             fetched = await self._attempt(url, part_path, offset, kind)
             if fetched is not None:
@@ -207,32 +173,6 @@ class Downloader:
         return await anyio.to_thread.run_sync(self.publish_blocking, fetched, final_path)
 
     # -- file system (run in a worker thread) --------------------------------------------------
-
-    def _prepare(self, part: Path) -> tuple[int, Kind | None]:
-        """Make the part's directory; return how many bytes of it can be resumed, and their type."""
-        try:
-            if self._root is not None:
-                check_inside(self._root, part)
-                make_dirs_inside(self._root, part.parent)
-            else:
-                part.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                st = os.lstat(part)
-            except FileNotFoundError:
-                return 0, None
-            if not stat.S_ISREG(st.st_mode):
-                raise UnsafeAssetError(f"{part} exists and is not a regular file (symlink?)")
-            if st.st_size < _HEAD or st.st_size > self._max_bytes:
-                return 0, None  # too small to be worth a Range request, or already over the cap
-            fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd, "rb") as f:
-                kind = sniff(f.read(_HEAD))
-        except OSError as exc:
-            raise DownloadError(f"{part}: cannot prepare the part file: {exc.strerror}") from exc
-        if kind is None:
-            _discard(part)  # never build on a part that is not an asset
-            return 0, None
-        return st.st_size, kind
 
     def publish_blocking(self, fetched: Fetched, final: Path) -> Path:
         """:meth:`publish` for a caller already in a worker thread (one hop for several file steps)."""
@@ -314,9 +254,9 @@ class Downloader:
     ) -> Fetched:
         where = strip_query(str(response.url))
         if total is not None and total > self._max_bytes:
-            await anyio.to_thread.run_sync(_discard, part)
+            await anyio.to_thread.run_sync(discard, part)
             raise UnsafeAssetError(f"{where}: {total} bytes declared, over the {self._max_bytes}-byte cap")
-        sink = _PartSink(part, offset, self._chunk)
+        sink = PartSink(part, offset, self._chunk)
         try:
             try:
                 size, kind = await self._copy(response, sink, offset, kind, where)
@@ -324,10 +264,10 @@ class Downloader:
                 sink.close()
         except DownloadError as exc:  # unsafe content goes; a short body stays for the resume
             if not exc.retryable:
-                await anyio.to_thread.run_sync(_discard, part)
+                await anyio.to_thread.run_sync(discard, part)
             raise
         except OSError as exc:
-            await anyio.to_thread.run_sync(_discard, part)
+            await anyio.to_thread.run_sync(discard, part)
             if exc.errno == errno.ELOOP:
                 raise UnsafeAssetError(f"{part} is a symlink; refusing to write through it") from exc
             raise DownloadError(f"{part}: cannot write: {exc.strerror}") from exc
@@ -344,15 +284,15 @@ class Downloader:
         )
 
     async def _copy(
-        self, response: aiohttp.ClientResponse, sink: _PartSink, offset: int, kind: Kind | None, where: str
+        self, response: aiohttp.ClientResponse, sink: PartSink, offset: int, kind: Kind | None, where: str
     ) -> tuple[int, Kind]:
         """Body → part: cap and magic checked per socket read; hash and write per ``chunk_bytes`` batch.
 
-        Each batch goes to :meth:`_PartSink.absorb` in one worker-thread hop, so the event loop
+        Each batch goes to :meth:`PartSink.absorb` in one worker-thread hop, so the event loop
         only reads sockets; the last one is fsynced too. Returns the file's size and type.
         """
         size = offset
-        head = b""  # the first bytes, held back until the magic is known (at most _HEAD + one read)
+        head = b""  # the first bytes, held back until the magic is known (at most HEAD + one read)
         batch: list[bytes] = []
         batched = 0
         try:
@@ -362,9 +302,9 @@ class Downloader:
                     raise UnsafeAssetError(f"{where}: more than the {self._max_bytes}-byte cap; aborted")
                 if kind is None:
                     head += chunk
-                    if len(head) < _HEAD:
+                    if len(head) < HEAD:
                         continue
-                    kind, chunk, head = _require_kind(head, where), head, b""
+                    kind, chunk, head = require_kind(head, where), head, b""
                 batch.append(chunk)
                 batched += len(chunk)
                 if batched >= self._chunk:
@@ -378,60 +318,10 @@ class Downloader:
                 "the part is kept for a resume"
             ) from exc
         if kind is None:  # the whole body was shorter than the magic window
-            kind = _require_kind(head, where)
+            kind = require_kind(head, where)
             batch.append(head)
         await anyio.to_thread.run_sync(sink.absorb, batch, True)
         return size, kind
-
-
-class _PartSink:
-    """The ``.part`` file and the sha256 of everything in it; blocking, so call it in a worker thread.
-
-    Hashing and writing a batch in the same thread hop keeps both off the event loop, and
-    hashlib and ``os.write`` release the GIL on large buffers, so eight downloads hash in
-    parallel with the loop that reads their sockets. The file is opened by the first batch
-    (one hop fewer per file): truncated for a fresh download, or re-hashed for a resume.
-    """
-
-    __slots__ = ("_chunk", "_fd", "_hasher", "_part", "_resume_from")
-
-    def __init__(self, part: Path, resume_from: int, chunk_bytes: int) -> None:
-        self._part, self._resume_from, self._chunk = part, resume_from, chunk_bytes
-        self._fd: int | None = None
-        self._hasher = hashlib.sha256()
-
-    def absorb(self, chunks: list[bytes], sync: bool = False) -> None:
-        """Hash and append ``chunks``; with ``sync``, fsync too (the bytes a resume or a record trusts)."""
-        fd = self._open() if self._fd is None else self._fd
-        for chunk in chunks:
-            self._hasher.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
-        crash_point("mid_download")  # bytes in the part, the download not finished (nor fsynced)
-        if sync:
-            os.fsync(fd)
-
-    def hexdigest(self) -> str:
-        return self._hasher.hexdigest()
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _open(self) -> int:
-        """Open the part (a symlink fails with ELOOP); a kept part is hashed and must be as long as it was."""
-        flags = os.O_RDWR if self._resume_from else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        self._fd = fd = os.open(self._part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        if self._resume_from:
-            seen = 0
-            while chunk := os.read(fd, self._chunk):
-                self._hasher.update(chunk)
-                seen += len(chunk)
-            if seen != self._resume_from:
-                raise IntegrityError(f"{self._part}: the part changed size while resuming")
-        return fd
 
 
 def _is_ip_literal(host: str) -> bool:
