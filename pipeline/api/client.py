@@ -41,9 +41,6 @@ from pipeline.api.records import (
     VideoPage,
 )
 from pipeline.clock import Clock, SystemClock
-from pipeline.errors import (
-    ApiError,
-)
 
 __all__ = ["ApiClient", "request_sent_at"]
 
@@ -361,21 +358,16 @@ class ApiClient:
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
-                envelope = await self._read_envelope(resp)
+                envelope = await read_envelope(resp, self._config.max_response_bytes)
             return parse(envelope)
         except Exception as exc:
-            error = self._map_error(endpoint, exc, status)
+            # The boundary: any failure of one call -> the most specific ApiError (None: a bug).
+            secrets = (self._config.api_key.reveal(),)
+            error = map_error(endpoint, exc, status, secrets=secrets, now=self._clock.now())
             if error is None:
                 raise
-            log.debug(
-                "api_error",
-                method=method,
-                endpoint=endpoint,
-                status=error.status,
-                error=type(error).__name__,
-                message=error.message,
-                err=error.err,
-            )
+            log.debug("api_error", endpoint=endpoint, status=error.status, error=type(error).__name__,
+                      message=error.message, err=error.err)  # fmt: skip
             # Internal signals carry nothing worth chaining; foreign exceptions do.
             raise error from (None if isinstance(exc, HttpFailure) else exc)
         finally:
@@ -397,13 +389,3 @@ class ApiClient:
             "Accept": "application/json",
             "User-Agent": self._config.user_agent,
         }
-
-    async def _read_envelope(self, resp: aiohttp.ClientResponse) -> dict[str, Any]:
-        """Read at most ``max_response_bytes`` and return the OK envelope, or raise a signal."""
-        return await read_envelope(resp, self._config.max_response_bytes)
-
-    def _map_error(self, endpoint: str, exc: Exception, status: int | None) -> ApiError | None:
-        """The boundary: any failure of one call → the most specific ApiError (``None``: a bug)."""
-        return map_error(
-            endpoint, exc, status, secrets=(self._config.api_key.reveal(),), now=self._clock.now()
-        )
