@@ -62,3 +62,11 @@ def test_a_chain_of_three_is_resolved_from_its_end() -> None:
     decisions = decide(posts, jobs, set(), slack=SLACK)
     assert {d.key: d.job_id for d in decisions} == {"a": "j0", "b": "j1", "c": "j2"}
     assert all(d.verdict is Verdict.ADOPT for d in decisions)
+
+
+def test_the_matching_moves_a_job_along_an_augmenting_path() -> None:
+    """Job 0 first goes to owner 0; job 1 only fits owner 0, so job 0 must move on to owner 1."""
+    from pipeline.engine.reconcile import _explained
+
+    assert _explained([[0, 1], [0]], 2, fixed=(99, None))
+    assert not _explained([[0, 1], [0]], 3, fixed=(99, None))  # job 2 fits nobody

@@ -144,6 +144,22 @@ class Claims:
             (self.run, self.holder),
         )
 
+    async def _register(self, conn: Conn) -> None:
+        """A worker of the run joins (the store's ``open``)."""
+        await conn.execute(
+            "INSERT INTO workers (run, holder) VALUES (%s, %s)"
+            " ON CONFLICT (run, holder) DO UPDATE SET seen_at = clock_timestamp()",
+            (self.run, self.holder),
+        )
+
+    async def _release_all(self, conn: Conn) -> None:
+        """A worker leaves (the store's ``aclose``): its units go back to the pool at once."""
+        await conn.execute(
+            "UPDATE units SET holder = NULL, lease_until = NULL WHERE run = %s AND holder = %s",
+            (self.run, self.holder),
+        )
+        await conn.execute("DELETE FROM workers WHERE run = %s AND holder = %s", (self.run, self.holder))
+
     async def renew(self) -> set[str]:
         """The heartbeat: extend every live lease this worker holds; returns the keys it still holds.
 

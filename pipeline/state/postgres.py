@@ -9,27 +9,29 @@ Claims: a worker that cooperates (``lease_s`` given) works only on units it hold
 lease; every write's UPDATE names the holder and checks the lease on the database clock, so a worker
 that lost its lease cannot overwrite (:class:`~pipeline.errors.LeaseLostError`). A store opened
 without a lease is exclusive: it writes units nobody holds under a live lease.
-Claiming, heartbeats and takeovers are in pgclaims.py; the shared API limits in pglimits.py.
+Claiming, heartbeats and takeovers are in pgclaims.py; the shared API limits in pglimits.py; how
+every write is made (one transaction, the row locked and checked, the guarded transition) in pgwrites.py.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from datetime import datetime
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from pipeline import __version__
 from pipeline.clock import Clock
-from pipeline.errors import LeaseLostError, StateError
+from pipeline.errors import StateError
 from pipeline.state.pgclaims import Claims
-from pipeline.state.pgconn import connect_kwargs, holder_id, map_error, migrate, redact_url
+from pipeline.state.pgconn import connect_kwargs, holder_id, map_error, migrate
 from pipeline.state.pglimits import SharedLimits
 from pipeline.state.pgreads import PgReads, connect_reader
+from pipeline.state.pgwrites import FORGET, FREE, MINE, Conn, PgWrites
 from pipeline.state.records import (
     CAN_FAIL,
     CAN_FINISH,
@@ -39,8 +41,6 @@ from pipeline.state.records import (
     CAN_SUBMIT,
     CAN_SUCCEED,
     CAN_UNSEND,
-    PHASES,
-    SETTLED,
     Phase,
     UnitLike,
     rfc3339,
@@ -48,18 +48,8 @@ from pipeline.state.records import (
 
 __all__ = ["PostgresStore"]
 
-T = TypeVar("T")
-Conn = psycopg.AsyncConnection[Any]
-_DETAIL_MAX = 300
-_QUIET = frozenset({Phase.SUCCEEDED, Phase.DONE})
-_FORGET = ", job_id = NULL, submitted_at = NULL, finished_at = NULL, last_error = NULL, error_kind = NULL"
-#: Who may write a unit: in a cooperating store its holder under a live lease; in an exclusive one
-#: anybody while no other worker holds a live lease on it.
-_MINE = "holder = %(me)s AND lease_until > clock_timestamp()"
-_FREE = "(holder IS NULL OR holder = %(me)s OR lease_until <= clock_timestamp())"
 
-
-class PostgresStore(PgReads, Claims):
+class PostgresStore(PgReads, PgWrites, Claims):
     """One worker's handle on one run (``run``) of a shared state database.
 
     Open with ``async with await PostgresStore.open(url, clock=clock, run="catalog") as store``.
@@ -75,7 +65,7 @@ class PostgresStore(PgReads, Claims):
         self.run_id = run_id
         self.holder = holder
         self.lease_s = lease_s
-        self._guard = _MINE if lease_s is not None else _FREE
+        self._guard = MINE if lease_s is not None else FREE
         self._closed = False
 
     @classmethod
@@ -105,13 +95,6 @@ class PostgresStore(PgReads, Claims):
         await store._tx(store._register)
         return store
 
-    async def _register(self, conn: Conn) -> None:
-        await conn.execute(
-            "INSERT INTO workers (run, holder) VALUES (%s, %s)"
-            " ON CONFLICT (run, holder) DO UPDATE SET seen_at = clock_timestamp()",
-            (self.run, self.holder),
-        )
-
     def limits(self, key_hash: str) -> SharedLimits:
         """The API limits every worker on this key shares (rate pacer, learned cap, sweeper)."""
         return SharedLimits(self._pool, self._url, key_hash, self.holder)
@@ -137,74 +120,6 @@ class PostgresStore(PgReads, Claims):
         finally:
             await self._pool.close()
             self._reader.close()
-
-    async def _release_all(self, conn: Conn) -> None:
-        await conn.execute(
-            "UPDATE units SET holder = NULL, lease_until = NULL WHERE run = %s AND holder = %s",
-            (self.run, self.holder),
-        )
-        await conn.execute("DELETE FROM workers WHERE run = %s AND holder = %s", (self.run, self.holder))
-
-    def _now(self) -> str:
-        return rfc3339(self._clock.now())
-
-    async def _tx(self, apply: Callable[[Conn], Awaitable[T]], *, closing: bool = False) -> T:
-        """Run ``apply`` in one transaction; durable once this returns. Refusals roll it back."""
-        if self._closed and not closing:
-            raise StateError(f"state database {redact_url(self._url)}: the store is closed")
-        try:
-            async with self._pool.connection() as conn, conn.transaction():
-                return await apply(conn)
-        except psycopg.Error as exc:
-            if isinstance(exc, psycopg.errors.IntegrityError | psycopg.errors.DataError):
-                raise StateError(f"state database: change refused: {exc}") from exc
-            raise map_error(self._url, exc, "writing") from exc
-
-    async def _expect(
-        self, conn: Conn, key: str, action: str, allowed: Set[Phase], guard: str | None = None
-    ) -> Phase:
-        """Lock the unit's row, check this worker may write it and that ``action`` is allowed now."""
-        guard = guard or self._guard
-        cur = await conn.execute(
-            f"SELECT phase, {guard.replace('%(me)s', '%s')}, holder FROM units"  # noqa: S608
-            " WHERE run = %s AND key = %s FOR UPDATE",
-            (self.holder, self.run, key),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise StateError(f"cannot {action}: no unit with key {key!r} in run {self.run!r}")
-        if not row[1]:
-            raise LeaseLostError(
-                f"unit {key}: cannot {action}: held by {row[2] or 'nobody'} (not by {self.holder})"
-            )
-        if (phase := PHASES[row[0]]) not in allowed:
-            raise StateError(
-                f"unit {key}: cannot {action} while {phase} (only from {'/'.join(sorted(allowed))})"
-            )
-        return phase
-
-    async def _transition(
-        self, conn: Conn, key: str, to: Phase, detail: str, tail: str = "", guard: str | None = None,
-        **args: Any,
-    ) -> None:  # fmt: skip
-        """Set the phase (plus ``tail`` columns, fixed SQL text from this module) under this worker's
-        claim, and log an event for what a later change would overwrite. A settled unit is let go."""
-        release = ", holder = NULL, lease_until = NULL" if to in SETTLED else ""
-        release += "" if to is Phase.SUBMITTING else ", must_reconcile = false"
-        cur = await conn.execute(
-            f"UPDATE units SET phase = %(to)s, updated_at = %(now)s, run_id = %(run_id)s{tail}{release}"  # noqa: S608
-            f" WHERE run = %(run)s AND key = %(key)s AND {guard or self._guard}",
-            {"to": to.value, "now": self._now(), "run_id": self.run_id, "run": self.run, "key": key,
-             "me": self.holder, **args},
-        )  # fmt: skip
-        if cur.rowcount != 1:
-            raise LeaseLostError(f"unit {key}: the lease ran out before the change was written")
-        if to not in _QUIET:
-            await conn.execute(
-                "INSERT INTO events (run, unit_key, at, phase, detail, holder)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (self.run, key, self._now(), to.value, detail[:_DETAIL_MAX], self.holder),
-            )
 
     # ---- mutators -------------------------------------------------------------------------
 
@@ -254,11 +169,6 @@ class PostgresStore(PgReads, Claims):
         )
         await self._transition(conn, key, Phase.SUBMITTING, "intent", tail, kh=key_hash)
         return await self._attempts(conn, key)
-
-    async def _attempts(self, conn: Conn, key: str) -> int:
-        cur = await conn.execute("SELECT attempts FROM units WHERE run = %s AND key = %s", (self.run, key))
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
 
     async def mark_submitted(self, key: str, job_id: str, at: datetime | None = None) -> None:
         """Record the job id. The same id again is a no-op; another id is refused."""
@@ -361,14 +271,14 @@ class PostgresStore(PgReads, Claims):
         numbers = sorted(set(missing))
 
         async def apply(conn: Conn) -> None:
-            await self._expect(conn, key, "reopen", CAN_REOPEN, _FREE)
+            await self._expect(conn, key, "reopen", CAN_REOPEN, FREE)
             await conn.execute(
                 "UPDATE outputs SET path = NULL, bytes = NULL, sha256 = NULL, downloaded_at = NULL"
                 " WHERE run = %s AND unit_key = %s AND n = ANY(%s)",
                 (self.run, key, numbers),
             )
             await self._transition(
-                conn, key, Phase.SUCCEEDED, f"outputs {numbers} missing on disk", guard=_FREE
+                conn, key, Phase.SUCCEEDED, f"outputs {numbers} missing on disk", guard=FREE
             )
 
         await self._tx(apply)
@@ -435,7 +345,7 @@ class PostgresStore(PgReads, Claims):
             for k, err in chosen:
                 await conn.execute("DELETE FROM outputs WHERE run = %s AND unit_key = %s", (self.run, k))
                 detail = f"reset from {phase}: {err or ''}"
-                await self._transition(conn, k, Phase.PENDING, detail, _FORGET, guard=_FREE)
+                await self._transition(conn, k, Phase.PENDING, detail, FORGET, guard=FREE)
             return len(chosen)
 
         return await self._tx(apply)
