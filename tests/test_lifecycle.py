@@ -197,3 +197,12 @@ class UnitLife(RuleBasedStateMachine):
 
 UnitLife.TestCase.settings = settings(max_examples=500, stateful_step_count=30, deadline=None)
 TestUnitLife = UnitLife.TestCase
+
+
+def test_a_refused_event_names_the_unit_and_where_it_is_allowed() -> None:
+    with pytest.raises(StateError) as err:
+        advance(P.DONE, E.INTENT, key="k1")
+    assert str(err.value) == "unit k1: intent is not allowed while done (only from pending)"
+    with pytest.raises(StateError) as err:
+        advance(P.DONE, E.FETCHED)
+    assert str(err.value) == "fetched is not allowed while done (only from downloading/succeeded)"
