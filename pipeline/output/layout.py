@@ -207,10 +207,7 @@ class OutputLayout:
         name: str = "",
     ) -> Path:
         """The final file of output ``n`` of ``step`` for ``item_id``, with extension ``ext``."""
-        if not _EXT.fullmatch(ext):
-            raise UnsafeAssetError(f"output path: extension {ext!r} is not [a-z0-9]{{1,10}}")
-        stem = self._render(item_id, step, n, key=key, model=model, index=index, name=name)
-        return self._finish(f"{stem}.{ext}")
+        return self._finish(self._asset_name(item_id, step, n, ext, key, model, index, name))
 
     def part_path(
         self,
@@ -229,9 +226,7 @@ class OutputLayout:
         sha256(key): a part left by a unit whose request changed is never resumed
         into the new one, and any key text yields a safe name.
         """
-        stem = self._render(item_id, step, n, key=key, model=model, index=index, name=name)
-        tag = f".{hashlib.sha256(key.encode()).hexdigest()[:8]}" if key else ""
-        return self._finish(f"{stem}{tag}.part")
+        return self._finish(self._part_name(item_id, step, n, key, model, index, name))
 
     def asset_key(
         self,
@@ -248,16 +243,27 @@ class OutputLayout:
 
         The key of an :class:`~pipeline.output.store.OutputStore`; the store checks the tree.
         """
-        if not _EXT.fullmatch(ext):
-            raise UnsafeAssetError(f"output path: extension {ext!r} is not [a-z0-9]{{1,10}}")
-        stem = self._render(item_id, step, n, key=key, model=model, index=index, name="")
-        return self._check_relative(f"{stem}.{ext}")
+        return self._check_relative(self._asset_name(item_id, step, n, ext, key, model, index, ""))
 
     def part_key(self, item_id: str, step: str, n: int, *, key: str = "", model: str = "") -> str:
         """:meth:`part_path` as a key under the staging folder, checked lexically only."""
-        stem = self._render(item_id, step, n, key=key, model=model, index=None, name="")
+        return self._check_relative(self._part_name(item_id, step, n, key, model, None, ""))
+
+    def _asset_name(
+        self, item_id: str, step: str, n: int, ext: str, key: str, model: str, index: int | None, name: str
+    ) -> str:
+        """``<stem>.<ext>``: the relative name both :meth:`asset_path` and :meth:`asset_key` check."""
+        if not _EXT.fullmatch(ext):
+            raise UnsafeAssetError(f"output path: extension {ext!r} is not [a-z0-9]{{1,10}}")
+        return f"{self._render(item_id, step, n, key=key, model=model, index=index, name=name)}.{ext}"
+
+    def _part_name(
+        self, item_id: str, step: str, n: int, key: str, model: str, index: int | None, name: str
+    ) -> str:
+        """``<stem>.<key8>.part``: the relative name of :meth:`part_path` and :meth:`part_key`."""
+        stem = self._render(item_id, step, n, key=key, model=model, index=index, name=name)
         tag = f".{hashlib.sha256(key.encode()).hexdigest()[:8]}" if key else ""
-        return self._check_relative(f"{stem}{tag}.part")
+        return f"{stem}{tag}.part"
 
     def sidecar_path(self, asset_path: Path) -> Path:
         """The JSON sidecar of an asset: the same stem, ``.json`` (the same for every extension)."""
