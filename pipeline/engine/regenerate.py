@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,17 @@ from pipeline.manifest.plan import price_of
 from pipeline.manifest.schema import is_trained_id
 from pipeline.manifest.spec import Unit
 from pipeline.output.layout import OutputLayout, fsync_dir, make_dirs_inside
-from pipeline.state.sqlite import Phase, RetiredRecord, StateStore, UnitRecord
+from pipeline.state.records import Phase, UnitRecord
+from pipeline.state.review_store import RetiredRecord, ReviewedState, ReviewReader
 
-__all__ = ["REJECTED_DIR", "Regeneration", "apply_regeneration", "plan_regeneration", "with_seed"]
+__all__ = [
+    "REJECTED_DIR",
+    "Regeneration",
+    "apply_regeneration",
+    "plan_regeneration",
+    "recorded_seeds",
+    "with_seed",
+]
 
 _log = structlog.get_logger("pipeline.engine.regenerate")
 
@@ -110,7 +118,14 @@ def with_seed(body: dict[str, Any], step: str, seed: int | None) -> dict[str, An
     return body
 
 
-def plan_regeneration(store: StateStore, units: Sequence[Unit], prices: Mapping[str, float]) -> Regeneration:
+def recorded_seeds(store: ReviewReader) -> dict[str, int]:
+    """The seed each regenerated unit's next request carries (unit key -> seed), as recorded."""
+    return {k: int(v["seed"]) for k, v in store.resources("seed").items() if "seed" in v}
+
+
+def plan_regeneration(
+    store: ReviewedState, units: Sequence[Unit], prices: Mapping[str, float]
+) -> Regeneration:
     """The rejected units of the manifest and their chain children (reads only)."""
     rejected_shas = {sha for sha, d in store.decisions().items() if d.verdict == "reject"}
     by_key = {u.key: u for u in units}
@@ -157,9 +172,11 @@ def plan_regeneration(store: StateStore, units: Sequence[Unit], prices: Mapping[
 
 
 async def apply_regeneration(
-    plan: Regeneration, store: StateStore, layout: OutputLayout, clock: Clock
+    plan: Regeneration, store: ReviewedState, layout: OutputLayout, clock: Clock
 ) -> int:
-    """Move the targets' files to ``.rejected/``, then reset them to pending with their seeds."""
+    """Hold the targets, move their files to ``.rejected/``, then reset them to pending with their
+    seeds (and let go). On a shared database a chain another worker holds part of is left alone."""
+    plan = await _hold(plan, store)
     if not plan.targets:
         return 0
     retired = await anyio.to_thread.run_sync(_move_aside, plan, layout, clock)
@@ -168,6 +185,42 @@ async def apply_regeneration(
     changed = await store.regenerate(units, retired, seeds)
     _log.info("regeneration_prepared", units=len(units), rejected=plan.rejected, children=plan.children)
     return changed
+
+
+async def _hold(plan: Regeneration, store: ReviewedState) -> Regeneration:
+    """The plan cut to what this process now holds, unchanged since it was read (another worker may
+    have moved a unit on meanwhile); a chain goes whole or not at all. What it will not touch after
+    all is let go at once."""
+    if not plan.targets:
+        return plan
+    planned = {t.record.key: t.record for t in plan.targets}
+    held = await store.hold(planned)
+    fresh = {k: store.get(k) for k in held}
+    ok = {k for k, rec in fresh.items() if rec is not None and _same(rec, planned[k])}
+
+    def root(key: str) -> str:
+        while (up := planned[key].upstream) in planned:
+            key = up
+        return key
+
+    broken = {root(k) for k in planned if k not in ok}
+    kept = tuple(t for t in plan.targets if root(t.record.key) not in broken)
+    dropped = [t.record for t in plan.targets if root(t.record.key) in broken]
+    if dropped:
+        await store.release(held - {t.record.key for t in kept})
+    skipped = [
+        f"{r.item_id} {r.step}#{r.index}: another worker holds it or its chain (or it changed); "
+        "rerun --regenerate-rejected later" for r in dropped
+    ]  # fmt: skip
+    for why in skipped:
+        _log.warning("regeneration_skipped", reason=why)
+    return replace(plan, targets=kept, skipped=plan.skipped + tuple(skipped))
+
+
+def _same(now: UnitRecord, planned: UnitRecord) -> bool:
+    """Nothing that matters to the move changed: the phase and the recorded files."""
+    files = [(o.n, o.path, o.sha256) for o in now.outputs]
+    return now.phase is planned.phase and files == [(o.n, o.path, o.sha256) for o in planned.outputs]
 
 
 def _move_aside(plan: Regeneration, layout: OutputLayout, clock: Clock) -> list[RetiredRecord]:
