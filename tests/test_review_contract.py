@@ -190,3 +190,28 @@ class TestSharedDatabaseOnly:
                 assert other.decisions() == {} and other.review_counts()["approved"] == 0
             finally:
                 await other.aclose()
+
+
+async def test_the_review_server_writes_to_the_shared_database(
+    clock: FakeClock, tmp_path: Path, pg_server: PgServer
+) -> None:
+    """``review`` without decisions on the command line: the gallery's clicks go to the run's rows,
+    and the page it serves reads them back."""
+    import aiohttp
+
+    from pipeline.output.review_server import ReviewServer
+
+    out = tmp_path / "out"
+    (out / "item").mkdir(parents=True)
+    (out / "item" / "image-1.png").write_bytes(b"\x89PNG")
+    pg = Fresh("postgres", clock, tmp_path, pg_server.url())
+    async with (
+        pg() as store,
+        ReviewServer(out, store, token="tok-9") as server,
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(server.url + "api/decisions", json={"sha256": SHA_A, "verdict": "reject"}) as r:
+            assert r.status == 200 and (await r.json())["current"]["verdict"] == "reject"
+        async with http.get(server.url) as r:
+            assert r.status == 200 and SHA_A in await r.text()
+        assert store.decisions()[SHA_A].verdict == "reject"
