@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from pipeline.clock import FakeClock
@@ -178,6 +179,40 @@ class TestSharedDatabaseOnly:
                 assert [c.key for c in await worker.claim(5)] == [key(0)]
             finally:
                 await worker.aclose()
+
+    async def test_two_regenerations_at_once_regenerate_each_unit_once(
+        self, pg: Fresh, clock: FakeClock, tmp_path: Path
+    ) -> None:
+        """Two workers started with ``--regenerate-rejected`` plan the same units: one holds, moves
+        and requeues them; the other finds them held (or changed) and leaves them alone."""
+        from pipeline.engine.regenerate import apply_regeneration, plan_regeneration
+        from pipeline.output.layout import OutputLayout
+        from tests.test_review import _done as done_with_files
+        from tests.test_review import _unit
+
+        out = tmp_path / "out"
+        out.mkdir()
+        image, child = _unit("img", "image", "@ava"), _unit("up", "upscale", None, upstream="img")
+        async with pg() as a, pg() as b:
+            await a.sync_units([image, child])
+            await done_with_files(a, out, image, "c")
+            await done_with_files(a, out, child, "d")
+            await a.record_decision("c" * 64, "reject")
+            plans = [plan_regeneration(s, [image, child], {}) for s in (a, b)]
+            assert [len(p.targets) for p in plans] == [2, 2]
+            changed: list[int] = []
+
+            async def regenerate(plan: Any, store: Any) -> None:
+                changed.append(await apply_regeneration(plan, store, OutputLayout(out), clock))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(regenerate, plans[0], a)
+                tg.start_soon(regenerate, plans[1], b)
+            assert sorted(changed) == [0, 2]
+            assert sorted(r.unit_key for r in a.retired()) == ["img", "up"]
+            assert len(list((out / ".rejected").rglob("*.png"))) == 2
+            assert {a.get(k).phase for k in ("img", "up")} == {Phase.PENDING}
+            assert set(a.resources("seed")) == {"img"}
 
     async def test_decisions_belong_to_their_run(self, pg: Fresh, clock: FakeClock) -> None:
         from pipeline.state.postgres import PostgresStore

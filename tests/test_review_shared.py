@@ -54,6 +54,8 @@ def test_review_export_report_and_regenerate_on_a_shared_database(
     url = pg_server.create_database(f"review_{uuid.uuid4().hex[:6]}")
     out, dest = tmp_path / "demo", tmp_path / "shop"
     state = ("--out", str(out), "--state", url)
+    early = _cli(sim_url, "review", str(DEMO), *state, "--json")  # nothing has run: no folder yet
+    assert early.returncode == 2 and "nothing to review yet" in early.stderr, early.stderr
     first = _cli(sim_url, "run", str(DEMO), *state, "--no-progress")
     assert first.returncode == 0, first.stderr[-3000:]
     assert not (out / ".state").exists()  # the state is the database's

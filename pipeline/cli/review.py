@@ -76,7 +76,7 @@ def _where(args: argparse.Namespace) -> tuple[Path, Path | str, Any, str]:
     if isinstance(state, str) and run is None:
         raise ConfigError("say which run of the shared database: give MANIFEST or --run NAME")
     if not out.is_dir() or (isinstance(state, Path) and not state.is_file()):
-        raise ConfigError(f"{out}: nothing to review yet (no output folder or no state file {state})")
+        raise ConfigError(f"{out}: nothing to review yet (no output folder or no state {_shown(state, run)})")
     return out, state, manifest, run or "default"
 
 
@@ -112,7 +112,7 @@ async def _cmd_review(args: argparse.Namespace) -> int:
             lock.release()
 
 
-def _shown(state: Path | str, run: str) -> str:
+def _shown(state: Path | str, run: str | None) -> str:
     """Where decisions go, safe to print (a database URL without its password)."""
     if isinstance(state, Path):
         return str(state)
