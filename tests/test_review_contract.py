@@ -250,3 +250,11 @@ async def test_the_review_server_writes_to_the_shared_database(
         async with http.get(server.url) as r:
             assert r.status == 200 and SHA_A in await r.text()
         assert store.decisions()[SHA_A].verdict == "reject"
+
+
+def test_a_shared_state_never_shows_its_password() -> None:
+    """What the gallery and ``export`` pass around for a database run: printed, logged or in an
+    error, the URL is redacted."""
+    where = SharedState("postgresql://u:pw-31x-secret@db:5432/photogpt", "catalog")
+    shown = f"{where} {where!r} {[where]}"
+    assert "pw-31x-secret" not in shown and "postgresql://u:***@db:5432/photogpt" in shown

@@ -3,7 +3,8 @@
 Two implementations: :class:`~pipeline.state.sqlite.SqliteStore` (one file, one run at a time, the
 embedded default) and :class:`~pipeline.state.postgres.PostgresStore` (one database shared by several
 runs and by several workers of one run). The contract both keep is tested once, in
-tests/test_state_contract.py.
+tests/test_state_contract.py; the review's (decisions, regeneration: review_store.py) in
+tests/test_review_contract.py.
 
 Reads are synchronous on purpose: the engine asks them in the middle of its bookkeeping, SQLite
 answers them in microseconds, and a loopback PostgreSQL in a fraction of a millisecond. Mutators
