@@ -56,6 +56,8 @@ def test_review_export_report_and_regenerate_on_a_shared_database(
     state = ("--out", str(out), "--state", url)
     early = _cli(sim_url, "review", str(DEMO), *state, "--json")  # nothing has run: no folder yet
     assert early.returncode == 2 and "nothing to review yet" in early.stderr, early.stderr
+    fresh_plan = _cli(sim_url, "plan", str(DEMO), "--state", url)  # a database with no tables yet
+    assert fresh_plan.returncode == 0 and "(7 still to send)" in fresh_plan.stdout, fresh_plan.stderr
     first = _cli(sim_url, "run", str(DEMO), *state, "--no-progress")
     assert first.returncode == 0, first.stderr[-3000:]
     assert not (out / ".state").exists()  # the state is the database's
