@@ -41,6 +41,7 @@ __all__ = [
     "REJECTED_DIR",
     "Regeneration",
     "apply_regeneration",
+    "hold_targets",
     "plan_regeneration",
     "recorded_seeds",
     "with_seed",
@@ -60,6 +61,7 @@ class Target:
     record: UnitRecord
     reason: str  #: ``rejected`` or ``superseded``
     seed: int | None
+    credits: float | None = None  #: its estimated price (``None``: unpriced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,16 +161,18 @@ def plan_regeneration(
             reasons[child] = "superseded"
             stack.append(child)
     targets = []
-    credits: float | None = 0.0
     for key in (u.key for u in units if u.key in reasons):
         unit = by_key[key]
         seed = 1 + secrets.randbelow(_SEED_MAX) if seed_path(unit.step, unit.request) else None
-        targets.append(Target(records[key], reasons[key], seed))
         price = price_of(unit, prices) if prices else None
-        credits = (
-            None if price is None or credits is None else credits + price * max(1, unit.expected_outputs)
-        )
-    return Regeneration(tuple(targets), credits if targets else 0.0, tuple(skipped), frozenset(rejected_shas))
+        cost = None if price is None else price * max(1, unit.expected_outputs)
+        targets.append(Target(records[key], reasons[key], seed, cost))
+    return Regeneration(tuple(targets), _credits(targets), tuple(skipped), frozenset(rejected_shas))
+
+
+def _credits(targets: Sequence[Target]) -> float | None:
+    costs = [t.credits for t in targets]
+    return None if None in costs else sum((c or 0.0 for c in costs), 0.0)
 
 
 async def apply_regeneration(
@@ -176,7 +180,10 @@ async def apply_regeneration(
 ) -> int:
     """Hold the targets, move their files to ``.rejected/``, then reset them to pending with their
     seeds (and let go). On a shared database a chain another worker holds part of is left alone."""
-    plan = await _hold(plan, store)
+    held = await hold_targets(plan, store)  # again: a no-op when the caller held them already
+    for why in held.skipped[len(plan.skipped) :]:
+        _log.warning("regeneration_skipped", reason=why)
+    plan = held
     if not plan.targets:
         return 0
     retired = await anyio.to_thread.run_sync(_move_aside, plan, layout, clock)
@@ -187,7 +194,7 @@ async def apply_regeneration(
     return changed
 
 
-async def _hold(plan: Regeneration, store: ReviewedState) -> Regeneration:
+async def hold_targets(plan: Regeneration, store: ReviewedState) -> Regeneration:
     """The plan cut to what this process now holds, unchanged since it was read (another worker may
     have moved a unit on meanwhile); a chain goes whole or not at all. What it will not touch after
     all is let go at once."""
@@ -208,13 +215,11 @@ async def _hold(plan: Regeneration, store: ReviewedState) -> Regeneration:
     dropped = [t.record for t in plan.targets if root(t.record.key) in broken]
     if dropped:
         await store.release(held - {t.record.key for t in kept})
-    skipped = [
+    skipped = tuple(
         f"{r.item_id} {r.step}#{r.index}: another worker holds it or its chain (or it changed); "
         "rerun --regenerate-rejected later" for r in dropped
-    ]  # fmt: skip
-    for why in skipped:
-        _log.warning("regeneration_skipped", reason=why)
-    return replace(plan, targets=kept, skipped=plan.skipped + tuple(skipped))
+    )  # fmt: skip
+    return replace(plan, targets=kept, credits=_credits(kept), skipped=plan.skipped + skipped)
 
 
 def _same(now: UnitRecord, planned: UnitRecord) -> bool:

@@ -169,6 +169,7 @@ async def _regenerate(
 ) -> None:  # fmt: skip
     """Say what ``--regenerate-rejected`` will pay for, then set those units up for the run."""
     plan = regenerate.plan_regeneration(store, manifest.units, options.prices)
+    plan = await regenerate.hold_targets(plan, store)  # what no other worker holds: what will be paid
     for why in plan.skipped:
         _log.warning("regeneration_skipped", reason=why)
     (request.announce or (lambda text: _log.info("regeneration_planned", text=text)))(plan.describe())
