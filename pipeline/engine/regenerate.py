@@ -11,6 +11,11 @@ units ``done`` with their files gone; a plain rerun fetches the same (rejected) 
 free, and the next ``--regenerate-rejected`` finds the verdict again. The other order could let
 the delivery adopt the old file (same unit key, sidecar still there) for a newly paid job.
 
+Before the files move, the units are held (:func:`hold_targets`): on a shared database no worker
+may claim them meanwhile, a chain part of which a live worker holds is left for a later rerun, and
+a unit that changed since the plan was read (another worker regenerated it first) is left alone,
+so N workers started with ``--regenerate-rejected`` pay for each rejected unit once.
+
 In state terms: an output set aside because it was rejected is recorded as ``rejected``; one set
 aside because its upstream (or a sibling output of the same job) was rejected as ``superseded``.
 """
