@@ -128,7 +128,21 @@ class TestSchema:
             pass
         with psycopg.connect(url) as conn:
             rows = conn.execute("SELECT version, name FROM photogpt.schema_version").fetchall()
-        assert rows == [(1, "0001_initial.sql")]
+        assert rows == [(1, "0001_initial.sql"), (2, "0002_review.sql")]
+
+    async def test_a_version_1_database_gets_the_review_tables(
+        self, pg_server: PgServer, clock: FakeClock
+    ) -> None:
+        """A database a version-1 photogpt-pipeline made: the next open adds decisions and retired."""
+        url = pg_server.create_database(f"v1_{uuid.uuid4().hex[:6]}")
+        async with await PostgresStore.open(url, clock=clock, run="a"):
+            pass
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE photogpt.decisions, photogpt.retired")
+            conn.execute("DELETE FROM photogpt.schema_version WHERE version = 2")
+        async with await PostgresStore.open(url, clock=clock, run="a") as store:
+            await store.record_decision("a" * 64, "approve")
+            assert list(store.decisions()) == ["a" * 64]
 
     async def test_several_runs_share_one_database(self, pg_server: PgServer, clock: FakeClock) -> None:
         """Two manifests, same unit keys, one database: each run sees only its own units."""

@@ -33,7 +33,8 @@ def register(
     report = sub.add_parser("report", help="write the static HTML gallery of a run (report.html)")
     report.add_argument("manifest", type=Path, nargs="?")
     report.add_argument("--out", type=out_arg, default=None)
-    report.add_argument("--state", type=Path, default=None)
+    report.add_argument("--state", default=None, help="state file or postgresql:// URL")
+    report.add_argument("--run", default=None, help="with a shared database: the run's name")
     add_logging_flags(report)
 
     validate = sub.add_parser("validate", help="check a manifest; exit 0 or 2 with every problem")
@@ -43,7 +44,7 @@ def register(
     plan = sub.add_parser("plan", help="what a run would do and cost; sends no paid request")
     plan.add_argument("manifest", type=Path)
     plan.add_argument("--out", type=out_arg, default=None)
-    plan.add_argument("--state", type=Path, default=None)
+    plan.add_argument("--state", default=None, help="state file or postgresql:// URL")
     add_logging_flags(plan)
     return {"status": _cmd_status, "report": _cmd_report, "validate": _cmd_validate, "plan": _cmd_plan}
 
@@ -164,9 +165,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from pipeline.manifest.load import load_manifest
     from pipeline.output.report import build_report, variant_groups
 
-    if isinstance(args.out, str):
-        return int(asyncio.run(outputs.report_s3(args.out, args.state)))
     manifest = load_manifest(args.manifest) if args.manifest else None
+    state = _report_state(args, manifest.name if manifest is not None else None)
+    if isinstance(args.out, str):
+        return int(asyncio.run(outputs.report_s3(args.out, state)))
     if args.out:
         out = Path(args.out)
     elif manifest is not None:
@@ -176,9 +178,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not out.is_dir():
         raise ConfigError(f"{out}: no such output folder (nothing has run there yet)")
     groups = variant_groups(manifest.items) if manifest is not None else None
-    path = build_report(out, state_path=args.state, groups=groups)
+    path = build_report(out, state_path=state, groups=groups)
     print(f"wrote {path}  (open it in a browser; links are relative, the folder can be moved or served)")
     return 0
+
+
+def _report_state(args: argparse.Namespace, manifest_name: str | None) -> Any:
+    """``--state`` for the gallery: a file (``None``: the one in the output folder), or one run of
+    a shared database (``--state``/``$PHOTOGPT_STATE_URL``; the run is ``--run`` or the manifest's)."""
+    from pipeline.state.store import SharedState
+
+    if (url := _shared_state(args)) is not None:
+        run = getattr(args, "run", None) or manifest_name
+        if run is None:
+            raise ConfigError("say which run of the shared database: give MANIFEST or --run NAME")
+        return SharedState(url, run)
+    return Path(args.state) if args.state else None
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -190,18 +205,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.engine.wiring import default_out, default_state
+    from pipeline.errors import StateError
     from pipeline.manifest import plan
     from pipeline.manifest.load import load_manifest
-    from pipeline.state.sqlite import open_readonly
+    from pipeline.state.opening import open_view, resolve_state
 
     manifest = load_manifest(args.manifest)
-    path = args.state or default_state(args.out or default_out(manifest))
+    where = resolve_state(args.state, default_state(args.out or default_out(manifest)))
     phases: dict[str, str] | None = None
-    if Path(path).exists():
-        view = open_readonly(path)
+    if isinstance(where, str) or where.exists():
         try:
-            phases = {k: str(v) for k, v in view.phases().items()}
-        finally:
-            view.close()
+            view = open_view(where, run_name=manifest.name)
+        except StateError as exc:  # a database nothing has run against yet: plan as for no file
+            if isinstance(where, Path) or "no photogpt-pipeline state" not in str(exc):
+                raise
+        else:
+            try:
+                phases = {k: str(v) for k, v in view.phases().items()}
+            finally:
+                view.close()
     print(plan.render(plan.summarize(manifest, phases)))
     return 0

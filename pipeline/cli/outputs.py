@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
         "--to", type=out_arg, required=True, help="destination: a folder or s3://BUCKET/PREFIX"
     )
     export.add_argument("--out", type=out_arg, default=None, help="the run's output (default outputs/<name>)")
-    export.add_argument("--state", type=Path, default=None, help="state file (for --only approved)")
+    export.add_argument("--state", default=None, help="state file or postgresql:// URL (for --only approved)")
     export.add_argument("--only", choices=("approved", "all"), default="all")
     export.add_argument(
         "--layout", default=None, help="rename on the way, e.g. '{item}/{step}-{index}-{n}.{ext}'"
@@ -64,6 +64,8 @@ async def _cmd_export(args: argparse.Namespace) -> int:
     from pipeline.output.export import export_outputs
     from pipeline.output.layout import OutputLayout
     from pipeline.state.decisions import approved_sha256s
+    from pipeline.state.opening import resolve_state
+    from pipeline.state.store import SharedState
 
     manifest = load_manifest(args.manifest)
     source_at = args.out or default_out(manifest)
@@ -72,7 +74,8 @@ async def _cmd_export(args: argparse.Namespace) -> int:
     layout = OutputLayout(Path("."), args.layout) if args.layout else None
     only = None
     if args.only == "approved":
-        only = approved_sha256s(args.state or default_state(source_at))
+        where = resolve_state(args.state, default_state(source_at))
+        only = approved_sha256s(SharedState(where, manifest.name) if isinstance(where, str) else where)
     source = await _open(source_at, "export-src")
     try:
         dest = await _open(args.to, "export-dest")
@@ -92,14 +95,14 @@ async def _cmd_export(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-async def report_s3(out: str, state: Path | None) -> int:
+async def report_s3(out: str, state: Any) -> int:
     """``report --out s3://…``: the gallery built from the bucket's sidecars, uploaded beside them."""
     from pipeline.engine.wiring import default_state
     from pipeline.output.publish_report import publish_report
 
     store = await _open(out, "report")
     try:
-        where = await publish_report(store, state_path=state or default_state(out))
+        where = await publish_report(store, state_path=state or default_state(out))  # or a SharedState
     finally:
         await store.close()
     print(f"wrote {where}  (links are relative: it works from the bucket, or a static site of it)")

@@ -3,7 +3,9 @@
 Decisions (approve, reject with an optional note, undo) are keyed by the file's sha256, so a
 regenerated file never inherits an old verdict; the newest decision wins and keeps its time.
 They live in the state file, so writing them takes the run lock: while a run holds it, ``review``
-exits 4 (and the reverse: a run waits for no review server, it exits 4 while one is open).
+exits 4 (and the reverse: a run waits for no review server, it exits 4 while one is open). On a
+shared database (``--state postgresql://…``) they belong to the run (the manifest's name, or
+``--run``) and need no lock: a verdict touches no unit, so workers may be running meanwhile.
 ``run MANIFEST --regenerate-rejected`` then pays again for the rejected ones only.
 """
 
@@ -24,7 +26,7 @@ from pipeline.cli.flags import add_logging_flags
 from pipeline.errors import ConfigError
 
 if TYPE_CHECKING:  # imported when the command runs: every other command starts faster without them
-    from pipeline.state.sqlite import StateStore
+    from pipeline.state.review_store import ReviewedState
 
 __all__ = ["register"]
 
@@ -40,7 +42,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
     )
     p.add_argument("manifest", type=Path, nargs="?")
     p.add_argument("--out", type=Path, default=None, help="output folder (default outputs/<manifest name>)")
-    p.add_argument("--state", type=Path, default=None, help="state file (default <out>/.state/state.db)")
+    p.add_argument("--state", default=None,
+                   help="state file (default <out>/.state/state.db) or postgresql:// URL")  # fmt: skip
+    p.add_argument("--run", default=None, help="with a shared database: the run's name (default: MANIFEST's)")
     p.add_argument("--port", type=int, default=0, help="port to serve on (default: a free one)")
     p.add_argument("--approve", nargs="+", default=[], metavar="ITEM/FILE")
     p.add_argument("--reject", nargs="+", default=[], metavar="ITEM/FILE")
@@ -53,10 +57,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
     return {"review": _cmd_review}
 
 
-def _where(args: argparse.Namespace) -> tuple[Path, Path, Any]:
-    """The output folder, the state file and the manifest (``None`` without MANIFEST)."""
+def _where(args: argparse.Namespace) -> tuple[Path, Path | str, Any, str]:
+    """The output folder, the state (a file or a database URL), the manifest (``None`` without
+    MANIFEST) and the run's name in a shared database."""
     from pipeline.engine.wiring import default_out, default_state
     from pipeline.manifest.load import load_manifest
+    from pipeline.state.opening import resolve_state
 
     manifest = load_manifest(args.manifest) if args.manifest else None
     if args.out:
@@ -65,35 +71,57 @@ def _where(args: argparse.Namespace) -> tuple[Path, Path, Any]:
         out = default_out(manifest)
     else:
         raise ConfigError("say which run: give MANIFEST or --out DIR")
-    state = Path(args.state) if args.state else default_state(out)
-    if not out.is_dir() or not state.is_file():
-        raise ConfigError(f"{out}: nothing to review yet (no output folder or no state file {state})")
-    return out, state, manifest
+    state = resolve_state(args.state, default_state(out))
+    run = args.run or (manifest.name if manifest is not None else None)
+    if isinstance(state, str) and run is None:
+        raise ConfigError("say which run of the shared database: give MANIFEST or --run NAME")
+    if not out.is_dir() or (isinstance(state, Path) and not state.is_file()):
+        raise ConfigError(f"{out}: nothing to review yet (no output folder or no state {_shown(state, run)})")
+    return out, state, manifest, run or "default"
 
 
 async def _cmd_review(args: argparse.Namespace) -> int:
-    from pipeline.state.lock import RunLock
-    from pipeline.state.sqlite import StateStore, open_readonly
+    from pipeline.state.opening import open_store, open_view
 
-    out, state, manifest = _where(args)
+    out, state, manifest, run = _where(args)
     if args.json:
-        with open_readonly(state) as view:
+        view = open_view(state, run_name=run)
+        try:
             listed = [asdict(d) for d in view.decisions().values()]
             counts = view.review_counts()
+        finally:
+            view.close()
         print(json.dumps({"decisions": listed, "review": counts}, indent=1))
         return 0
-    lock = RunLock(state.with_name(state.name + ".lock"))
-    lock.acquire()
+    lock = None
+    if isinstance(state, Path):  # a file has one writer; a database's writes check their claims
+        from pipeline.state.lock import RunLock
+
+        lock = RunLock(state.with_name(state.name + ".lock"))
+        lock.acquire()
     try:
-        async with StateStore.open(state, clock=_clock()) as store:
+        store: Any = await open_store(state, clock=_clock(), run_name=run)
+        try:
             if args.approve or args.reject or args.undo or args.import_file:
-                return await _decide(args, out, store)
-            return await _serve(args, out, store, manifest)
+                return await _decide(args, out, store, _shown(state, run))
+            return await _serve(args, out, store, manifest, _shown(state, run))
+        finally:
+            await store.aclose()
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
-async def _decide(args: argparse.Namespace, out: Path, store: StateStore) -> int:
+def _shown(state: Path | str, run: str | None) -> str:
+    """Where decisions go, safe to print (a database URL without its password)."""
+    if isinstance(state, Path):
+        return str(state)
+    from pipeline.state.pgconn import redact_url
+
+    return f"{redact_url(state)} (run {run!r})"
+
+
+async def _decide(args: argparse.Namespace, out: Path, store: ReviewedState, shown: str) -> int:
     done = 0
     for verdict, names in (("approve", args.approve), ("reject", args.reject), ("undo", args.undo)):
         for name in names:
@@ -107,7 +135,7 @@ async def _decide(args: argparse.Namespace, out: Path, store: StateStore) -> int
             await store.record_decision(**entry)
             done += 1
         print(f"imported {args.import_file}")
-    print(f"{done} decision(s) recorded in {store.path}")
+    print(f"{done} decision(s) recorded in {shown}")
     return 0
 
 
@@ -162,7 +190,7 @@ def _read_export(path: Path) -> Iterator[dict[str, Any]]:
     yield from sorted(checked, key=lambda c: (c["at"] is not None, c["at"] or datetime.min))
 
 
-async def _serve(args: argparse.Namespace, out: Path, store: StateStore, manifest: Any) -> int:
+async def _serve(args: argparse.Namespace, out: Path, store: ReviewedState, manifest: Any, shown: str) -> int:
     import anyio
 
     from pipeline.output.report import variant_groups
@@ -172,7 +200,7 @@ async def _serve(args: argparse.Namespace, out: Path, store: StateStore, manifes
     token = secrets.token_urlsafe(24)
     async with ReviewServer(out, store, token=token, groups=groups, port=args.port) as server:
         print(f"review: {server.url}", flush=True)
-        print(f"  decisions go to {store.path}; Ctrl-C stops", file=sys.stderr, flush=True)
+        print(f"  decisions go to {shown}; Ctrl-C stops", file=sys.stderr, flush=True)
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break

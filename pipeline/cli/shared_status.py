@@ -24,17 +24,19 @@ def _run_name(args: argparse.Namespace) -> str:
 
 
 def status_shared(url: str, args: argparse.Namespace) -> int:
-    """Counts per phase, the workers with how many units each holds, and every held unit."""
+    """Counts per phase, the workers with how many units each holds, every held unit, the review."""
     run = _run_name(args)
     with open_pg_view(url, run) as view:
         counts = {str(phase): n for phase, n in view.counts().items()}
         units = view.units()
         workers = view.holders()
+        review = view.review_counts()
     held = [u for u in units if u.holder and u.phase not in ("done", "failed", "unknown")]
     if args.json:
         print(json.dumps({
             "run": run,
             "counts": counts,
+            "review": review,
             "workers": [{"holder": h, "holding": n, "seenAt": seen} for h, n, seen in workers],
             "units": [
                 {"key": u.key, "item": u.item_id, "step": u.step, "index": u.index, "phase": str(u.phase),
@@ -56,5 +58,7 @@ def status_shared(url: str, args: argparse.Namespace) -> int:
         lines.append(
             f"  {u.phase:8} {u.item_id} {u.step}#{u.index}: {u.last_error or '(no reason recorded)'}"
         )
+    if any(review.values()):
+        lines.append("review: " + ", ".join(f"{n} {what}" for what, n in review.items()))
     print("\n".join(lines))
     return 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import anyio
 import structlog
@@ -30,6 +30,7 @@ from pipeline.engine.delivery import WorkUnit
 from pipeline.engine.limits import RateLimiter
 from pipeline.engine.options import Failure, RunOptions, RunSummary
 from pipeline.engine.provision import Provisioner
+from pipeline.engine.regenerate import recorded_seeds
 from pipeline.engine.run import run_pipeline
 from pipeline.engine.tally import Snapshot
 from pipeline.errors import LeaseLostError
@@ -199,9 +200,11 @@ async def run_shared(
             # The claimed units, and the (done) upstream units their requests are built from.
             wanted = set(mine) | {by_key[k].upstream for k in mine if by_key[k].upstream in by_key}
             subset = [u for u in units if u.key in wanted]
+            seeds = recorded_seeds(store)  # a regeneration (by any worker) may have drawn new ones
             try:
                 summary = await run_pipeline(
-                    subset, api=api, store=store, layout=layout, downloader=downloader, options=options,
+                    subset, api=api, store=store, layout=layout, downloader=downloader,
+                    options=replace(options, seeds=seeds),
                     clock=clock, preflight=preflight if totals.batches == 0 else None,
                     provisioner=provisioner, monitor=monitor if totals.batches == 0 else None,
                     output=output, stop=stop,

@@ -12,7 +12,8 @@ from pipeline.errors import OutputError
 from pipeline.manifest.load import Manifest
 from pipeline.output.local import LocalOutputStore
 from pipeline.output.store import OutputStore
-from pipeline.state.sqlite import StateStore as SqliteStore
+from pipeline.state.opening import state_location
+from pipeline.state.review_store import ReviewReader
 from pipeline.state.store import StateStore
 
 __all__ = ["REPORT_MAX_UNITS", "after_run", "write_run_record"]
@@ -27,7 +28,7 @@ async def after_run(
     manifest: Manifest, store: StateStore, output: OutputStore, summary: RunSummary, clock: Clock
 ) -> None:
     """The run record always; the gallery when the run changed anything it shows."""
-    review = store.review_counts() if isinstance(store, SqliteStore) else {}
+    review = store.review_counts() if isinstance(store, ReviewReader) else {}
     worker = getattr(store, "holder", None)  # a shared run: which worker wrote this record
     await write_run_record(output, summary, clock, review, worker)
     if not (summary.submitted or summary.downloaded_bytes or summary.failures):
@@ -43,8 +44,8 @@ async def after_run(
     from pipeline.output.report import variant_groups
 
     try:
-        state_path = getattr(store, "path", None)  # a shared database: the gallery shows the index
-        await publish_report(output, state_path=state_path, groups=variant_groups(manifest.items))
+        state = state_location(store)  # the file, or the shared database's run
+        await publish_report(output, state_path=state, groups=variant_groups(manifest.items))
     except (OSError, OutputError) as exc:  # the gallery is a convenience: never fail a run over it
         _log.warning("report_failed", error=str(exc))
 

@@ -11,6 +11,11 @@ units ``done`` with their files gone; a plain rerun fetches the same (rejected) 
 free, and the next ``--regenerate-rejected`` finds the verdict again. The other order could let
 the delivery adopt the old file (same unit key, sidecar still there) for a newly paid job.
 
+Before the files move, the units are held (:func:`hold_targets`): on a shared database no worker
+may claim them meanwhile, a chain part of which a live worker holds is left for a later rerun, and
+a unit that changed since the plan was read (another worker regenerated it first) is left alone,
+so N workers started with ``--regenerate-rejected`` pay for each rejected unit once.
+
 In state terms: an output set aside because it was rejected is recorded as ``rejected``; one set
 aside because its upstream (or a sibling output of the same job) was rejected as ``superseded``.
 """
@@ -20,7 +25,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +39,18 @@ from pipeline.manifest.plan import price_of
 from pipeline.manifest.schema import is_trained_id
 from pipeline.manifest.spec import Unit
 from pipeline.output.layout import OutputLayout, fsync_dir, make_dirs_inside
-from pipeline.state.sqlite import Phase, RetiredRecord, StateStore, UnitRecord
+from pipeline.state.records import Phase, UnitRecord
+from pipeline.state.review_store import RetiredRecord, ReviewedState, ReviewReader
 
-__all__ = ["REJECTED_DIR", "Regeneration", "apply_regeneration", "plan_regeneration", "with_seed"]
+__all__ = [
+    "REJECTED_DIR",
+    "Regeneration",
+    "apply_regeneration",
+    "hold_targets",
+    "plan_regeneration",
+    "recorded_seeds",
+    "with_seed",
+]
 
 _log = structlog.get_logger("pipeline.engine.regenerate")
 
@@ -52,6 +66,7 @@ class Target:
     record: UnitRecord
     reason: str  #: ``rejected`` or ``superseded``
     seed: int | None
+    credits: float | None = None  #: its estimated price (``None``: unpriced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +125,14 @@ def with_seed(body: dict[str, Any], step: str, seed: int | None) -> dict[str, An
     return body
 
 
-def plan_regeneration(store: StateStore, units: Sequence[Unit], prices: Mapping[str, float]) -> Regeneration:
+def recorded_seeds(store: ReviewReader) -> dict[str, int]:
+    """The seed each regenerated unit's next request carries (unit key -> seed), as recorded."""
+    return {k: int(v["seed"]) for k, v in store.resources("seed").items() if "seed" in v}
+
+
+def plan_regeneration(
+    store: ReviewedState, units: Sequence[Unit], prices: Mapping[str, float]
+) -> Regeneration:
     """The rejected units of the manifest and their chain children (reads only)."""
     rejected_shas = {sha for sha, d in store.decisions().items() if d.verdict == "reject"}
     by_key = {u.key: u for u in units}
@@ -144,22 +166,29 @@ def plan_regeneration(store: StateStore, units: Sequence[Unit], prices: Mapping[
             reasons[child] = "superseded"
             stack.append(child)
     targets = []
-    credits: float | None = 0.0
     for key in (u.key for u in units if u.key in reasons):
         unit = by_key[key]
         seed = 1 + secrets.randbelow(_SEED_MAX) if seed_path(unit.step, unit.request) else None
-        targets.append(Target(records[key], reasons[key], seed))
         price = price_of(unit, prices) if prices else None
-        credits = (
-            None if price is None or credits is None else credits + price * max(1, unit.expected_outputs)
-        )
-    return Regeneration(tuple(targets), credits if targets else 0.0, tuple(skipped), frozenset(rejected_shas))
+        cost = None if price is None else price * max(1, unit.expected_outputs)
+        targets.append(Target(records[key], reasons[key], seed, cost))
+    return Regeneration(tuple(targets), _credits(targets), tuple(skipped), frozenset(rejected_shas))
+
+
+def _credits(targets: Sequence[Target]) -> float | None:
+    costs = [t.credits for t in targets]
+    return None if None in costs else sum((c or 0.0 for c in costs), 0.0)
 
 
 async def apply_regeneration(
-    plan: Regeneration, store: StateStore, layout: OutputLayout, clock: Clock
+    plan: Regeneration, store: ReviewedState, layout: OutputLayout, clock: Clock
 ) -> int:
-    """Move the targets' files to ``.rejected/``, then reset them to pending with their seeds."""
+    """Hold the targets, move their files to ``.rejected/``, then reset them to pending with their
+    seeds (and let go). On a shared database a chain another worker holds part of is left alone."""
+    held = await hold_targets(plan, store)  # again: a no-op when the caller held them already
+    for why in held.skipped[len(plan.skipped) :]:
+        _log.warning("regeneration_skipped", reason=why)
+    plan = held
     if not plan.targets:
         return 0
     retired = await anyio.to_thread.run_sync(_move_aside, plan, layout, clock)
@@ -168,6 +197,40 @@ async def apply_regeneration(
     changed = await store.regenerate(units, retired, seeds)
     _log.info("regeneration_prepared", units=len(units), rejected=plan.rejected, children=plan.children)
     return changed
+
+
+async def hold_targets(plan: Regeneration, store: ReviewedState) -> Regeneration:
+    """The plan cut to what this process now holds, unchanged since it was read (another worker may
+    have moved a unit on meanwhile); a chain goes whole or not at all. What it will not touch after
+    all is let go at once."""
+    if not plan.targets:
+        return plan
+    planned = {t.record.key: t.record for t in plan.targets}
+    held = await store.hold(planned)
+    fresh = {k: store.get(k) for k in held}
+    ok = {k for k, rec in fresh.items() if rec is not None and _same(rec, planned[k])}
+
+    def root(key: str) -> str:
+        while (up := planned[key].upstream) in planned:
+            key = up
+        return key
+
+    broken = {root(k) for k in planned if k not in ok}
+    kept = tuple(t for t in plan.targets if root(t.record.key) not in broken)
+    dropped = [t.record for t in plan.targets if root(t.record.key) in broken]
+    if dropped:
+        await store.release(held - {t.record.key for t in kept})
+    skipped = tuple(
+        f"{r.item_id} {r.step}#{r.index}: another worker holds it or its chain (or it changed); "
+        "rerun --regenerate-rejected later" for r in dropped
+    )  # fmt: skip
+    return replace(plan, targets=kept, credits=_credits(kept), skipped=plan.skipped + skipped)
+
+
+def _same(now: UnitRecord, planned: UnitRecord) -> bool:
+    """Nothing that matters to the move changed: the phase and the recorded files."""
+    files = [(o.n, o.path, o.sha256) for o in now.outputs]
+    return now.phase is planned.phase and files == [(o.n, o.path, o.sha256) for o in planned.outputs]
 
 
 def _move_aside(plan: Regeneration, layout: OutputLayout, clock: Clock) -> list[RetiredRecord]:

@@ -35,6 +35,7 @@ from pipeline.output.open import is_s3_url, open_output
 from pipeline.state.lock import RunLock
 from pipeline.state.opening import resolve_state
 from pipeline.state.records import Phase
+from pipeline.state.review_store import ReviewedState
 from pipeline.state.sqlite import StateStore as SqliteStore
 
 __all__ = ["PreflightError", "RunRequest", "default_out", "default_state", "execute", "s3_home"]
@@ -163,11 +164,12 @@ async def _execute(
 
 
 async def _regenerate(
-    request: RunRequest, manifest: Manifest, store: SqliteStore, layout: OutputLayout, options: RunOptions,
+    request: RunRequest, manifest: Manifest, store: ReviewedState, layout: OutputLayout, options: RunOptions,
     clock: Clock,
 ) -> None:  # fmt: skip
     """Say what ``--regenerate-rejected`` will pay for, then set those units up for the run."""
     plan = regenerate.plan_regeneration(store, manifest.units, options.prices)
+    plan = await regenerate.hold_targets(plan, store)  # what no other worker holds: what will be paid
     for why in plan.skipped:
         _log.warning("regeneration_skipped", reason=why)
     (request.announce or (lambda text: _log.info("regeneration_planned", text=text)))(plan.describe())
@@ -204,6 +206,8 @@ async def _execute_shared(
                 await store.reset(Phase.FAILED)
             if request.resubmit_unknown:
                 await store.reset(Phase.UNKNOWN)
+            if request.regenerate_rejected:  # units other workers hold are left to a later rerun
+                await _regenerate(request, manifest, store, layout, options, clock)
             runner = functools.partial(run_shared, batch=max(8, options.max_active // 2))
             fast = options.poll != RunOptions().poll
             return await run_session(manifest, config, store, (layout, output), options, clock, fast=fast,

@@ -19,7 +19,9 @@ from typing import Any
 
 from pipeline.errors import StateError
 from pipeline.output.sidecar import read_index, read_sidecar, strip_query
-from pipeline.state.sqlite import DecisionRecord, Phase, UnitRecord, open_readonly
+from pipeline.state.opening import SharedState, open_view
+from pipeline.state.records import Phase, UnitRecord
+from pipeline.state.review_store import DecisionRecord
 
 __all__ = [
     "Asset",
@@ -95,7 +97,9 @@ class Gathered:
     facts: Facts
 
 
-def gather(out: Path, state_path: Path, exists: Callable[[str], bool] | None = None) -> Gathered:
+def gather(
+    out: Path, state_path: Path | SharedState, exists: Callable[[str], bool] | None = None
+) -> Gathered:
     """Everything the gallery needs from ``out`` and its state file (missing parts are noted, not fatal).
 
     ``exists`` says whether an asset path is published (default: a regular file under ``out``)."""
@@ -156,15 +160,18 @@ def _asset_from_record(record: Mapping[str, Any]) -> Asset | None:
     )
 
 
-def _load_state(state_path: Path, facts: Facts) -> list[UnitRecord]:
-    if not state_path.is_file():
+def _load_state(state_path: Path | SharedState, facts: Facts) -> list[UnitRecord]:
+    if isinstance(state_path, Path) and not state_path.is_file():
         facts.state_note = "no state file: showing the files of index.jsonl only"
         return []
     try:
-        with open_readonly(state_path) as view:
+        view = open_view(state_path)
+        try:
             facts.counts = {str(phase): count for phase, count in view.counts().items()}
             facts.decisions = view.decisions()
             return view.units()
+        finally:
+            view.close()
     except StateError as exc:
         facts.state_note = f"the state file could not be read: {exc}"
         return []

@@ -17,6 +17,7 @@ from pipeline.output.local import LocalOutputStore
 from pipeline.output.report import build_report
 from pipeline.output.sidecar import append_index, write_bytes
 from pipeline.output.store import OutputStore
+from pipeline.state.opening import SharedState
 
 __all__ = ["REPORT_KEY", "publish_report"]
 
@@ -26,7 +27,7 @@ REPORT_KEY = "report.html"
 async def publish_report(
     output: OutputStore,
     *,
-    state_path: Path | None,
+    state_path: Path | SharedState | None,
     title: str | None = None,
     groups: Mapping[str, tuple[str, str]] | None = None,
 ) -> str:

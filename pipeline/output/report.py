@@ -35,7 +35,8 @@ from markupsafe import Markup
 
 from pipeline.output.gather import Asset, Facts, Gathered, Problem, as_int, as_text, gather, scrub
 from pipeline.output.sidecar import atomic_write
-from pipeline.state.sqlite import Phase
+from pipeline.state.opening import SharedState
+from pipeline.state.records import Phase
 
 __all__ = ["VariantLike", "build_report", "render_report", "variant_groups"]
 
@@ -78,7 +79,7 @@ def variant_groups(items: Iterable[VariantLike]) -> dict[str, tuple[str, str]]:
 def build_report(
     out: Path,
     *,
-    state_path: Path | None = None,
+    state_path: Path | SharedState | None = None,
     title: str | None = None,
     groups: Mapping[str, tuple[str, str]] | None = None,
     exists: Callable[[str], bool] | None = None,
@@ -96,7 +97,7 @@ def build_report(
 def render_report(
     out: Path,
     *,
-    state_path: Path | None = None,
+    state_path: Path | SharedState | None = None,
     title: str | None = None,
     groups: Mapping[str, tuple[str, str]] | None = None,
     exists: Callable[[str], bool] | None = None,

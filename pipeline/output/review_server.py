@@ -4,7 +4,7 @@ Every URL starts with a random token (``/<token>/``), compared in constant time;
 gets 403, so another local user or a web page in the browser that does not know the token can
 neither read the outputs nor record a verdict. Decisions must be ``application/json`` POSTs
 (which a foreign page cannot send without a CORS preflight this server never grants) and go to
-the state at once through the one :class:`~pipeline.state.sqlite.StateStore` the command holds.
+the state at once through the one store the command holds (the SQLite file or the shared database).
 The gallery is rendered per request, so a reload shows the state's current decisions.
 """
 
@@ -22,7 +22,8 @@ from aiohttp import web
 
 from pipeline.errors import StateError
 from pipeline.output.report import render_report
-from pipeline.state.sqlite import StateStore
+from pipeline.state.opening import state_location
+from pipeline.state.review_store import ReviewedState
 
 __all__ = ["ReviewServer"]
 
@@ -40,7 +41,7 @@ class ReviewServer:
     def __init__(
         self,
         out: Path,
-        store: StateStore,
+        store: ReviewedState,
         *,
         token: str,
         groups: Mapping[str, tuple[str, str]] | None = None,
@@ -98,9 +99,10 @@ class ReviewServer:
         raise web.HTTPFound(f"/{self._token}/")  # relative links resolve under the token only with the slash
 
     async def _page(self, request: web.Request) -> web.Response:
+        state = state_location(self._store)
         html = await anyio.to_thread.run_sync(
             lambda: render_report(
-                self._out, state_path=self._store.path, title=self._title, groups=self._groups, mode="review"
+                self._out, state_path=state, title=self._title, groups=self._groups, mode="review"
             )
         )
         return web.Response(text=html, content_type="text/html", charset="utf-8")

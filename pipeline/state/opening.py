@@ -7,9 +7,16 @@ import os
 from pathlib import Path
 
 from pipeline.clock import Clock
-from pipeline.state.store import STATE_URL_ENV, StateReader, StateStore, is_database_url
+from pipeline.state.review_store import ReviewView
+from pipeline.state.store import STATE_URL_ENV, SharedState, StateStore, is_database_url
 
-__all__ = ["default_run_name", "open_store", "open_view", "resolve_state"]
+__all__ = ["SharedState", "default_run_name", "open_store", "open_view", "resolve_state", "state_location"]
+
+
+def state_location(store: object) -> Path | SharedState | None:
+    """Where an open store's state is, for the gallery (which opens its own read-only view)."""
+    found = getattr(store, "path", None) or getattr(store, "shared", None)
+    return found if isinstance(found, Path | SharedState) else None
 
 
 def resolve_state(given: str | os.PathLike[str] | None, default: Path) -> str | Path:
@@ -53,8 +60,11 @@ async def open_store(
     return await SqliteStore.open(where, clock=clock, run_id=run_id, linger_s=linger_s)
 
 
-def open_view(where: str | os.PathLike[str], *, run_name: str = "default") -> StateReader:
-    """A read-only view for ``status`` and the report: takes no lock, writes nothing."""
+def open_view(where: str | os.PathLike[str] | SharedState, *, run_name: str = "default") -> ReviewView:
+    """A read-only view for ``status``, ``plan``, ``export`` and the report: takes no lock, writes
+    nothing; ``close()`` it when done."""
+    if isinstance(where, SharedState):
+        run_name, where = where.run, where.url
     if is_database_url(where):
         from pipeline.state.pgreads import open_pg_view
 

@@ -19,7 +19,9 @@ from psycopg import IsolationLevel
 
 from pipeline.errors import StateError
 from pipeline.state.pgconn import connect_kwargs, map_error, redact_url
+from pipeline.state.pgreview import PgReviewReads
 from pipeline.state.records import PHASES, EventRecord, OutputRecord, Phase, UnitRecord
+from pipeline.state.store import SharedState
 
 __all__ = ["PgReads", "open_pg_view"]
 
@@ -31,13 +33,18 @@ _UNIT_COLS = (
 _OUTPUT_COLS = "unit_key, n, asset_id, url, path, bytes, sha256, downloaded_at"
 
 
-class PgReads:
+class PgReads(PgReviewReads):
     """Reads of one run (``run``) of a shared database; also the read-only view ``status`` uses."""
 
     def __init__(self, url: str, run: str, reader: psycopg.Connection[Any]) -> None:
         self._url = url
         self.run = run
         self._reader = reader
+
+    @property
+    def shared(self) -> SharedState:
+        """Where this state is, for the gallery and ``export`` (its repr hides the password)."""
+        return SharedState(self._url, self.run)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact_url(self._url)!r}, run={self.run!r})"

@@ -31,7 +31,8 @@ from pipeline.state.pgclaims import Claims
 from pipeline.state.pgconn import connect_kwargs, holder_id, map_error, migrate
 from pipeline.state.pglimits import SharedLimits
 from pipeline.state.pgreads import PgReads, connect_reader
-from pipeline.state.pgwrites import FORGET, FREE, MINE, Conn, PgWrites
+from pipeline.state.pgreview import PgReviewWrites
+from pipeline.state.pgwrites import FORGET, FREE, MINE, Conn
 from pipeline.state.records import (
     CAN_FAIL,
     CAN_FINISH,
@@ -49,7 +50,7 @@ from pipeline.state.records import (
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(PgReads, PgWrites, Claims):
+class PostgresStore(PgReads, PgReviewWrites, Claims):
     """One worker's handle on one run (``run``) of a shared state database.
 
     Open with ``async with await PostgresStore.open(url, clock=clock, run="catalog") as store``.

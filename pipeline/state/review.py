@@ -3,56 +3,33 @@
 Verdicts are keyed by the asset's sha256 (so a regenerated file starts fresh) and append-only: the
 newest per sha256 is the current one, ``undo`` clears it and keeps the history. ``review``, the
 export and the gallery read them; ``--regenerate-rejected`` writes ``retired`` and the seeds.
-Here: the records, the reads (part of every reader, :class:`~pipeline.state.sqlite_reads.Reads`)
-and the two writes (part of :class:`~pipeline.state.sqlite.SqliteStore`).
+Here, for the SQLite file: the reads (part of every reader, :class:`~pipeline.state.sqlite_reads.Reads`)
+and the writes (part of :class:`~pipeline.state.sqlite.SqliteStore`); the records and the
+Protocol both stores keep are in review_store.py.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import StateError
 from pipeline.state.records import CAN_REGENERATE, Phase, rfc3339
+from pipeline.state.review_store import (
+    HOLD_S,
+    VERDICTS,
+    DecisionRecord,
+    RetiredRecord,
+    checked_decision,
+    count_review,
+)
 from pipeline.state.sqlite_schema import mapped
 from pipeline.state.sqlite_writer import FORGET, Writer, expect
 
 __all__ = ["VERDICTS", "DecisionRecord", "RetiredRecord", "ReviewReads", "ReviewWrites"]
-
-
-@dataclass(frozen=True, slots=True)
-class DecisionRecord:
-    """A reviewer's verdict on one asset, keyed by its sha256 (so a regenerated file starts fresh)."""
-
-    sha256: str
-    verdict: str  #: ``approve`` or ``reject`` (``undo`` rows are history, never returned as current)
-    note: str | None
-    path: str | None  #: where the file was when judged (a hint for people; the key is the hash)
-    item_id: str | None
-    at: str
-
-
-@dataclass(frozen=True, slots=True)
-class RetiredRecord:
-    """An output set aside by ``--regenerate-rejected``: ``phase`` is ``rejected`` (judged so) or
-    ``superseded`` (a chain child, or a sibling output, of a rejected one)."""
-
-    unit_key: str
-    n: int
-    phase: str
-    path: str | None  #: where it now lives (under ``.rejected/``), or ``None`` if it was not on disk
-    sha256: str | None
-    job_id: str | None
-    at: str
-
-
-#: Verdicts a decision row may hold; ``undo`` clears the current verdict and keeps the history.
-VERDICTS = frozenset({"approve", "reject", "undo"})
 
 
 class ReviewReads:
@@ -86,20 +63,11 @@ class ReviewReads:
     def review_counts(self) -> dict[str, int]:
         """Units with a current output judged ``rejected`` / ``approved`` (all judged outputs approved),
         and units ``regenerated`` so far (their older outputs are in ``retired``)."""
-        verdicts = {sha: d.verdict for sha, d in self.decisions().items()}
-        per_unit: dict[str, set[str]] = {}
         with mapped(self._path, "counting review verdicts"):
-            for key, sha in self._reader.execute(
-                "SELECT unit_key, sha256 FROM outputs WHERE sha256 IS NOT NULL"
-            ):
-                if sha in verdicts:
-                    per_unit.setdefault(key, set()).add(verdicts[sha])
+            outputs = self._reader.execute("SELECT unit_key, sha256 FROM outputs WHERE sha256 IS NOT NULL")
+            pairs = outputs.fetchall()
             regenerated = self._reader.execute("SELECT count(DISTINCT unit_key) FROM retired").fetchone()[0]
-        return {
-            "approved": sum(1 for v in per_unit.values() if v == {"approve"}),
-            "rejected": sum(1 for v in per_unit.values() if "reject" in v),
-            "regenerated": int(regenerated),
-        }
+        return count_review(self.decisions(), pairs, regenerated)
 
 
 class ReviewWrites(Writer):
@@ -116,12 +84,7 @@ class ReviewWrites(Writer):
         at: datetime | None = None,
     ) -> DecisionRecord:
         """Append a verdict (``approve``, ``reject`` or ``undo``) for the asset with this sha256."""
-        if verdict not in VERDICTS:
-            raise StateError(f"a decision is approve, reject or undo, not {verdict!r}")
-        sha = sha256.strip().lower()
-        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-            raise StateError(f"a decision needs the asset's sha256 (64 hex digits), not {sha256!r}")
-        record = DecisionRecord(sha, verdict, note or None, path, item_id, rfc3339(at or self._clock.now()))
+        record = checked_decision(sha256, verdict, note, path, item_id, rfc3339(at or self._clock.now()))
 
         def apply(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -164,3 +127,17 @@ class ReviewWrites(Writer):
             return changed
 
         return await self._write(apply)
+
+    async def hold(self, keys: Iterable[str], *, seconds: float = HOLD_S) -> set[str]:
+        """Every one of ``keys`` the file has: the run lock already keeps every other writer out."""
+        wanted = sorted(set(keys))
+
+        def apply(conn: sqlite3.Connection) -> set[str]:
+            found = (conn.execute("SELECT key FROM units WHERE key = ?", (k,)).fetchone() for k in wanted)
+            return {row[0] for row in found if row is not None}
+
+        return await self._write(apply)
+
+    async def release(self, keys: Iterable[str]) -> int:
+        """Nothing to let go of: a file has no claims."""
+        return 0

@@ -3,7 +3,8 @@
 Two implementations: :class:`~pipeline.state.sqlite.SqliteStore` (one file, one run at a time, the
 embedded default) and :class:`~pipeline.state.postgres.PostgresStore` (one database shared by several
 runs and by several workers of one run). The contract both keep is tested once, in
-tests/test_state_contract.py.
+tests/test_state_contract.py; the review's (decisions, regeneration: review_store.py) in
+tests/test_review_contract.py.
 
 Reads are synchronous on purpose: the engine asks them in the middle of its bookkeeping, SQLite
 answers them in microseconds, and a loopback PostgreSQL in a fraction of a millisecond. Mutators
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from pipeline.state.records import EventRecord, Phase, UnitLike, UnitRecord
 
-__all__ = ["STATE_URL_ENV", "StateReader", "StateStore", "is_database_url"]
+__all__ = ["STATE_URL_ENV", "SharedState", "StateReader", "StateStore", "is_database_url"]
 
 #: The environment variable that names a shared state database when ``--state`` is not given.
 STATE_URL_ENV = "PHOTOGPT_STATE_URL"
@@ -30,6 +32,21 @@ def is_database_url(where: str | os.PathLike[str]) -> bool:
     """True for a PostgreSQL URL (``postgresql://`` or ``postgres://``), False for a file path."""
     text = os.fspath(where)
     return text.startswith(("postgresql://", "postgres://"))
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """One run of a shared state database: what the gallery and ``export`` read instead of a file."""
+
+    url: str = field(repr=False)  #: may hold the password: never shown (see ``__repr__``)
+    run: str
+
+    def __repr__(self) -> str:
+        from pipeline.state.pgconn import redact_url
+
+        return f"SharedState({redact_url(self.url)!r}, run={self.run!r})"
+
+    __str__ = __repr__
 
 
 @runtime_checkable
