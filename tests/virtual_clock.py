@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 __all__ = ["VirtualClock"]
 
@@ -91,15 +93,32 @@ class VirtualClock:
     async def autojump(self) -> AsyncIterator[None]:
         """Within the block, jump to the next wake-up whenever all tasks are blocked.
 
-        Only for tests whose tasks wait on nothing but this clock and each other:
-        pending real I/O does not count as "busy", so time would jump past it.
+        Tasks may also wait on ``anyio.to_thread.run_sync`` (wrapped here to count as busy)
+        and on loopback sockets
+        (answered within the same turn of the loop); any other pending real I/O does not
+        count as "busy", so time would jump past it.
         """
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._drive)
+        busy: list[object] = []
+        real_run_sync = anyio.to_thread.run_sync
+
+        async def run_sync(*args: Any, **kwargs: Any) -> Any:
+            token = object()
+            busy.append(token)
             try:
-                yield
+                return await real_run_sync(*args, **kwargs)
             finally:
-                tg.cancel_scope.cancel()
+                busy.remove(token)
+
+        anyio.to_thread.run_sync = run_sync  # every call site looks it up on the module
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._drive, busy)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            anyio.to_thread.run_sync = real_run_sync
 
     def _register(self, seconds: float) -> _Sleeper:
         self._seq += 1
@@ -118,9 +137,9 @@ class VirtualClock:
             heapq.heappop(self._sleepers)
         return self._sleepers[0].due if self._sleepers else None
 
-    async def _drive(self) -> None:
+    async def _drive(self, threads: Sized) -> None:
         while True:
-            await _wait_until_idle()
+            await _wait_until_idle(threads)
             due = self._next_due()
             if due is None:
                 self._new_sleeper = anyio.Event()
@@ -129,18 +148,25 @@ class VirtualClock:
                 self._jump_to(due)
 
 
-async def _wait_until_idle() -> None:
-    """Yield until no other callback is ready to run.
+async def _wait_until_idle(threads: Sized) -> None:
+    """Yield until no other callback is ready to run and no worker thread is busy.
 
     asyncio exposes no public "all tasks blocked" test; the loop's ready queue
     is the exact answer, so it is read when present (CPython's loop); a fixed
-    number of yields stands in elsewhere (uvloop).
+    number of yields stands in elsewhere (uvloop). A task waiting on a worker
+    thread (file writes, fsync, SQLite commits) is busy, not waiting on the
+    clock: while any is (``threads``), time stands still, checked every half
+    millisecond of real time to leave the CPU to the thread.
     """
-    await anyio.lowlevel.checkpoint()
-    ready: Sized | None = getattr(asyncio.get_running_loop(), "_ready", None)
-    if ready is None:
-        for _ in range(100):
-            await anyio.lowlevel.checkpoint()
-        return
-    while len(ready):
+    while True:
         await anyio.lowlevel.checkpoint()
+        ready: Sized | None = getattr(asyncio.get_running_loop(), "_ready", None)
+        if ready is None:
+            for _ in range(100):
+                await anyio.lowlevel.checkpoint()
+        else:
+            while len(ready):
+                await anyio.lowlevel.checkpoint()
+        if not len(threads):
+            return
+        await anyio.sleep(0.0005)
