@@ -166,7 +166,7 @@ async def _wait_until_idle(threads: Sized) -> None:
                 await anyio.lowlevel.checkpoint()
         else:
             while len(ready):
-                await anyio.lowlevel.checkpoint()
+                await asyncio.sleep(0)
         if not len(threads):
             return
         await anyio.sleep(0.0005)
