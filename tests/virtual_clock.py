@@ -165,7 +165,7 @@ async def _wait_until_idle(threads: Sized) -> None:
             for _ in range(100):
                 await anyio.lowlevel.checkpoint()
         else:
-            while len(ready):
+            while len(ready):  # noqa: ASYNC110 - no event says "the loop is idle"
                 await asyncio.sleep(0)
         if not len(threads):
             return
