@@ -24,6 +24,29 @@ OTHER_KEY = "sk-other-0b1d2e-another-secret"
 CRASH_KEY = "sk-crash-test-5d1e9b"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--serial-tests",
+        choices=("all", "skip", "only"),
+        default="all",
+        help="tests marked serial: run them too (all), leave them out (skip), or run only them (only); "
+        "scripts/test runs the rest on two workers, then these alone",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect by ``--serial-tests``: a deselected test is reported as such, never skipped."""
+    choice = config.getoption("--serial-tests")
+    if choice == "all":
+        return
+    keep = choice == "only"
+    chosen = [i for i in items if (i.get_closest_marker("serial") is not None) == keep]
+    dropped = [i for i in items if (i.get_closest_marker("serial") is not None) != keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = chosen
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs() -> None:
     """Each test starts from JSON logs to stderr at warning level."""

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import CRASH_KEY as KEY
 from tests.conftest import sim_request
 
@@ -101,6 +103,7 @@ def test_status_reads_a_run_in_progress(sim_url: str, tmp_path: Path) -> None:
     assert code == 0 and "6 units" in stdout and "image " in stdout and "failed:" not in stdout
 
 
+@pytest.mark.serial  # 0.3 s of run time must see a submission: not beside other tests' load
 def test_max_runtime_leaves_a_resumable_state(sim_url: str, tmp_path: Path) -> None:
     """--max-runtime stops submitting; what was submitted finishes; a rerun completes the rest."""
     sim_request(sim_url, "POST", "/_sim/control", {"image_s": [0.5, 0.5]})

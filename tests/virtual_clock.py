@@ -98,27 +98,17 @@ class VirtualClock:
         (answered within the same turn of the loop); any other pending real I/O does not
         count as "busy", so time would jump past it.
         """
-        busy: list[object] = []
-        real_run_sync = anyio.to_thread.run_sync
-
-        async def run_sync(*args: Any, **kwargs: Any) -> Any:
-            token = object()
-            busy.append(token)
-            try:
-                return await real_run_sync(*args, **kwargs)
-            finally:
-                busy.remove(token)
-
-        anyio.to_thread.run_sync = run_sync  # every call site looks it up on the module
+        threads = _Threads(anyio.to_thread.run_sync)
+        anyio.to_thread.run_sync = threads.run_sync  # every call site looks it up on the module
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._drive, busy)
+                tg.start_soon(self._drive, threads)
                 try:
                     yield
                 finally:
                     tg.cancel_scope.cancel()
         finally:
-            anyio.to_thread.run_sync = real_run_sync
+            anyio.to_thread.run_sync = threads.real
 
     def _register(self, seconds: float) -> _Sleeper:
         self._seq += 1
@@ -137,7 +127,7 @@ class VirtualClock:
             heapq.heappop(self._sleepers)
         return self._sleepers[0].due if self._sleepers else None
 
-    async def _drive(self, threads: Sized) -> None:
+    async def _drive(self, threads: _Threads) -> None:
         while True:
             await _wait_until_idle(threads)
             due = self._next_due()
@@ -148,15 +138,35 @@ class VirtualClock:
                 self._jump_to(due)
 
 
-async def _wait_until_idle(threads: Sized) -> None:
+class _Threads:
+    """``anyio.to_thread.run_sync`` counting the calls in progress, with an event set when none is."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.busy = 0
+        self.idle = anyio.Event()
+        self.idle.set()
+
+    async def run_sync(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.busy:
+            self.idle = anyio.Event()
+        self.busy += 1
+        try:
+            return await self.real(*args, **kwargs)
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.idle.set()
+
+
+async def _wait_until_idle(threads: _Threads) -> None:
     """Yield until no other callback is ready to run and no worker thread is busy.
 
     asyncio exposes no public "all tasks blocked" test; the loop's ready queue
     is the exact answer, so it is read when present (CPython's loop); a fixed
     number of yields stands in elsewhere (uvloop). A task waiting on a worker
     thread (file writes, fsync, SQLite commits) is busy, not waiting on the
-    clock: while any is (``threads``), time stands still, checked every half
-    millisecond of real time to leave the CPU to the thread.
+    clock: while any is, time stands still.
     """
     while True:
         await anyio.lowlevel.checkpoint()
@@ -167,6 +177,6 @@ async def _wait_until_idle(threads: Sized) -> None:
         else:
             while len(ready):  # noqa: ASYNC110 - no event says "the loop is idle"
                 await asyncio.sleep(0)
-        if not len(threads):
+        if not threads.busy:
             return
-        await anyio.sleep(0.0005)
+        await threads.idle.wait()
