@@ -24,6 +24,29 @@ OTHER_KEY = "sk-other-0b1d2e-another-secret"
 CRASH_KEY = "sk-crash-test-5d1e9b"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--serial-tests",
+        choices=("all", "skip", "only"),
+        default="all",
+        help="tests marked serial: run them too (all), leave them out (skip), or run only them (only); "
+        "scripts/test runs the rest on two workers, then these alone",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect by ``--serial-tests``: a deselected test is reported as such, never skipped."""
+    choice = config.getoption("--serial-tests")
+    if choice == "all":
+        return
+    keep = choice == "only"
+    chosen = [i for i in items if (i.get_closest_marker("serial") is not None) == keep]
+    dropped = [i for i in items if (i.get_closest_marker("serial") is not None) != keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = chosen
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs() -> None:
     """Each test starts from JSON logs to stderr at warning level."""
@@ -97,11 +120,13 @@ def _sandbox_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.kill()
 
 
-@pytest.fixture(name="sim_url")
-def _sim_url(tmp_path: Path) -> Iterator[str]:
-    """A sandbox process of its own: fast jobs, 64 KiB files so downloads take a moment."""
+@pytest.fixture(name="sim_process", scope="session")
+def _sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
+    """One sandbox process for the session (key ``CRASH_KEY``): fast jobs, 64 KiB files so downloads
+    take a moment. Yields its origin and its starting settings, which :func:`_sim_url` restores."""
     port = free_port()
-    log = (tmp_path / "sandbox.log").open("wb")
+    log_path = tmp_path_factory.mktemp("sim_process") / "sandbox.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [sys.executable, "-m", "pipeline", "sandbox", "--port", str(port), "--key", CRASH_KEY, "--seed", "5"],
         stdout=log,
@@ -111,17 +136,30 @@ def _sim_url(tmp_path: Path) -> Iterator[str]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            sim_request(origin, "POST", "/_sim/control", {"file_size": 65536})
+            settings = sim_request(origin, "POST", "/_sim/control", {"file_size": 65536})["config"]
             break
         except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "sandbox did not start"
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"sandbox did not start: {log_path.read_text()}") from None
             time.sleep(0.05)
     try:
-        yield origin
+        yield origin, settings
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture(name="sim_url")
+def _sim_url(sim_process: tuple[str, dict[str, Any]]) -> str:
+    """The session's sandbox process as new: its starting settings, an empty store and ledger, the
+    fault counters and RNG reseeded, nothing held (what a fresh process with the same seed would be,
+    without a second of start-up per test)."""
+    origin, settings = sim_process
+    held = sim_request(origin, "POST", "/_sim/control", {})["held"]
+    sim_request(origin, "POST", "/_sim/control", {"reset": True, "release": held, **settings})
+    return origin
 
 
 def sim_request(origin: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -41,6 +41,8 @@ def payload(kind: str, size: int = SIZE) -> bytes:
 FILES = {f"a.{kind}": payload(kind) for kind in HEADS}
 FILES["heic.bin"] = b"\x00\x00\x00\x18ftypheic" + bytes(1000)
 FILES["tiny.jpeg"] = b"abc"
+#: For 5-byte batches: a thousand reads of the body, each batch a worker-thread hop (300 KB took 12-42 s).
+FILES["b.png"] = payload("png", 5_003)
 
 
 def sha(data: bytes) -> str:
@@ -271,14 +273,18 @@ class TestFetch:
         assert headers["Accept-Encoding"] == "identity"
         assert "Range" not in headers
 
-    @pytest.mark.parametrize("chunk_bytes", [5, 1000, 4 * 1024 * 1024])
+    @pytest.mark.parametrize(
+        ("chunk_bytes", "name"), [(5, "b.png"), (1000, "a.png"), (4 * 1024 * 1024, "a.png")]
+    )
     async def test_any_batch_size_writes_and_hashes_every_byte_once(
-        self, traced: Traced, origin: Origin, tmp_path: Path, chunk_bytes: int
+        self, traced: Traced, origin: Origin, tmp_path: Path, chunk_bytes: int, name: str
     ) -> None:
-        """Batches smaller than the magic window, than one socket read, or than the whole body: same file."""
+        """Batches smaller than the magic window, than one socket read, or than the whole body: same file.
+
+        The 5-byte case reads a smaller file (still several socket reads): each batch is a thread hop."""
         downloader = Downloader(traced.session, root=tmp_path, chunk_bytes=chunk_bytes)
-        part, data = part_in(tmp_path), FILES["a.png"]
-        fetched = await downloader.fetch(origin.url("/file/a.png"), part)
+        part, data = part_in(tmp_path), FILES[name]
+        fetched = await downloader.fetch(origin.url(f"/file/{name}"), part)
         assert (fetched.bytes, fetched.sha256, fetched.kind) == (len(data), sha(data), "png")
         assert part.read_bytes() == data
 

@@ -20,11 +20,13 @@ from pipeline.state.sqlite import StateStore
 from tests.conftest import TEST_KEY
 from tests.seaweed import S3Server, _s3_server  # noqa: F401 - the session fixture
 from tests.test_run import catalog, run, write_manifest
+from tests.virtual_clock import VirtualClock
 
 
 @pytest.fixture(name="sim")
 async def _sim() -> AsyncIterator[Sandbox]:
-    async with Sandbox(SimConfig.profile("fast", keys=(TEST_KEY,), seed=3)) as sb:
+    """The simulator on virtual time: each test's run waits for no job in real time."""
+    async with Sandbox(SimConfig.profile("fast", keys=(TEST_KEY,), seed=3), clock=VirtualClock()) as sb:
         yield sb
 
 

@@ -20,6 +20,7 @@ from pipeline.simulator.store import body_hash
 from pipeline.state.sqlite import open_readonly
 from tests.conftest import TEST_KEY
 from tests.test_run import jobs_per_body, options, run, write_manifest
+from tests.virtual_clock import VirtualClock
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +45,7 @@ async def lost_reply_figures(tmp_path: Path, *, units: int, rate: float, seed: i
     )
     manifest = write_manifest(tmp_path, [{"id": f"p{i:04d}", "prompt": f"product {i}"} for i in range(units)])
     out = tmp_path / "out"
-    async with Sandbox(config) as sim:
+    async with Sandbox(config, clock=VirtualClock()) as sim:  # latencies of virtual time: load-proof
         opts = options(submit_workers=64, max_active=256)
         summary = await run(sim, manifest, out, options=opts)
         stats, ledger = sim.stats(), {j["jobId"]: j["bodyHash"] for j in sim.ledger()}

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import CRASH_KEY as KEY
 from tests.conftest import sim_request
 
@@ -73,28 +75,35 @@ def test_json_logs_and_run_record_match_the_ledger(sim_url: str, tmp_path: Path)
 
 
 def test_status_reads_a_run_in_progress(sim_url: str, tmp_path: Path) -> None:
-    """`status --json` works read-only while a run holds the state; the run is not disturbed."""
-    sim_request(sim_url, "POST", "/_sim/control", {"image_s": [1.5, 2.0]})
+    """`status --json` works read-only while a run holds the state; the run is not disturbed.
+
+    The simulator holds every job read (single and listed) until status has been read, so the
+    run is certainly in progress, with its jobs submitted, however slow the machine is."""
+    polls = ["GET /api/jobs/{id}", "GET /api/jobs"]
+    sim_request(sim_url, "POST", "/_sim/control", {"image_s": [0.1, 0.2], "hold": polls})
     out = tmp_path / "out"
     manifest = _manifest(tmp_path, 6)
     proc = _cli(sim_url, "run", str(manifest), "--out", str(out))
-    deadline = time.monotonic() + 60
-    seen: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        if (out / ".state" / "state.db").exists():
-            code, stdout, _ = _run(sim_url, "status", "--out", str(out), "--json")
-            if code == 0:
-                seen = json.loads(stdout)["counts"]
-                if seen.get("submitted", 0) > 0:
-                    break
-        time.sleep(0.1)
-    assert seen.get("submitted", 0) > 0, seen
+    try:
+        deadline = time.monotonic() + 60  # a bound on a hang, not a timing assumption
+        seen: dict[str, int] = {}
+        while seen.get("submitted", 0) < 6 and time.monotonic() < deadline and proc.poll() is None:
+            if (out / ".state" / "state.db").exists():
+                code, stdout, _ = _run(sim_url, "status", "--out", str(out), "--json")
+                if code == 0:
+                    seen = json.loads(stdout)["counts"]
+            time.sleep(0.05)
+        assert seen.get("submitted", 0) == 6, seen
+        assert proc.poll() is None  # still running: its polls are held
+    finally:
+        sim_request(sim_url, "POST", "/_sim/control", {"release": polls})
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     code, stdout, _ = _run(sim_url, "status", str(manifest), "--out", str(out))
     assert code == 0 and "6 units" in stdout and "image " in stdout and "failed:" not in stdout
 
 
+@pytest.mark.serial  # 0.3 s of run time must see a submission: not beside other tests' load
 def test_max_runtime_leaves_a_resumable_state(sim_url: str, tmp_path: Path) -> None:
     """--max-runtime stops submitting; what was submitted finishes; a rerun completes the rest."""
     sim_request(sim_url, "POST", "/_sim/control", {"image_s": [0.5, 0.5]})

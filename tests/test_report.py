@@ -25,12 +25,12 @@ import pytest
 
 from pipeline import logs
 from pipeline.engine.run import RunOptions, RunSummary
-from pipeline.engine.wiring import RunRequest, execute
 from pipeline.output.report import build_report
 from pipeline.output.sidecar import read_index
 from pipeline.simulator import Sandbox, SimConfig
 from tests.conftest import TEST_KEY
-from tests.test_run import FAST, QUICK, write_manifest
+from tests.test_run import FAST, QUICK, run, write_manifest
+from tests.virtual_clock import VirtualClock
 
 XSS = "<script>alert(1)</script> & \"quoted\" 'single'"
 ODD_ID = "f odd+id @1"  # a legal item id whose folder name needs URL-encoding
@@ -70,12 +70,10 @@ def _built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunSummary]:
     logs.configure(fmt="json", level="warning")
 
     async def go() -> RunSummary:
-        async with Sandbox(SimConfig.profile("fast", keys=(TEST_KEY,), seed=3)) as sim:
+        config = SimConfig.profile("fast", keys=(TEST_KEY,), seed=3)
+        async with Sandbox(config, clock=VirtualClock()) as sim:  # virtual time: no job waited for
             options = RunOptions(max_active=64, poll=FAST, retry=QUICK, seed=1)
-            request = RunRequest(
-                manifest=write_manifest(tmp, ITEMS), out=out, base_url=sim.base_url, options=options
-            )
-            return await execute(request)
+            return await run(sim, write_manifest(tmp, ITEMS), out, options=options)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PHOTOGPT_API_KEY", TEST_KEY)

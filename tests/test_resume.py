@@ -201,19 +201,18 @@ async def test_a_chained_step_added_later_is_built_from_the_done_upstream(
 ) -> None:
     """A rerun that adds ``upscale`` to done items pays only for the upscales, built from the images
     the first run made (the done upstream units never reach the stages, but their outputs do)."""
-    from pipeline.engine.wiring import RunRequest, execute
     from pipeline.simulator import Sandbox, SimConfig
     from tests.conftest import TEST_KEY
-    from tests.test_run import assert_outputs_verify, catalog, options, write_manifest
+    from tests.test_run import assert_outputs_verify, catalog, run, write_manifest
+    from tests.virtual_clock import VirtualClock
 
     monkeypatch.setenv("PHOTOGPT_API_KEY", TEST_KEY)
     out = tmp_path / "out"
-    async with Sandbox(SimConfig.profile("fast", keys=(TEST_KEY,), seed=5)) as sim:
+    async with Sandbox(SimConfig.profile("fast", keys=(TEST_KEY,), seed=5), clock=VirtualClock()) as sim:
         first = write_manifest(tmp_path, catalog(3, upscale_every=99, video_every=99))
-        request: dict[str, Any] = {"out": out, "base_url": sim.base_url, "options": options()}
-        assert (await execute(RunRequest(manifest=first, **request))).exit_code == 0
+        assert (await run(sim, first, out)).exit_code == 0
         later = write_manifest(tmp_path, catalog(3, upscale_every=1, video_every=99))
-        summary = await execute(RunRequest(manifest=later, **request))
+        summary = await run(sim, later, out)
         kinds = [job["kind"] for job in sim.ledger()]
     # item 0 had its upscale (and video) in the first run: two new upscales, nothing else paid again
     assert summary.exit_code == 0 and summary.submitted == 2

@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from pipeline import logs
-from pipeline.clock import SystemClock
+from pipeline.clock import Clock, SystemClock
 from pipeline.engine.poller import PollPolicy
 from pipeline.engine.retry import RetryPolicy
 from pipeline.engine.run import RunOptions, RunSummary
@@ -27,6 +27,7 @@ from pipeline.simulator import Sandbox, SimConfig
 from pipeline.state.lock import RunLock
 from pipeline.state.sqlite import Phase, StateStore, open_readonly
 from tests.conftest import TEST_KEY
+from tests.virtual_clock import VirtualClock
 
 FAST = PollPolicy.fast()
 SUBMIT = "POST /api/images/generation"
@@ -73,7 +74,15 @@ def catalog(n: int, *, upscale_every: int = 4, video_every: int = 10) -> list[di
 
 @pytest.fixture(name="sim")
 async def _sim() -> AsyncIterator[Sandbox]:
-    """A real-time simulator (fast profile): the run under test uses the system clock."""
+    """A simulator (fast profile) on virtual time: :func:`run` drives the run on the same clock, so a
+    run waits for no job in real time (jobs of up to a second; retries and pauses of seconds)."""
+    async with Sandbox(SimConfig.profile("fast", keys=(TEST_KEY,), seed=3), clock=VirtualClock()) as sb:
+        yield sb
+
+
+@pytest.fixture(name="real_time_sim")
+async def _real_time_sim() -> AsyncIterator[Sandbox]:
+    """The same simulator on the system clock, for a test whose outcome needs requests to take time."""
     async with Sandbox(SimConfig.profile("fast", keys=(TEST_KEY,), seed=3)) as sb:
         yield sb
 
@@ -85,8 +94,20 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def run(sim: Sandbox, manifest: Path, out: Path, **kw: Any) -> RunSummary:
+    """The whole run against ``sim``, on the simulator's clock: on virtual time, jobs that take seconds
+    finish as soon as every task waits on the clock alone (no real sleep); otherwise on real time."""
     opts = kw.pop("options", options())
-    return await execute(RunRequest(manifest=manifest, out=out, base_url=sim.base_url, options=opts, **kw))
+    request = RunRequest(manifest=manifest, out=out, base_url=sim.base_url, options=opts, **kw)
+    clock = sim.clock
+    ours: Clock = getattr(clock, "ours", clock)  # a server clock set off ours (test_sweep) offers ours
+    if not isinstance(clock, VirtualClock):
+        return await execute(request, clock=ours)
+    async with clock.autojump():
+        try:
+            return await execute(request, clock=ours)
+        except Exception as exc:  # raised below, not as the autojump task group's ExceptionGroup
+            failure = exc
+    raise failure
 
 
 def assert_outputs_verify(out: Path) -> list[dict[str, Any]]:
@@ -254,11 +275,16 @@ class TestFaults:
         assert max(jobs_per_body(sim).values()) == 1
 
     async def test_5xx_burst_on_submissions_is_reconciled_not_resent(
-        self, sim: Sandbox, tmp_path: Path
+        self, real_time_sim: Sandbox, tmp_path: Path
     ) -> None:
         """Ten 503s (nothing created) and three lost replies (job created, then 502), on
         POST /images/generation only: each 503 is sent again only after the job list showed nothing
-        was created; each lost reply's job is adopted, never paid twice."""
+        was created; each lost reply's job is adopted, never paid twice.
+
+        On the system clock: on virtual time every request takes no time at all, and a lost reply
+        resent before any job of ours was read leaves the other 503s ambiguous (the server's clock
+        is not learned: their ±slack spans all hold its job) until they end ``unknown``."""
+        sim = real_time_sim
         sim.control(fault_routes=[SUBMIT], next_n_5xx=10, next_n_lost=3)
         logs.configure(fmt="json", level="info")
         # 50 ms between POSTs: two lost replies sent in the same millisecond could not be told apart.

@@ -25,7 +25,8 @@ from tests.conftest import CRASH_KEY as KEY
 from tests.conftest import sim_request as _sim
 from tests.pg import PASSWORD, PgServer
 
-pytestmark = pytest.mark.slow
+#: Takeovers are bounded in seconds: scripts/test runs these alone (serial), not beside other tests.
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def _manifest(tmp: Path, name: str, items: int, *, chains: bool) -> Path:

@@ -17,12 +17,12 @@ import anyio
 import pytest
 
 from pipeline.api.records import JobStatus, JobSummary
-from pipeline.clock import SystemClock
 from pipeline.engine.poller import DurationEstimator, PollPolicy
 from pipeline.engine.sweep import JobSweep
 from pipeline.simulator import Sandbox, SimConfig
 from tests.conftest import TEST_KEY
 from tests.test_run import FAST, assert_outputs_verify, jobs_per_body, options, run, write_manifest
+from tests.virtual_clock import VirtualClock
 
 T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
 #: Sweep from the first job on, so that every job's status comes from the list.
@@ -174,14 +174,35 @@ class TestSweepInterval:
 # -- whole runs ----------------------------------------------------------------------------------
 
 
-class SkewedClock(SystemClock):
-    """The simulator's wall clock, ``offset`` away from ours."""
+class SkewedClock(VirtualClock):
+    """The simulator's wall clock, ``offset`` away from ours (``ours``: the run's clock)."""
 
     def __init__(self, offset: timedelta) -> None:
+        super().__init__()
         self.offset = offset
+        self.ours = _Unskewed(self)
 
     def now(self) -> datetime:
         return super().now() + self.offset
+
+
+class _Unskewed:
+    """The same virtual time as ``skewed``, its wall clock without the offset."""
+
+    def __init__(self, skewed: SkewedClock) -> None:
+        self._skewed = skewed
+
+    def monotonic(self) -> float:
+        return self._skewed.monotonic()
+
+    def now(self) -> datetime:
+        return self._skewed.now() - self._skewed.offset
+
+    async def sleep(self, seconds: float) -> None:
+        await self._skewed.sleep(seconds)
+
+    async def wait_for(self, event: anyio.Event, seconds: float) -> bool:
+        return await self._skewed.wait_for(event, seconds)
 
 
 @pytest.fixture(autouse=True)
@@ -190,9 +211,10 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PHOTOGPT_API_KEY_FILE", raising=False)
 
 
-async def _sandbox(clock: SystemClock | None = None, **config: Any) -> AsyncIterator[Sandbox]:
+async def _sandbox(clock: VirtualClock | None = None, **config: Any) -> AsyncIterator[Sandbox]:
+    """A simulator on virtual time (:func:`tests.test_run.run` runs the pipeline on the same clock)."""
     cfg = SimConfig.profile("fast", keys=(TEST_KEY,), seed=5, image_s=(0.3, 0.9), **config)
-    async with Sandbox(cfg, clock=clock) as sb:
+    async with Sandbox(cfg, clock=clock or VirtualClock()) as sb:
         yield sb
 
 

@@ -13,6 +13,7 @@ from pipeline.simulator import Sandbox, SimConfig
 from pipeline.state.sqlite import open_readonly
 from tests.conftest import TEST_KEY
 from tests.test_run import PNG_1PX, options, run, write_manifest
+from tests.virtual_clock import VirtualClock
 
 UPLOAD = "POST /api/images/upload"
 
@@ -36,7 +37,7 @@ async def test_an_upload_is_retried_only_when_nothing_arrived(
     """429s prove nothing arrived: retried until it is uploaded. A 5xx does not: sent once, and the
     item fails with a reason that says so (a rerun with --retry-failed tries again)."""
     config = SimConfig.profile("fast", keys=(TEST_KEY,), seed=3, fault_routes=(UPLOAD,))
-    async with Sandbox(config) as sim:
+    async with Sandbox(config, clock=VirtualClock()) as sim:
         sim.control(**fault)
         summary = await run(
             sim, write_manifest(tmp_path, _items(tmp_path)), tmp_path / "out", options=options()

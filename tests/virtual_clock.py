@@ -16,9 +16,11 @@ from collections.abc import AsyncIterator, Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 
 __all__ = ["VirtualClock"]
 
@@ -91,15 +93,22 @@ class VirtualClock:
     async def autojump(self) -> AsyncIterator[None]:
         """Within the block, jump to the next wake-up whenever all tasks are blocked.
 
-        Only for tests whose tasks wait on nothing but this clock and each other:
-        pending real I/O does not count as "busy", so time would jump past it.
+        Tasks may also wait on ``anyio.to_thread.run_sync`` (wrapped here to count as busy)
+        and on loopback sockets
+        (answered within the same turn of the loop); any other pending real I/O does not
+        count as "busy", so time would jump past it.
         """
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._drive)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
+        threads = _Threads(anyio.to_thread.run_sync)
+        anyio.to_thread.run_sync = threads.run_sync  # every call site looks it up on the module
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._drive, threads)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            anyio.to_thread.run_sync = threads.real
 
     def _register(self, seconds: float) -> _Sleeper:
         self._seq += 1
@@ -118,9 +127,9 @@ class VirtualClock:
             heapq.heappop(self._sleepers)
         return self._sleepers[0].due if self._sleepers else None
 
-    async def _drive(self) -> None:
+    async def _drive(self, threads: _Threads) -> None:
         while True:
-            await _wait_until_idle()
+            await _wait_until_idle(threads)
             due = self._next_due()
             if due is None:
                 self._new_sleeper = anyio.Event()
@@ -129,18 +138,45 @@ class VirtualClock:
                 self._jump_to(due)
 
 
-async def _wait_until_idle() -> None:
-    """Yield until no other callback is ready to run.
+class _Threads:
+    """``anyio.to_thread.run_sync`` counting the calls in progress, with an event set when none is."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.busy = 0
+        self.idle = anyio.Event()
+        self.idle.set()
+
+    async def run_sync(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.busy:
+            self.idle = anyio.Event()
+        self.busy += 1
+        try:
+            return await self.real(*args, **kwargs)
+        finally:
+            self.busy -= 1
+            if not self.busy:
+                self.idle.set()
+
+
+async def _wait_until_idle(threads: _Threads) -> None:
+    """Yield until no other callback is ready to run and no worker thread is busy.
 
     asyncio exposes no public "all tasks blocked" test; the loop's ready queue
     is the exact answer, so it is read when present (CPython's loop); a fixed
-    number of yields stands in elsewhere (uvloop).
+    number of yields stands in elsewhere (uvloop). A task waiting on a worker
+    thread (file writes, fsync, SQLite commits) is busy, not waiting on the
+    clock: while any is, time stands still.
     """
-    await anyio.lowlevel.checkpoint()
-    ready: Sized | None = getattr(asyncio.get_running_loop(), "_ready", None)
-    if ready is None:
-        for _ in range(100):
-            await anyio.lowlevel.checkpoint()
-        return
-    while len(ready):
+    while True:
         await anyio.lowlevel.checkpoint()
+        ready: Sized | None = getattr(asyncio.get_running_loop(), "_ready", None)
+        if ready is None:
+            for _ in range(100):
+                await anyio.lowlevel.checkpoint()
+        else:
+            while len(ready):  # noqa: ASYNC110 - no event says "the loop is idle"
+                await asyncio.sleep(0)
+        if not threads.busy:
+            return
+        await threads.idle.wait()

@@ -28,6 +28,9 @@ class Faults:
 
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(f"{seed}:faults")
+        #: Lost replies draw from their own stream: the n-th job-creating POST loses its reply or not
+        #: whatever other draws the timing of concurrent requests put before it (a seed fixes the count).
+        self._lost_rng = random.Random(f"{seed}:lost")
         self.next_n_429 = 0
         self.next_n_5xx = 0
         #: The next n job-creating POSTs in scope create their job, then answer 502.
@@ -57,7 +60,8 @@ class Faults:
         if self.next_n_lost > 0:
             self.next_n_lost -= 1
             return True
-        return self.chance(config.lost_reply_rate)
+        rate = config.lost_reply_rate
+        return rate > 0 and self._lost_rng.random() < rate
 
     def server_error(self) -> int:
         """Which 5xx a random server failure uses."""

@@ -54,6 +54,11 @@ class Sandbox:
         """The same counters as ``GET /_sim/stats``."""
         return self._sim.stats()
 
+    @property
+    def clock(self) -> Clock:
+        """The clock the simulator's jobs and limits run on (a test runs its client on the same one)."""
+        return self._sim.clock
+
     def ledger(self) -> list[dict[str, Any]]:
         """The per-job entries of ``GET /_sim/ledger``."""
         return self._sim.ledger()
