@@ -35,7 +35,7 @@ from pipeline.errors import (
     TransportError,
 )
 
-__all__ = ["BadBody", "HttpFailure", "Reply", "map_error", "read_envelope", "redact"]
+__all__ = ["BadBody", "HttpFailure", "Reply", "map_error", "read_envelope", "redact", "server_date"]
 
 _EXCERPT_CHARS = 200
 _EXCERPT_SCAN_CHARS = 64 * 1024
@@ -102,6 +102,16 @@ async def read_envelope(resp: aiohttp.ClientResponse, cap: int) -> dict[str, Any
     if str(envelope.get("status", "")).upper() != "OK":
         raise BadBody('envelope status is not "OK"', body)
     return envelope
+
+
+def server_date(headers: Mapping[str, str]) -> datetime | None:
+    """The answer's ``Date`` header (an HTTP-date, to the second), or ``None`` if absent or unreadable."""
+    value = headers.get("Date")
+    try:
+        when = parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError, IndexError):
+        return None
+    return None if when is None else when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def map_error(

@@ -25,7 +25,7 @@ import structlog
 from yarl import URL
 
 from pipeline.api import wire
-from pipeline.api.answers import HttpFailure, map_error, read_envelope
+from pipeline.api.answers import HttpFailure, map_error, read_envelope, server_date
 from pipeline.api.config import ApiConfig
 from pipeline.api.records import (
     Image,
@@ -94,16 +94,21 @@ class ApiClient:
         self._base = URL(config.base_url)
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s, connect=config.connect_timeout_s)
         self.stats: Counter[str] = Counter()
+        self._dates: Callable[[datetime, datetime, datetime], None] | None = None
 
     async def __aenter__(self) -> Self:
         self._open()
         return self
 
-    def paced(self, pacer: Pacer) -> ApiClient:
-        """A view of this client whose requests go through ``pacer``: same session, same ``stats``."""
+    def paced(
+        self, pacer: Pacer | None, *, dates: Callable[[datetime, datetime, datetime], None] | None = None
+    ) -> ApiClient:
+        """A view of this client whose requests go through ``pacer``, and whose answers' ``Date``
+        headers are told to ``dates`` (sent, answered, date; our clock but the date): same session,
+        same ``stats``."""
         self._open()
         view = copy.copy(self)
-        view.pacer = pacer
+        view.pacer, view._dates = pacer, dates
         view._owns_session = False  # the original closes the session it opened
         return view
 
@@ -344,7 +349,7 @@ class ApiClient:
             await pacer.acquire()
         self.stats[endpoint] += 1
         _SENT_AT.set(None)
-        started = self._clock.monotonic()
+        started, sent = self._clock.monotonic(), self._clock.now()
         status: int | None = None
         try:
             async with session.request(
@@ -358,6 +363,8 @@ class ApiClient:
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
+                if self._dates is not None and (date := server_date(resp.headers)) is not None:
+                    self._dates(_SENT_AT.get() or sent, self._clock.now(), date)
                 envelope = await read_envelope(resp, self._config.max_response_bytes)
             return parse(envelope)
         except Exception as exc:

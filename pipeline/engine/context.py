@@ -92,7 +92,10 @@ class RunContext:
         # Every API request of the run goes through the pacer, which learns the API's rate limit;
         # a proven rate limit also undoes recent job-cap cuts (those 429s were the rate's doing).
         self.pacer = RequestPacer(clock=clock, on_rate_limit=self.active.forgive)
-        self.api = api.paced(self.pacer) if options.adaptive_rate else api
+        #: Every paid POST from send to record, and the uncertain ones (submit, watch, reconcile);
+        #: every answer's ``Date`` bounds the server's clock for their spans.
+        self.posts = PostLog(date_window=options.server_date_window_s)
+        self.api = api.paced(self.pacer if options.adaptive_rate else None, dates=self.posts.dated)
         self.tally = Tally((u.key, u.step) for u in units)
         self.phase: dict[str, Phase] = {}
         self.settled: dict[str, Ending] = {}
@@ -110,8 +113,6 @@ class RunContext:
         self.ready_recv: MemoryObjectReceiveStream[str] = recv
         self.provisioner = provisioner
         self.holding: set[str] = set()  # units holding an active-job slot (jobs this run started)
-        #: Every paid POST from send to record, and the uncertain ones (submit, watch, reconcile).
-        self.posts = PostLog()
         #: Set by a signal: no new POST; those sent finish and are recorded (see run.py).
         self.stop = stop or anyio.Event()
 

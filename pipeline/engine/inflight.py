@@ -9,11 +9,13 @@ keeps each POST's send time and whether it is still open, and a listing is read
 as soon as every POST begun before it ended is closed (:meth:`PostLog.wait_closed`):
 POSTs begun later cannot be in it.
 
-The log also learns how far the server's clock is from ours, with bounds, from
-jobs whose ``createdAt`` it sees: a job created by a POST sent at ``s`` and
-answered at ``a`` (our clock) has ``createdAt - a <= skew <= createdAt - s``. The
-tighter those bounds, the narrower each uncertain POST's span, and the more often
-an isolated lost reply has exactly one candidate job.
+The log also learns how far the server's clock is from ours, with bounds
+(:class:`~pipeline.engine.serverclock.ServerClock`), from jobs whose ``createdAt``
+it sees: a job created by a POST sent at ``s`` and answered at ``a`` (our clock) has
+``createdAt - a <= skew <= createdAt - s``; and, before any job of ours is read,
+from every answer's ``Date`` header. The tighter those bounds, the narrower each
+uncertain POST's span, and the more often an isolated lost reply has exactly one
+candidate job.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from datetime import datetime, timedelta
 import anyio
 
 from pipeline.engine.reconcile import Skew, Uncertain
+from pipeline.engine.serverclock import ServerClock
 
 __all__ = ["PostLog"]
 
@@ -42,14 +45,16 @@ class _Post:
 class PostLog:
     """The run's POSTs (see the module docstring) and its uncertain ones, waiting to be reconciled."""
 
-    def __init__(self, *, keep_s: float = 600.0) -> None:
+    def __init__(
+        self, *, keep_s: float = 600.0, date_window: tuple[float, float] | None = (0.0, 1.0)
+    ) -> None:
         self._posts: OrderedDict[int, _Post] = OrderedDict()  # in send order: old ones leave first
         self._open = 0
         self._by_job: dict[str, _Post] = {}
         self._next = 0
         self._changed = anyio.Event()
-        self._lo: timedelta | None = None
-        self._hi: timedelta | None = None
+        #: The server's clock, learned from our jobs and from answers' ``Date`` (:meth:`dated`).
+        self.server = ServerClock(date_window)
         self._keep_s = keep_s
         #: Uncertain POSTs not reconciled yet, in the order they became uncertain.
         self.waiting: list[Uncertain] = []
@@ -114,16 +119,16 @@ class PostLog:
         post = self._by_job.get(job_id)
         if post is None or created_at is None or post.answered is None:
             return
-        lo, hi = created_at - post.answered, created_at - post.sent
-        self._lo = lo if self._lo is None else max(self._lo, lo)
-        self._hi = hi if self._hi is None else min(self._hi, hi)
+        self.server.job_created(created_at, post.sent, post.answered)
+
+    def dated(self, sent: datetime, answered: datetime, date: datetime) -> None:
+        """Any answer of the run, with its ``Date`` header: bounds the server's clock from the start."""
+        self.server.answer_dated(sent, answered, date)
 
     def skew(self) -> Skew | None:
         """Bounds on server minus our clock; ``None`` until learned (or when they contradict, as
         after our wall clock jumped): then spans fall back to the slack."""
-        if self._lo is None or self._hi is None or self._lo > self._hi + timedelta(milliseconds=2):
-            return None
-        return Skew(self._lo, self._hi)
+        return self.server.skew()
 
     # -- uncertain POSTs ---------------------------------------------------------------------------
 

@@ -39,6 +39,12 @@ class RunOptions:
     #: How far a job's creation time may be from our send time while the server's clock is not
     #: learned yet, and how long after a POST got no answer the server may still create its job.
     reconcile_slack_s: float = 60.0
+    #: Where the server's ``createdAt`` clock may read, relative to an answer's ``Date`` header, when
+    #: the answer was made: ``(0, 1)`` is a header truncated to the second on the same clock; the
+    #: default allows 0.1 s between the machine that stamps ``Date`` and the one that stamps
+    #: ``createdAt``. Neither is documented (inferred); ``None`` ignores ``Date`` (then spans use the
+    #: slack until a job of ours is read). See pipeline/engine/serverclock.py.
+    server_date_window_s: tuple[float, float] | None = (-0.1, 1.1)
     #: An uncertain POST is looked for in the job list this long after its span ends (list lag).
     reconcile_settle_s: float = 0.5
     #: After a stop request (SIGINT/SIGTERM): how long POSTs already sent may take to answer, be

@@ -87,14 +87,15 @@ class Reconciler:
         now = ctx.clock.now()
         for u, decision in zip(uncertain, decisions, strict=True):
             if decision.verdict is Verdict.UNKNOWN:
-                if self._ask_again(u, final=final, now=now, skew_known=skew is not None):
+                if self._ask_again(u, final=final, now=now, skew_known=ctx.posts.server.from_jobs):
                     continue
                 ctx.posts.unknown.append(u)
             await self._apply(decision, final=final)
 
     def _ask_again(self, u: Uncertain, *, final: bool, now: datetime, skew_known: bool) -> bool:
-        """An ambiguity found with ``±slack`` spans may clear once the server's clock is learned (a
-        poll of any job teaches it): ask again a little later, for up to ``reconcile_slack_s``."""
+        """An ambiguity found with ``±slack`` spans (or ``Date`` bounds) may clear once our jobs teach
+        the server's clock (a poll of any job does): ask again a little later, for up to
+        ``reconcile_slack_s``."""
         give_up = (u.until or u.intent_at) + timedelta(seconds=self.ctx.options.reconcile_slack_s)
         if final or skew_known or now >= give_up:
             return False

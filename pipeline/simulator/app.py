@@ -7,6 +7,8 @@ modules apply the reference's per-endpoint rules on the store.
 
 from __future__ import annotations
 
+from email.utils import format_datetime
+
 from aiohttp import web
 
 from pipeline.catalog import MAX_UPLOAD_BYTES
@@ -54,12 +56,19 @@ async def presets(request: web.Request) -> web.Response:
     return ok([dict(p) for p in PRESETS])
 
 
+async def _dated(request: web.Request, response: web.StreamResponse) -> None:
+    """``Date`` from the simulator's clock (aiohttp would write the machine's): the second it is in."""
+    now = request.app[SIMULATOR].clock.now().replace(microsecond=0)
+    response.headers["Date"] = format_datetime(now, usegmt=True)
+
+
 def create_app(config: SimConfig, *, clock: Clock | None = None) -> web.Application:
     """The simulator as an aiohttp application (state lives in ``app[SIMULATOR]``)."""
     app = web.Application(
         middlewares=[count_requests, guard_api], client_max_size=MAX_UPLOAD_BYTES + (1 << 20)
     )
     app[SIMULATOR] = Simulator(config, clock or SystemClock())
+    app.on_response_prepare.append(_dated)
     api = "/api"
     app.router.add_routes(
         [
