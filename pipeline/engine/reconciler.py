@@ -75,9 +75,11 @@ class Reconciler:
                 await self._unknown(u.key, f"could not read the job list: {exc}")
             ctx.posts.unknown.extend(uncertain)
             return
-        listed_at = ctx.clock.monotonic()
+        listed_at, answered = ctx.clock.monotonic(), ctx.clock.now()
         for job in listed:
             ctx.posts.learn(job.job_id, job.created_at)
+            if job.created_at is not None:  # anyone's job: created before the listing answered
+                ctx.posts.server.job_listed(job.created_at, answered)
         if open_posts := ctx.posts.open_before(listed_at):
             _log.info("reconcile_waits", units=len(uncertain), posts=open_posts)
             await ctx.posts.wait_closed(listed_at)

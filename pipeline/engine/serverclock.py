@@ -5,6 +5,8 @@ Two sources, both honest bounds, never a point guess:
 - **our own jobs' ``createdAt``**: a job created by a POST sent at ``s`` and answered at ``a`` (our
   clock) has ``createdAt - a <= skew <= createdAt - s``. Exact, but only once a job of ours is read:
   an outage at the start of a run (every first POST lost) has none.
+- **any listed job** (ours or not) was created before the listing answered at ``a``:
+  ``createdAt - a <= skew``. One-sided, but it checks the ``Date`` bound from above.
 - **the ``Date`` header of every answer** (RFC 9110), there from the first request: the server made
   the answer between our ``s`` and ``a``, at a moment its ``createdAt`` clock read within
   ``[Date + lo, Date + hi]`` (``date_window``: ``(0, 1)`` for a header truncated to the second on the
@@ -42,9 +44,10 @@ class _Bound:
         self.lo: timedelta | None = None
         self.hi: timedelta | None = None
 
-    def add(self, lo: timedelta, hi: timedelta) -> None:
+    def add(self, lo: timedelta, hi: timedelta | None) -> None:
         self.lo = lo if self.lo is None else max(self.lo, lo)
-        self.hi = hi if self.hi is None else min(self.hi, hi)
+        if hi is not None:
+            self.hi = hi if self.hi is None else min(self.hi, hi)
 
     def get(self) -> Skew | None:
         if self.lo is None or self.hi is None or self.lo > self.hi + _FUZZ:
@@ -66,6 +69,10 @@ class ServerClock:
         """A job of ours, created by a POST sent at ``sent`` and answered at ``answered``."""
         self._created.add(created_at - answered, created_at - sent)
 
+    def job_listed(self, created_at: datetime, answered: datetime) -> None:
+        """A job (anyone's) was in a listing we had read by ``answered``: it was created before."""
+        self._created.add(created_at - answered, None)
+
     def answer_dated(self, sent: datetime, answered: datetime, date: datetime) -> None:
         """An answer carrying ``Date: date`` came to a request sent at ``sent``, at ``answered``."""
         if self._window is None or answered < sent:
@@ -81,14 +88,18 @@ class ServerClock:
     def skew(self) -> Skew | None:
         """The narrowest honest bound, or ``None`` while nothing (consistent) is known."""
         created, dated = self._created.get(), self._dated.get()
-        if created is None or dated is None:
-            return created or dated
-        lo, hi = max(created.lo, dated.lo), min(created.hi, dated.hi)
+        if dated is None:
+            return created
+        c_lo, c_hi = self._created.lo, self._created.hi  # a listing may have given only ``lo``
+        lo = dated.lo if c_lo is None else max(c_lo, dated.lo)
+        hi = dated.hi if c_hi is None else min(c_hi, dated.hi)
         if lo <= hi + _FUZZ:
             return Skew(lo, hi)
+        if created is None and c_hi is not None:
+            return None  # createdAt contradicts itself (our wall clock stepped): no bound at all
         _log.warning(
             "server_date_disagrees",
-            created_s=[created.lo.total_seconds(), created.hi.total_seconds()],
+            created_s=[b.total_seconds() if b is not None else None for b in (c_lo, c_hi)],
             date_s=[dated.lo.total_seconds(), dated.hi.total_seconds()],
             hint="Date headers are ignored for the rest of the run; see server_date_window_s",
         )
