@@ -3,12 +3,15 @@ offset, however the answers fall within their seconds, and that narrows as they 
 
 from __future__ import annotations
 
+import argparse
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.api.answers import server_date
+from pipeline.cli.run_command import date_window
 from pipeline.engine.serverclock import ServerClock
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -107,3 +110,11 @@ def test_the_header_is_read_as_an_aware_time_and_garbage_is_none() -> None:
     assert server_date({"Date": "Thu, 01 Jan 2026 00:00:07 GMT"}) == T0 + timedelta(seconds=7)
     assert server_date({"Date": "yesterday"}) is None
     assert server_date({}) is None
+
+
+def test_the_cli_window_reads_lo_hi_or_off_and_names_bad_input() -> None:
+    assert date_window("-0.1,1.1") == (-0.1, 1.1)
+    assert date_window("off") is None
+    for bad in ("1", "2,1", "a,b", "nan,1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="LO"):
+            date_window(bad)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -94,6 +95,15 @@ def _add_limit_and_recovery_flags(run: argparse.ArgumentParser) -> None:
         help="list: learn running jobs' statuses from GET /jobs, a page for many jobs (falls back "
         "to single polls if the list is unusable); job: GET /jobs/{id} for each job",
     )
+    run.add_argument(
+        "--server-date-window",
+        type=date_window,
+        default=(-0.1, 1.1),
+        metavar="LO,HI|off",
+        help="where the server's createdAt clock may read, in seconds after an answer's Date header "
+        "(default -0.1,1.1: a header truncated to the second, 0.1 s between the server's machines); "
+        "off: ignore Date (lost replies then wait until a job of ours shows the server's clock)",
+    )
     run.add_argument("--retry-failed", action="store_true", help="try permanently failed units again (pays)")
     run.add_argument(
         "--resubmit-unknown",
@@ -151,6 +161,21 @@ async def _notify(
         await notify(args.notify, args.notify_on, dataclasses.replace(outcome, out=_run_out(args)))
 
 
+def date_window(text: str) -> tuple[float, float] | None:
+    """``--server-date-window``: ``off``, or ``LO,HI`` seconds with LO <= HI."""
+    if text.strip().lower() == "off":
+        return None
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LO,HI in seconds (e.g. -0.1,1.1) or off, not {text!r}"
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise argparse.ArgumentTypeError(f"LO must be at most HI (finite seconds), not {text!r}")
+    return lo, hi
+
+
 def _run_out(args: argparse.Namespace) -> Path | None:
     """The run's output folder for the message; ``None`` when even the manifest cannot say it."""
     from pipeline.engine.wiring import default_out
@@ -177,6 +202,7 @@ async def _execute_run(args: argparse.Namespace) -> RunSummary:
         max_runtime_s=args.max_runtime,
         budget=args.budget,
         poll_via=args.poll_via,
+        server_date_window_s=args.server_date_window,
     )
     request = RunRequest(
         manifest=args.manifest,
