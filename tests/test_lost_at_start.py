@@ -32,11 +32,15 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PHOTOGPT_API_KEY_FILE", raising=False)
 
 
-async def lost_at_start(tmp_path: Path, *, offset: timedelta, **opts: Any) -> dict[str, Any]:
-    """Four images, one POST every 0.5 s, every reply lost (the job created, then a 502); the first
-    listing is read once all four are sent (``reconcile_settle_s``), so the outcome has no race."""
-    config = SimConfig.profile("fast", keys=(TEST_KEY,), seed=5, fault_routes=(POST,))
-    manifest = write_manifest(tmp_path, [{"id": f"p{i}", "prompt": f"product {i}"} for i in range(4)])
+async def lost_at_start(
+    tmp_path: Path, *, offset: timedelta, units: int = 4, date_off_s: float = 0.0, **opts: Any
+) -> dict[str, Any]:
+    """``units`` images, one POST every 0.5 s, the first four replies lost (the job created, then a
+    502); the first listing is read once all four are sent (``reconcile_settle_s``): no race."""
+    config = SimConfig.profile(
+        "fast", keys=(TEST_KEY,), seed=5, fault_routes=(POST,), date_offset_s=date_off_s
+    )
+    manifest = write_manifest(tmp_path, [{"id": f"p{i}", "prompt": f"product {i}"} for i in range(units)])
     out = tmp_path / "out"
     logs.configure(fmt="json", level="info")
     async with Sandbox(config, clock=SkewedClock(offset)) as sim:
@@ -81,3 +85,23 @@ async def test_with_date_headers_ignored_they_wait_for_the_slack_and_end_unknown
     print("lost at start, Date ignored:", figures)
     assert figures["unknown"] == 4 and figures["resent"] == 0 and not figures["paid_twice"], figures
     assert figures["elapsed_s"] >= 60, figures
+
+
+async def test_a_date_on_another_clock_never_makes_us_pay_twice(tmp_path: Path) -> None:
+    """A proxy's ``Date`` 3 s ahead of the ``createdAt`` clock, beyond the window: by ``Date`` alone
+    every span is empty. A resend needs the ``±slack`` span empty too, so none is sent again; with no
+    job of ours to show the real clock they end unknown after the slack, as without the header."""
+    figures = await lost_at_start(tmp_path, offset=timedelta(0), date_off_s=3.0)
+    print("lost at start, Date 3 s ahead:", figures)
+    assert figures["resent"] == 0 and not figures["paid_twice"], figures
+    assert figures["adopted"] + figures["unknown"] == 4, figures
+
+
+async def test_a_date_on_another_clock_is_dropped_once_our_jobs_show_the_real_one(
+    tmp_path: Path,
+) -> None:
+    """The same proxy, and later POSTs answered: their jobs' ``createdAt`` contradicts the ``Date``
+    bound, which is dropped (a warning); the lost replies are then adopted by ``createdAt``."""
+    figures = await lost_at_start(tmp_path, offset=timedelta(0), units=8, date_off_s=3.0)
+    print("lost at start then answered, Date 3 s ahead:", figures)
+    assert figures["adopted"] == 4 and figures["resent"] == 0 and not figures["paid_twice"], figures

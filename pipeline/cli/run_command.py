@@ -58,8 +58,22 @@ def register(
     )
     run.add_argument("--key-file", type=Path, default=None, help="file holding the API key (mode 600)")
     _add_limit_and_recovery_flags(run)
+    _add_clock_flags(run)
     add_logging_flags(run)
     return {"run": _cmd_run}
+
+
+def _add_clock_flags(run: argparse.ArgumentParser) -> None:
+    """How far the server's ``Date`` header is trusted to bound its clock (reconcile spans)."""
+    run.add_argument(
+        "--server-date-window",
+        type=date_window,
+        default=(-0.1, 1.1),
+        metavar="LO,HI|off",
+        help="where the server's createdAt clock may read, in seconds after an answer's Date header "
+        "(default -0.1,1.1: a header truncated to the second, 0.1 s between the server's machines); "
+        "off: ignore Date (lost replies then wait until a job of ours shows the server's clock)",
+    )
 
 
 def _add_limit_and_recovery_flags(run: argparse.ArgumentParser) -> None:
@@ -94,15 +108,6 @@ def _add_limit_and_recovery_flags(run: argparse.ArgumentParser) -> None:
         default="list",
         help="list: learn running jobs' statuses from GET /jobs, a page for many jobs (falls back "
         "to single polls if the list is unusable); job: GET /jobs/{id} for each job",
-    )
-    run.add_argument(
-        "--server-date-window",
-        type=date_window,
-        default=(-0.1, 1.1),
-        metavar="LO,HI|off",
-        help="where the server's createdAt clock may read, in seconds after an answer's Date header "
-        "(default -0.1,1.1: a header truncated to the second, 0.1 s between the server's machines); "
-        "off: ignore Date (lost replies then wait until a job of ours shows the server's clock)",
     )
     run.add_argument("--retry-failed", action="store_true", help="try permanently failed units again (pays)")
     run.add_argument(

@@ -15,8 +15,9 @@ from datetime import datetime, timedelta
 import anyio
 import structlog
 
+from pipeline.api.records import JobSummary
 from pipeline.engine.context import RunContext
-from pipeline.engine.reconcile import Decision, Uncertain, Verdict, decide, span_of, window_of
+from pipeline.engine.reconcile import Decision, Skew, Uncertain, Verdict, decide, span_of, window_of
 from pipeline.errors import ApiError
 from pipeline.state.lifecycle import Ending, Event
 
@@ -65,9 +66,10 @@ class Reconciler:
             ctx.posts.waiting.extend(uncertain)  # another worker's POST is in flight: decide later
             return
         slack = timedelta(seconds=ctx.options.reconcile_slack_s)
-        start, end = self._listing_window(uncertain, slack)
+        listed_with = ctx.posts.skew()
+        dated_only = listed_with is not None and not ctx.posts.server.from_jobs
         try:
-            listed = [j async for j in ctx.api.iter_jobs(start=start, end=end)]
+            listed = await self._list(uncertain, slack, wide=dated_only)
             ctx.known_jobs.update(ctx.store.job_ids())  # jobs other workers recorded meanwhile
         except ApiError as exc:
             _log.warning("reconcile_failed", error=str(exc))
@@ -85,7 +87,13 @@ class Reconciler:
             await ctx.posts.wait_closed(listed_at)
         rivals = [*ctx.posts.waiting, *ctx.posts.unknown]
         skew = ctx.posts.skew()
+        if dated_only and not _within(skew, listed_with):
+            ctx.posts.waiting.extend(uncertain)  # the Date bound proved wrong: list again, by createdAt
+            return
         decisions = decide(uncertain, listed, ctx.known_jobs, slack=slack, skew=skew, rivals=rivals)
+        if dated_only and not ctx.posts.server.from_jobs:
+            wide = decide(uncertain, listed, ctx.known_jobs, slack=slack, skew=None, rivals=rivals)
+            decisions = [_resend_if_both(d, w) for d, w in zip(decisions, wide, strict=True)]
         now = ctx.clock.now()
         for u, decision in zip(uncertain, decisions, strict=True):
             if decision.verdict is Verdict.UNKNOWN:
@@ -104,11 +112,26 @@ class Reconciler:
         self.ctx.posts.again(u, now + timedelta(seconds=1))
         return True
 
-    def _listing_window(self, uncertain: list[Uncertain], slack: timedelta) -> tuple[datetime, datetime]:
+    async def _list(self, uncertain: list[Uncertain], slack: timedelta, *, wide: bool) -> list[JobSummary]:
+        """The jobs in the batch's window; ``wide`` (the server's clock bounded by ``Date`` alone):
+        also those of the ``±slack`` window, which a resend must find empty too (:func:`_resend_if_both`)."""
+        skew = self.ctx.posts.skew()
+        windows = [self._listing_window(uncertain, slack, skew)]
+        if wide:
+            (s1, e1), (s2, e2) = windows[0], self._listing_window(uncertain, slack, None)
+            windows = [(min(s1, s2), max(e1, e2))] if s1 <= e2 and s2 <= e1 else [(s1, e1), (s2, e2)]
+        jobs: dict[str, JobSummary] = {}
+        for start, end in windows:
+            async for job in self.ctx.api.iter_jobs(start=start, end=end):
+                jobs[job.job_id] = job
+        return list(jobs.values())
+
+    def _listing_window(
+        self, uncertain: list[Uncertain], slack: timedelta, skew: Skew | None
+    ) -> tuple[datetime, datetime]:
         """The batch's spans, and those of the other uncertain POSTs that overlap them: their jobs,
         listed too, tell the matching which job is whose (:func:`~pipeline.engine.reconcile.decide`)."""
         posts = self.ctx.posts
-        skew = posts.skew()
         start, end = window_of(uncertain, skew, slack)
         rivals = [*posts.waiting, *posts.unknown]
         near = [r for r in rivals if (s := span_of(r, skew, slack))[0] <= end and s[1] >= start]
@@ -147,3 +170,20 @@ class Reconciler:
         await self.ctx.store.mark_unknown(key, reason)
         self.ctx.move(key, Event.AMBIGUOUS)
         self.ctx.settle(key, Ending.UNKNOWN)
+
+
+def _resend_if_both(dated: Decision, wide: Decision) -> Decision:
+    """While only ``Date`` headers bound the server's clock, "nothing was created" must hold in the
+    ``±slack`` span too: a ``Date`` on another clock than ``createdAt`` must not make us pay twice.
+    Otherwise the unit is ambiguous (asked again until our jobs show the clock)."""
+    if dated.verdict is not Verdict.RESUBMIT or wide.verdict is Verdict.RESUBMIT:
+        return dated
+    why = f"no job in its span by the Date header, but its ±slack span is not empty ({wide.reason})"
+    return Decision(dated.key, Verdict.UNKNOWN, reason=why)
+
+
+def _within(skew: Skew | None, listed_with: Skew | None) -> bool:
+    """Whether spans from ``skew`` lie inside those the listing was read for."""
+    if skew is None or listed_with is None:
+        return skew is listed_with
+    return listed_with.lo <= skew.lo and skew.hi <= listed_with.hi

@@ -7,6 +7,7 @@ modules apply the reference's per-endpoint rules on the store.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from email.utils import format_datetime
 
 from aiohttp import web
@@ -58,7 +59,8 @@ async def presets(request: web.Request) -> web.Response:
 
 async def _dated(request: web.Request, response: web.StreamResponse) -> None:
     """``Date`` from the simulator's clock (aiohttp would write the machine's): the second it is in."""
-    now = request.app[SIMULATOR].clock.now().replace(microsecond=0)
+    sim = request.app[SIMULATOR]
+    now = (sim.clock.now() + timedelta(seconds=sim.config.date_offset_s)).replace(microsecond=0)
     response.headers["Date"] = format_datetime(now, usegmt=True)
 
 

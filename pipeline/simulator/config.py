@@ -56,6 +56,8 @@ class SimConfig:
     lost_reply_rate: float = 0.0
     #: Job-creating POSTs (in ``fault_routes``) hold their answer this long after creating the job.
     reply_delay_s: Span = (0.0, 0.0)
+    #: The ``Date`` header's clock runs this far from the one ``createdAt`` is on (a proxy's clock).
+    date_offset_s: float = 0.0
     # Files.
     range_requests: bool = True
     #: Asset URLs carry a signature (``?sig=``) that ``expire_urls`` invalidates: old URLs then get 403,
