@@ -50,7 +50,7 @@ async def lost_at_start(
                 sim,
                 manifest,
                 out,
-                options=options(submit_workers=4, submit_rate=2, reconcile_settle_s=2.0, **opts),
+                options=options(**{"submit_workers": 4, "submit_rate": 2, "reconcile_settle_s": 2.0, **opts}),
             )
         doubled = max(jobs_per_body(sim).values())
     with open_readonly(out / ".state" / "state.db") as view:

@@ -45,9 +45,7 @@ class _Post:
 class PostLog:
     """The run's POSTs (see the module docstring) and its uncertain ones, waiting to be reconciled."""
 
-    def __init__(
-        self, *, keep_s: float = 600.0, date_window: tuple[float, float] | None = (0.0, 1.0)
-    ) -> None:
+    def __init__(self, *, keep_s: float = 600.0, date_window: tuple[float, float] | None = None) -> None:
         self._posts: OrderedDict[int, _Post] = OrderedDict()  # in send order: old ones leave first
         self._open = 0
         self._by_job: dict[str, _Post] = {}
@@ -137,12 +135,14 @@ class PostLog:
     ) -> list[Uncertain]:
         """The waiting POSTs whose job, if any, would be listed by now (``settle`` after their span).
 
-        While the server's clock is not learned but soon will be (a job of ours exists, or a POST
-        is in flight), each waits up to ``patience`` more for it: a span of ``±slack`` holds every
-        job of a busy minute, so deciding early leaves it ``unknown``.
+        While our jobs have not shown the server's clock but soon will (a job of ours exists, or,
+        with nothing known of the clock, a POST is in flight), each waits up to ``patience`` more
+        for it: a span of ``±slack`` holds every job of a busy minute, so deciding early leaves it
+        ``unknown``. With only ``Date`` bounds and POSTs in flight it does not wait: they may all be
+        lost (an outage as the run starts), and ``Date`` spans often tell the jobs apart.
         """
-        if self.skew() is None and (self._by_job or self.in_flight):
-            settle += patience
+        if not self.server.from_jobs and (self._by_job or (self.in_flight and self.skew() is None)):
+            settle += patience  # a job of ours will show the clock: better than ``Date`` or ``±slack``
         ready = [
             u
             for u in self.waiting

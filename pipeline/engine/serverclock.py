@@ -58,7 +58,7 @@ class _Bound:
 class ServerClock:
     """Bounds on the server's clock minus ours, from our jobs' ``createdAt`` and answers' ``Date``."""
 
-    def __init__(self, date_window: tuple[float, float] | None = (0.0, 1.0)) -> None:
+    def __init__(self, date_window: tuple[float, float] | None = None) -> None:
         if date_window is not None and not date_window[0] <= date_window[1]:
             raise ValueError(f"date_window must be (lo, hi) with lo <= hi, not {date_window}")
         self._window = date_window
