@@ -33,7 +33,13 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def lost_at_start(
-    tmp_path: Path, *, offset: timedelta, units: int = 4, date_off_s: float = 0.0, **opts: Any
+    tmp_path: Path,
+    *,
+    offset: timedelta,
+    units: int = 4,
+    date_off_s: float = 0.0,
+    refused: int = 0,
+    **opts: Any,
 ) -> dict[str, Any]:
     """``units`` images, one POST every 0.5 s, the first four replies lost (the job created, then a
     502); the first listing is read once all four are sent (``reconcile_settle_s``): no race."""
@@ -44,7 +50,7 @@ async def lost_at_start(
     out = tmp_path / "out"
     logs.configure(fmt="json", level="info")
     async with Sandbox(config, clock=SkewedClock(offset)) as sim:
-        sim.control(next_n_lost=4)
+        sim.control(next_n_5xx=refused, next_n_lost=4)  # ``refused`` 503s first: nothing created
         with structlog.testing.capture_logs() as events:
             summary = await run(
                 sim,
@@ -105,3 +111,11 @@ async def test_a_date_on_another_clock_is_dropped_once_our_jobs_show_the_real_on
     figures = await lost_at_start(tmp_path, offset=timedelta(0), units=8, date_off_s=3.0)
     print("lost at start then answered, Date 3 s ahead:", figures)
     assert figures["adopted"] == 4 and figures["resent"] == 0 and not figures["paid_twice"], figures
+
+
+async def test_refused_posts_among_lost_ones_are_sent_again_and_the_lost_adopted(tmp_path: Path) -> None:
+    """Two 503s that created nothing, then four lost replies, before any job of ours is read."""
+    figures = await lost_at_start(tmp_path, offset=timedelta(hours=1), units=6, refused=2)
+    print("refused and lost at start:", figures)
+    assert figures["uncertain"] == 6 and figures["adopted"] == 4 and figures["resent"] == 2, figures
+    assert figures["unknown"] == 0 and not figures["paid_twice"] and figures["elapsed_s"] < 10, figures
