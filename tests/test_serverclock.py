@@ -7,6 +7,7 @@ import argparse
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -86,10 +87,12 @@ def test_a_date_on_another_clock_is_dropped_once_our_jobs_contradict_it() -> Non
     clock = ServerClock((0.0, 1.0))
     _answer(clock, 3.0, 0.0, 0.0, 0.0)  # what Date says: [3, 4]; createdAt's clock is on ours
     clock.job_created(_at(10.1), _at(10), _at(10.2))
-    bound = clock.skew()
-    assert bound is not None and bound.lo <= timedelta(0) <= bound.hi
-    _answer(clock, 3.0, 20.0, 20.0, 20.0)  # ignored from now on
-    assert clock.skew() == bound
+    with structlog.testing.capture_logs() as events:
+        bound = clock.skew()
+        assert bound is not None and bound.lo <= timedelta(0) <= bound.hi
+        _answer(clock, 3.0, 20.0, 20.0, 20.0)  # ignored from now on
+        assert clock.skew() == bound
+    assert [e["event"] for e in events] == ["server_date_disagrees"]  # said once, not per decision
 
 
 def test_a_listed_job_newer_than_the_date_allows_drops_the_date() -> None:
@@ -118,3 +121,17 @@ def test_the_cli_window_reads_lo_hi_or_off_and_names_bad_input() -> None:
     for bad in ("1", "2,1", "a,b", "nan,1"):
         with pytest.raises(argparse.ArgumentTypeError, match="LO"):
             date_window(bad)
+
+
+def test_a_listing_read_for_date_spans_serves_only_bounds_inside_them() -> None:
+    """After the listing, a bound that left the one it was read for (the Date dropped) needs a new
+    listing: its spans may hold jobs the listing never asked for."""
+    from pipeline.engine.reconcile import Skew
+    from pipeline.engine.reconciler import _within
+
+    listed_with = Skew(timedelta(seconds=3), timedelta(seconds=4))
+    assert _within(Skew(timedelta(seconds=3.2), timedelta(seconds=3.5)), listed_with)
+    assert not _within(Skew(timedelta(seconds=-0.1), timedelta(seconds=0.2)), listed_with)
+    assert not _within(Skew(timedelta(seconds=3.5), timedelta(seconds=4.5)), listed_with)
+    assert not _within(None, listed_with)
+    assert _within(None, None)
