@@ -206,6 +206,7 @@ class Downloader:
                     raise_for_status=False,  # statuses are mapped in _status, whatever the session says
                     auto_decompress=True,  # a server that gzips anyway still yields the real bytes
                     middlewares=(_strip_credentials,),
+                    read_bufsize=self._chunk,  # buffer up to 2 chunks before pausing the socket
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TransientDownloadError(
@@ -295,8 +296,14 @@ class Downloader:
         head = b""  # the first bytes, held back until the magic is known (at most HEAD + one read)
         batch: list[bytes] = []
         batched = 0
+        content = response.content
         try:
-            async for chunk in response.content.iter_chunked(self._chunk):
+            while True:
+                chunk, http_chunk_end = await content.readchunk()  # one socket read: never joined or sliced
+                if not chunk:
+                    if http_chunk_end:
+                        continue  # the end of one chunk of a chunked body: more may follow
+                    break
                 size += len(chunk)
                 if size > self._max_bytes:
                     raise UnsafeAssetError(f"{where}: more than the {self._max_bytes}-byte cap; aborted")

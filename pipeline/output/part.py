@@ -21,6 +21,8 @@ from pipeline.output.magic import HEAD, Kind, sniff
 
 __all__ = ["PartSink", "discard", "resumable"]
 
+_IOV_MAX = 1024  # the Linux limit on buffers per writev
+
 
 def discard(part: Path) -> None:
     """Remove ``part`` if it is there."""
@@ -81,9 +83,7 @@ class PartSink:
         fd = self._open() if self._fd is None else self._fd
         for chunk in chunks:
             self._hasher.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+        _write_all(fd, chunks)
         crash_point("mid_download")  # bytes in the part, the download not finished (nor fsynced)
         if sync:
             os.fsync(fd)
@@ -108,3 +108,18 @@ class PartSink:
             if seen != self._resume_from:
                 raise IntegrityError(f"{self._part}: the part changed size while resuming")
         return fd
+
+
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """Append ``chunks`` with as few ``writev`` calls as the kernel allows (a short write resumes)."""
+    pending: list[bytes | memoryview] = [c for c in chunks if c]
+    while pending:
+        written = os.writev(fd, pending[:_IOV_MAX])
+        while written:
+            head = pending[0]
+            if written >= len(head):
+                written -= len(head)
+                pending.pop(0)
+            else:
+                pending[0] = memoryview(head)[written:]
+                written = 0
