@@ -104,6 +104,7 @@ class Downloader:
         chunk_bytes: int = 1024 * 1024,
         max_redirects: int = 5,
         root: Path | None = None,
+        direct_io: bool = True,
     ) -> None:
         if max_bytes <= 0 or chunk_bytes <= 0 or max_redirects < 0:
             raise ValueError("max_bytes and chunk_bytes must be positive, max_redirects not negative")
@@ -113,6 +114,7 @@ class Downloader:
         self._chunk = chunk_bytes
         self._max_redirects = max_redirects
         self._root = root
+        self._direct = direct_io  # O_DIRECT part writes where the file system allows (output.direct)
 
     def check_url(self, url: str | URL) -> URL:
         """``url`` parsed, if we may fetch it: https (or http to an allowed host), no userinfo, no IP literal.
@@ -257,7 +259,7 @@ class Downloader:
         if total is not None and total > self._max_bytes:
             await anyio.to_thread.run_sync(discard, part)
             raise UnsafeAssetError(f"{where}: {total} bytes declared, over the {self._max_bytes}-byte cap")
-        sink = PartSink(part, offset, self._chunk)
+        sink = PartSink(part, offset, self._chunk, direct=self._direct)
         try:
             try:
                 size, kind = await self._copy(response, sink, offset, kind, where)
