@@ -297,6 +297,16 @@ class TestSidecar:
         assert json.loads(path.read_text()) == {"v": 1}
         assert [p.name for p in tmp_path.iterdir()] == ["image-1.json"]
 
+    def test_a_killed_writers_temp_goes_and_only_its_own(self, tmp_path: Path) -> None:
+        """A temp left by a SIGKILL is removed by the next write of that target; others stay."""
+        mine, other = tmp_path / ".image-1.json.dead.tmp", tmp_path / ".image-10.json.beef.tmp"
+        mine.write_text("{")
+        other.write_text("{")
+        write_sidecar(tmp_path / "image-1.json", {"a": 1})
+        assert not mine.exists()
+        assert other.exists()
+        assert read_sidecar(tmp_path / "image-1.json") == {"a": 1}
+
     def test_unserialisable_data_leaves_nothing(self, tmp_path: Path) -> None:
         """NaN or an object is refused before any file is made."""
         with pytest.raises(ValueError, match="not JSON compliant"):
