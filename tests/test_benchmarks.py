@@ -23,7 +23,7 @@ EXPECTED = {
     "hidden_cap": ["429s_per_unit", "wall/lower_bound"],
     "rate_limited": ["rate/limit", "429s"],
     "scale": ["plan_time", "noop_resume_time", "noop_resume_requests", "peak_rss"],
-    "downloads": ["ours/plain", "rss_growth"],
+    "downloads": ["ours/plain", "cpu_per_gb", "rss_growth"],
     "uploads": ["ours/plain", "rss_growth"],
     "startup": ["first_post"],
     "cron": ["plan_time", "first_post", "peak_rss", "requests_for_done_units"],

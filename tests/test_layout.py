@@ -136,6 +136,31 @@ class TestPaths:
         with pytest.raises(UnsafeAssetError):
             layout.asset_path("sku-1", step, n, ext)
 
+    @pytest.mark.parametrize(
+        "template", ["{item}/{step}-{n}.{ext}", "{item}-{step}{n}.{ext}", "{model}/{key}-{n}.{ext}"]
+    )
+    @pytest.mark.parametrize(
+        "item", ["sku-1", "index", "runs", "con", ".hidden", "a/b", "x" * 250, "ok\u202e"]
+    )
+    def test_asset_keys_match_asset_key_for_every_extension(
+        self, tmp_path: Path, template: str, item: str
+    ) -> None:
+        """The one-render form used per download gives the same keys, and refuses the same values."""
+        layout = OutputLayout(tmp_path, template)
+        exts = ("jpeg", "png", "webp", "mp4", "jsonl")
+        args = (item, "image", 3)
+        try:
+            expected: list[str] | type[UnsafeAssetError] = [
+                layout.asset_key(*args, ext, key=KEY, model="gpt") for ext in exts
+            ]
+        except UnsafeAssetError:
+            expected = UnsafeAssetError
+        if expected is UnsafeAssetError:
+            with pytest.raises(UnsafeAssetError):
+                layout.asset_keys(*args, exts, key=KEY, model="gpt")
+        else:
+            assert list(layout.asset_keys(*args, exts, key=KEY, model="gpt")) == expected
+
     def test_empty_model_slug_is_refused(self, tmp_path: Path) -> None:
         """A model id that slugs to nothing cannot make a directory."""
         layout = OutputLayout(tmp_path, "{model}/{item}/{step}-{n}.{ext}")
@@ -271,6 +296,16 @@ class TestSidecar:
             write_sidecar(path, {"v": 2})
         assert json.loads(path.read_text()) == {"v": 1}
         assert [p.name for p in tmp_path.iterdir()] == ["image-1.json"]
+
+    def test_a_killed_writers_temp_goes_and_only_its_own(self, tmp_path: Path) -> None:
+        """A temp left by a SIGKILL is removed by the next write of that target; others stay."""
+        mine, other = tmp_path / ".image-1.json.dead.tmp", tmp_path / ".image-10.json.beef.tmp"
+        mine.write_text("{")
+        other.write_text("{")
+        write_sidecar(tmp_path / "image-1.json", {"a": 1})
+        assert not mine.exists()
+        assert other.exists()
+        assert read_sidecar(tmp_path / "image-1.json") == {"a": 1}
 
     def test_unserialisable_data_leaves_nothing(self, tmp_path: Path) -> None:
         """NaN or an object is refused before any file is made."""

@@ -245,6 +245,27 @@ class OutputLayout:
         """
         return self._check_relative(self._asset_name(item_id, step, n, ext, key, model, index, ""))
 
+    def asset_keys(
+        self, item_id: str, step: str, n: int, exts: tuple[str, ...], *, key: str = "", model: str = ""
+    ) -> tuple[str, ...]:
+        """:meth:`asset_key` for each of ``exts``, the stem rendered and checked once.
+
+        A delivery asks for every extension (to adopt whichever a crashed run published):
+        rendering and checking each separately was a visible share of its CPU per file.
+        """
+        stem = self._render(item_id, step, n, key=key, model=model, index=None, name="")
+        head, _, last = stem.rpartition("/")
+        if head:
+            self._check_relative(head)
+        keys = []
+        for ext in exts:
+            if not _EXT.fullmatch(ext):
+                raise UnsafeAssetError(f"output path: extension {ext!r} is not [a-z0-9]{{1,10}}")
+            keys.append(f"{head}/{last}.{ext}" if head else self._check_relative(f"{last}.{ext}"))
+            if head:
+                _check_segment(f"{last}.{ext}")
+        return tuple(keys)
+
     def part_key(self, item_id: str, step: str, n: int, *, key: str = "", model: str = "") -> str:
         """:meth:`part_path` as a key under the staging folder, checked lexically only."""
         return self._check_relative(self._part_name(item_id, step, n, key, model, None, ""))
@@ -286,8 +307,8 @@ class OutputLayout:
             "n": str(n),
             "index": "" if index is None else str(index),
             "key": key,
-            "model": slug(model),
-            "name": slug(name),
+            "model": slug(model) if model and "model" in self._stem.names else "",
+            "name": slug(name) if name and "name" in self._stem.names else "",
         }
         return self._stem.render(lambda field_name: _check_value(field_name, values[field_name]))
 

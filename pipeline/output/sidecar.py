@@ -11,7 +11,6 @@ for reconciling a tree against it. The helpers block: call them through
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
@@ -149,9 +148,14 @@ def atomic_write(path: Path, payload: bytes, *, sync_dir: bool = True) -> None:
     stem = f".{path.name[:200]}."
     # A temp left by a process killed mid-write (SIGKILL, power cut) belongs to this target only:
     # one writer per target, so it is safe to remove before writing again.
-    for old in directory.glob(glob.escape(stem) + "*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            old.unlink()
+    # A scan with two string tests, not glob(): each target's pattern is new, and compiling it
+    # cost ~150 µs of CPU per sidecar, more than the scan.
+    with os.scandir(directory) as entries:
+        stale = [e.name for e in entries if e.name.startswith(stem) and e.name.endswith(".tmp")]
+    for name in stale:
+        if len(name) >= len(stem) + 4:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(directory / name)
     temp = directory / f"{stem}{secrets.token_hex(4)}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o666)
     try:
