@@ -16,11 +16,13 @@ units) and does the check itself if the one that started never finished (its wor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Set
+from collections.abc import Set
 
+import anyio
 import structlog
 
 from pipeline.clock import Clock
+from pipeline.output.local import LocalOutputStore
 from pipeline.output.store import OutputStore
 from pipeline.state.pgchecks import CheckTurn, DoneOutput, Turn
 from pipeline.state.postgres import PostgresStore
@@ -30,6 +32,7 @@ __all__ = ["Recheck"]
 
 _log = structlog.get_logger("pipeline.engine.recheck")
 _PAGE = 2000  # done units per query and per reopening transaction
+_LOOKS = 16  # stats (HEAD requests on a bucket) confirming misses at once
 
 
 class Recheck:
@@ -38,6 +41,7 @@ class Recheck:
     def __init__(self, store: PostgresStore, keys: Set[str], output: OutputStore, clock: Clock) -> None:
         self._checks = store.output_checks()
         self._keys, self._output, self._clock = keys, output, clock
+        self._looks = anyio.CapacityLimiter(_LOOKS)
 
     async def start(self) -> Turn:
         """Check now if it is this worker's turn; otherwise leave it to the one checking."""
@@ -74,20 +78,32 @@ class Recheck:
         """Units of the manifest with an output not in the store at its recorded size, with those
         outputs' numbers (a done unit with no output recorded at all too, as diff.py does).
 
-        ``present`` is the cheap look (a stat; for a bucket, the listing made at open, which does
-        not see what other workers published since); a miss is confirmed with a fresh ``stat``."""
+        ``present`` is the cheap look: a stat for a folder (final), for a bucket the listing made
+        at open, which does not see what other workers published since, so a miss there is
+        confirmed with a HEAD (several at once)."""
         missing: dict[str, list[int]] = {}
-        present: Callable[[str, int | None], bool] = self._output.present
+        doubtful: list[DoneOutput] = []
         for out in page:
             if out.key not in self._keys:
                 continue  # stale: not this manifest's, kept as it is
-            if out.n is None:
-                missing.setdefault(out.key, [])
-            elif out.path is None or not (present(out.path, out.bytes) or await self._there(out)):
-                missing.setdefault(out.key, []).append(out.n)
+            if out.n is None or out.path is None:
+                missing.setdefault(out.key, []).extend([] if out.n is None else [out.n])
+            elif not self._output.present(out.path, out.bytes):
+                doubtful.append(out)
+        gone: list[DoneOutput] = []
+        if isinstance(self._output, LocalOutputStore):
+            gone = doubtful  # a folder's stat is final
+        else:
+            async with anyio.create_task_group() as tg:
+                for out in doubtful:
+                    tg.start_soon(self._confirm, out, gone)
+        for out in sorted(gone, key=lambda o: (o.key, o.n or 0)):
+            missing.setdefault(out.key, []).append(out.n or 0)
         return missing
 
-    async def _there(self, out: DoneOutput) -> bool:
+    async def _confirm(self, out: DoneOutput, gone: list[DoneOutput]) -> None:
         assert out.path is not None
-        found = await self._output.stat(out.path)
-        return found is not None and found.bytes == out.bytes
+        async with self._looks:
+            found = await self._output.stat(out.path)
+        if found is None or found.bytes != out.bytes:
+            gone.append(out)
