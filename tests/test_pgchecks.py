@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import anyio
 import psycopg
 import pytest
 
@@ -104,6 +105,19 @@ async def test_missing_and_resized_files_are_reopened_once(opened: Opener, tmp_p
     assert gone is not None and gone.outputs[0].downloaded_at is None and gone.outputs[0].path is None
     assert await Recheck(second, manifest, output, FakeClock()).settled()  # counted: exit when done
     assert second.phases() == phases
+
+
+async def test_a_check_stopped_by_a_signal_is_not_counted(opened: Opener, tmp_path: Path) -> None:
+    await _done(await opened(lease_s=None), tmp_path, 1)
+    (tmp_path / "item-0000/image-1.png").unlink()
+    first, second = await opened(), await opened()
+    stop = anyio.Event()
+    stop.set()
+    output = LocalOutputStore(tmp_path)
+    assert await Recheck(first, {key(0)}, output, FakeClock(), stop).start() is Turn.MINE
+    assert first.phases()[key(0)] is Phase.DONE  # stopped before it reopened anything
+    assert not await Recheck(second, {key(0)}, output, FakeClock()).settled()  # did it, reopened one
+    assert second.phases()[key(0)] is Phase.SUCCEEDED
 
 
 async def test_a_busy_check_keeps_workers_from_exiting(opened: Opener, tmp_path: Path) -> None:

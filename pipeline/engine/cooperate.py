@@ -186,7 +186,7 @@ async def run_shared(
     store.manifest_keys = frozenset(by_key)
     stale = len(store.stale_keys(set(by_key)))
     # Done units whose files are gone are reopened (one worker checks): see recheck.py.
-    recheck = Recheck(store, set(by_key), output or LocalOutputStore(layout.root), clock)
+    recheck = Recheck(store, set(by_key), output or LocalOutputStore(layout.root), clock, stop)
     await recheck.start()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, store, lease_s, clock)

@@ -11,7 +11,8 @@ downloads their outputs again from the job.
 
 Each worker tries at start: the first to get the turn checks, the others go straight to work.
 Before a worker exits it asks again: it waits while a check is running (the check may reopen
-units) and does the check itself if the one that started never finished (its worker died).
+units) and does the check itself if the one that started never finished (its worker died, or
+was stopped by a signal, which ends a check between two pages).
 """
 
 from __future__ import annotations
@@ -38,9 +39,12 @@ _LOOKS = 16  # stats (HEAD requests on a bucket) confirming misses at once
 class Recheck:
     """The file check of one worker of a shared run over the manifest's ``keys``."""
 
-    def __init__(self, store: PostgresStore, keys: Set[str], output: OutputStore, clock: Clock) -> None:
+    def __init__(
+        self, store: PostgresStore, keys: Set[str], output: OutputStore, clock: Clock,
+        stop: anyio.Event | None = None,
+    ) -> None:  # fmt: skip
         self._checks = store.output_checks()
-        self._keys, self._output, self._clock = keys, output, clock
+        self._keys, self._output, self._clock, self._stop = keys, output, clock, stop
         self._looks = anyio.CapacityLimiter(_LOOKS)
 
     async def start(self) -> Turn:
@@ -62,6 +66,9 @@ class Recheck:
         """Every done unit's outputs against the output store, a page at a time; reopen the missing."""
         after = ""
         while page := await self._checks.page(after, _PAGE):
+            if self._stop is not None and self._stop.is_set():
+                turn.complete = False  # a signal: stop here; the next worker checks it all
+                return
             after = page[-1].key
             missing = await self._missing(page)
             turn.checked += len({o.key for o in page})

@@ -109,6 +109,8 @@ class CheckTurn:
     turn: Turn
     checked: int = 0
     reopened: int = 0
+    #: False when the check stopped part-way (a signal): not recorded, so the next worker redoes it.
+    complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,7 @@ class OutputChecks:
     @asynccontextmanager
     async def turn(self) -> AsyncIterator[CheckTurn]:
         """Whose turn it is. While a :attr:`Turn.MINE` turn is open this worker holds the lock;
-        leaving it without an error records the check as finished (with the turn's figures)."""
+        leaving it without an error, the check complete, records it as finished (with its figures)."""
         params: dict[str, Any] = {"run": self.run, "me": self.holder, "lease": self._lease_s}
         try:
             async with self._pool.connection() as conn:  # autocommit: the lock outlives statements
@@ -149,8 +151,9 @@ class OutputChecks:
                     await conn.execute(_BEGIN, params)
                     mine = CheckTurn(Turn.MINE)
                     yield mine
-                    figures = {"checked": mine.checked, "reopened": mine.reopened}
-                    await conn.execute(_FINISH, {**params, **figures})
+                    if mine.complete:
+                        figures = {"checked": mine.checked, "reopened": mine.reopened}
+                        await conn.execute(_FINISH, {**params, **figures})
                 finally:
                     with anyio.CancelScope(shield=True):
                         await conn.execute(_UNLOCK, (self.run,))
