@@ -30,12 +30,14 @@ from pipeline.engine.delivery import WorkUnit
 from pipeline.engine.limits import RateLimiter
 from pipeline.engine.options import Failure, RunOptions, RunSummary
 from pipeline.engine.provision import Provisioner
+from pipeline.engine.recheck import Recheck
 from pipeline.engine.regenerate import recorded_seeds
 from pipeline.engine.run import run_pipeline
 from pipeline.engine.tally import Snapshot
 from pipeline.errors import LeaseLostError
 from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
+from pipeline.output.local import LocalOutputStore
 from pipeline.output.store import OutputStore
 from pipeline.state.pglimits import SharedLimits
 from pipeline.state.postgres import PostgresStore
@@ -183,6 +185,9 @@ async def run_shared(
     await store.sync_units(units)
     store.manifest_keys = frozenset(by_key)
     stale = len(store.stale_keys(set(by_key)))
+    # Done units whose files are gone are reopened (one worker checks): see recheck.py.
+    recheck = Recheck(store, set(by_key), output or LocalOutputStore(layout.root), clock, stop)
+    await recheck.start()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, store, lease_s, clock)
         while totals.stopped is None and not (stop is not None and stop.is_set()):
@@ -192,7 +197,7 @@ async def run_shared(
             if len(mine) < len(claimed):
                 await store.release(set(claimed) - set(mine))  # stale, or given up: leave to others
             if not mine:
-                if not _open_keys(units, store.phases(), given_up):
+                if not _open_keys(units, store.phases(), given_up) and await recheck.settled():
                     break
                 await clock.sleep(min(1.0, lease_s / 4))  # others hold the rest: wait, or take over
                 continue
