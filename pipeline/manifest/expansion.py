@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.manifest.assets import Assets
 from pipeline.manifest.chain import Chain, Defaults, can_relay, relay
 from pipeline.manifest.instances import Instance
+from pipeline.manifest.prints import Settle, indexable, row_print
 from pipeline.manifest.problems import ProblemLog, format_path
 from pipeline.manifest.rows import Cell, Rows
 from pipeline.manifest.schema import TRAINED_SIGIL, FieldPath
@@ -66,6 +67,14 @@ class Expander:
         self.ids: dict[str, int] = {}
         self.compiled: list[Compiled] = []
         self.compiler = Compiler(doc, rows=rows, log=log)
+        #: Set by the loader to skip settled rows (:mod:`pipeline.manifest.prints`).
+        self.settle: Settle | None = None
+        self.context = b""
+        #: ``(fingerprint, unit keys)`` of each expanded row that may be indexed; units skipped.
+        self.prints: list[tuple[bytes, tuple[str, ...]]] = []
+        self.skipped_units = 0
+        self._fingerprints: dict[int, list[bytes | None]] = {}
+        self._settled: Mapping[bytes, int] = {}
 
     # -- compile ------------------------------------------------------------------------------------
 
@@ -83,6 +92,8 @@ class Expander:
                 self.doc.where(items), "items", f"expands to {total:,} items; the limit is {MAX_ITEMS:,}"
             )
             return
+        if self.settle is not None:
+            self._fingerprint(compiled)
         for item in compiled:
             self._expand_item(item)
 
@@ -97,10 +108,58 @@ class Expander:
 
     def _expand_item(self, item: Compiled) -> None:
         """Row by row, and within a row variant by variant, so one product's work stays together."""
+        prints = self._fingerprints.get(item.index)
+        if prints is not None:
+            self._expand_printed(item, prints)
+            return
         rows = range(len(self.rows.records)) if item.uses_rows and self.rows is not None else (None,)
         for row in rows:
             for variant in item.variants:
                 self._instance(item, variant, row)
+
+    # -- fingerprints -------------------------------------------------------------------------------
+
+    def _fingerprint(self, compiled: list[Compiled]) -> None:
+        """Every row's fingerprint, for items of one variant made per row; then ask which are settled."""
+        assert self.settle is not None
+        if self.rows is None:
+            return
+        every: list[bytes] = []
+        for item in compiled:
+            if item.uses_rows and len(item.variants) == 1:
+                prints = [row_print(self.context, item.index, r) for r in self.rows.records]
+                self._fingerprints[item.index] = prints
+                every.extend(p for p in prints if p is not None)
+        if every:
+            self._settled = self.settle(every)
+
+    def _expand_printed(self, item: Compiled, prints: list[bytes | None]) -> None:
+        """Rows of a fingerprinted item: settled ones only have their id checked, others expand."""
+        variant, settled = item.variants[0], self._settled
+        for row, fp in enumerate(prints):
+            if fp is not None and fp in settled and self._skip(item, variant, row):
+                self.skipped_units += settled[fp]
+                continue
+            before = len(self.units)
+            self._instance(item, variant, row)
+            units = self.units[before:]
+            if fp is not None and units and indexable(units):
+                self.prints.append((fp, tuple(u.key for u in units)))
+
+    def _skip(self, item: Compiled, variant: Variant, row: int) -> bool:
+        """Check a settled row's id (ids must stay unique with the rows that do expand); ``False``
+        when it cannot be rendered alone, and the row is expanded instead."""
+        assert self.rows is not None
+        hole = next((h for h in variant.holes if h.path == ("id",)), None)
+        try:
+            record = self.rows.records[row]
+            item_id = variant.base["id"] if hole is None else self._fill(hole, variant, record)
+        except KeyError:
+            return False
+        if not isinstance(item_id, str):
+            return False
+        Instance(self, item, variant, row).check_id(item_id + variant.id_suffix)
+        return True
 
     def render(
         self, item: Compiled, variant: Variant, row: int | None
