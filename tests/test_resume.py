@@ -113,7 +113,14 @@ async def _finish(store: StateStore, unit: _Unit, root: Path, *, write: bool = T
     await store.mark_done(unit.key)
 
 
-async def test_sort_out_passes_on_only_what_is_left_to_do(tmp_path: Path) -> None:
+@pytest.mark.parametrize("share", [50, 10**9], ids=["scan", "lookup"])
+async def test_sort_out_passes_on_only_what_is_left_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, share: int
+) -> None:
+    """Both ways of reading the state (two scans; by key, for a few units of a big state) agree."""
+    from pipeline.engine import diff
+
+    monkeypatch.setattr(diff, "_LOOKUP_SHARE", share)
     root = tmp_path / "out"
     done, gone, resized, running, new = (_Unit(f"{i:032x}", f"item-{i}") for i in range(5))
     child = _Unit("c" * 32, "item-0", step="upscale", upstream=done.key)
