@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pipeline.clock import FakeClock
+from pipeline.engine.settled import none_settled
 from pipeline.errors import ManifestError
 from pipeline.manifest.load import Manifest, load_manifest
 from pipeline.output.local import LocalOutputStore
@@ -49,9 +50,18 @@ def _index(manifest: Manifest) -> dict[bytes, tuple[str, ...]]:
     return dict(manifest.prints)
 
 
+class _Settled:
+    def __init__(self, rows: Mapping[bytes, int]) -> None:
+        self.rows, self.units = rows, sum(rows.values())
+
+    def __contains__(self, fp: object) -> bool:
+        return fp in self.rows
+
+
 def _settle(index: Mapping[bytes, tuple[str, ...]], done: set[str]) -> Any:
-    def settle(prints: Sequence[bytes]) -> dict[bytes, int]:
-        return {fp: len(index[fp]) for fp in prints if fp in index and all(key in done for key in index[fp])}
+    def settle(prints: Sequence[bytes]) -> _Settled:
+        found = {fp: len(index[fp]) for fp in prints if fp in index and all(key in done for key in index[fp])}
+        return _Settled(found)
 
     return settle
 
@@ -91,7 +101,7 @@ def test_skipping_finds_what_the_full_expansion_finds(
     change: str,
 ) -> None:
     path = _write(tmp_path, first, prompt=_PROMPTS[0], aspect="1:1", upscale=True)
-    before = load_manifest(path, settle=lambda prints: {})
+    before = load_manifest(path, settle=none_settled)
     index = _index(before)
     keys = [u.key for u in before.units]
     done = {key for i, key in enumerate(keys) if i % 4 < done_share}  # some reopened or never done
@@ -137,7 +147,7 @@ def test_skipping_finds_what_the_full_expansion_finds(
 def test_a_new_row_cannot_take_the_id_of_a_skipped_one(tmp_path: Path) -> None:
     rows = [("a1", "Mug", "red", ""), ("b2", "Cap", "navy", "")]
     path = _write(tmp_path, rows, prompt=_PROMPTS[0], aspect="1:1", upscale=True)
-    before = load_manifest(path, settle=lambda prints: {})
+    before = load_manifest(path, settle=none_settled)
     settle = _settle(_index(before), {u.key for u in before.units})
     path = _write(tmp_path, [*rows, ("A1", "Tee", "red", "")], prompt=_PROMPTS[0], aspect="1:1", upscale=True)
     with pytest.raises(ManifestError, match="differs only in case"):
@@ -154,7 +164,7 @@ def test_another_output_layout_expands_everything(tmp_path: Path) -> None:
     doc = json.loads(path.read_text())
     path.write_text(json.dumps({**doc, "output": {"path": "{item}-{step}-{n}.{ext}"}}))
     calls: list[int] = []
-    manifest = load_manifest(path, settle=lambda prints: calls.append(len(prints)) or {})  # type: ignore[func-returns-value]
+    manifest = load_manifest(path, settle=lambda prints: calls.append(len(prints)) or none_settled(prints))  # type: ignore[func-returns-value]
     assert calls == [] and len(manifest.units) == 2
 
 
@@ -173,29 +183,35 @@ async def _finish(store: StateStore, key: str, root: Path, name: str) -> None:
 async def test_the_state_settles_rows_whose_units_are_all_done(tmp_path: Path) -> None:
     rows = [("a1", "Mug", "red", ""), ("b2", "Cap", "navy", ""), ("c3", "Tee", "red", "")]
     manifest = load_manifest(
-        _write(tmp_path, rows, prompt=_PROMPTS[0], aspect="1:1", upscale=True), settle=lambda prints: {}
+        _write(tmp_path, rows, prompt=_PROMPTS[0], aspect="1:1", upscale=True), settle=none_settled
     )
     root, state = tmp_path / "out", tmp_path / "state.db"
     root.mkdir()
     fps = [fp for fp, _ in manifest.prints]
-    assert settled_rows(state, fps) == {}  # no state file yet
+
+    def found() -> tuple[list[int], int]:
+        settled = settled_rows(state, fps)
+        return [i for i, fp in enumerate(fps) if fp in settled], settled.units
+
+    assert found() == ([], 0)  # no state file yet
     async with StateStore.open(state, clock=FakeClock(), linger_s=0) as store:
-        assert settled_rows(state, fps) == {}  # no index yet
+        assert found() == ([], 0)  # no index yet
         await store.sync_units(manifest.units)
         await store.record_prints(manifest.prints)
+        assert found() == ([], 0)  # nothing done
         for unit in manifest.units:
             await _finish(store, unit.key, root, f"{unit.key}.jpeg")
-        assert settled_rows(state, fps) == dict.fromkeys(fps, 2)
+        assert found() == ([0, 1, 2], 6)
         first, second, third = manifest.prints
         await store.reopen(second[1][1], [1])  # a reopened upscale: its row is no longer settled
-        assert settled_rows(state, fps) == {first[0]: 2, third[0]: 2}
+        assert found() == ([0, 2], 4)
+        assert b"?" * 16 not in settled_rows(state, [*fps, b"?" * 16])  # a row the index does not know
         (root / f"{third[1][0]}.jpeg").unlink()  # the files are the second pass's to check
-        assert missing_outputs(state, {first[0], third[0]}, LocalOutputStore(root).present) == {
+        assert missing_outputs(state, settled_rows(state, fps), LocalOutputStore(root).present) == {
             third[1][0]: [1]
         }
-        # an index written by an older manifest: a unit that moved to another row's fingerprint
-        await store.record_prints([(b"x" * 16, (first[1][0],))])
-        assert first[0] not in settled_rows(state, fps)
+        await store.record_prints([(first[0], (*first[1], "0" * 32))])  # an entry short of its row
+        assert found() == ([2], 2)
 
 
 # -- a run ----------------------------------------------------------------------------------------------
@@ -212,7 +228,9 @@ async def test_a_rerun_skips_done_rows_and_still_fetches_their_lost_files(
 
     skipped: list[int] = []
     real = settled.settled_rows
-    monkeypatch.setattr(settled, "settled_rows", lambda *a: skipped.append(len(found := real(*a))) or found)
+    monkeypatch.setattr(
+        settled, "settled_rows", lambda *a: skipped.append((found := real(*a)).units) or found
+    )
     monkeypatch.setenv("PHOTOGPT_API_KEY", TEST_KEY)
     out = tmp_path / "out"
     rows = [(f"s{i}", f"Thing {i}", "red", "") for i in range(6)]
@@ -232,5 +250,5 @@ async def test_a_rerun_skips_done_rows_and_still_fetches_their_lost_files(
     assert (third.exit_code, third.submitted, third.stale) == (0, 0, 0)
     assert third.downloaded_bytes > 0 and lost.exists()
     assert len(kinds) == 14  # 7 rows x (image + upscale), each paid once
-    assert skipped == [6, 7, 6]  # second run; third run: first pass, then the second (s3 expanded)
+    assert skipped == [12, 14, 12]  # units: the second run; the third's passes (the second expands s3)
     assert_outputs_verify(out)

@@ -18,7 +18,7 @@ indexed, so that the next run can skip them once they are done.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio.to_thread
@@ -26,6 +26,7 @@ import anyio.to_thread
 from pipeline.engine.options import RunSummary
 from pipeline.engine.request import RunRequest, default_out, default_state
 from pipeline.manifest.load import Manifest
+from pipeline.manifest.prints import NoneSettled, Settled
 from pipeline.output.local import LocalOutputStore
 from pipeline.output.open import is_s3_url
 from pipeline.state.opening import resolve_state
@@ -35,9 +36,9 @@ from pipeline.state.store import StateStore
 __all__ = ["Skipping", "combine", "none_settled"]
 
 
-def none_settled(prints: Sequence[bytes]) -> Mapping[bytes, int]:
+def none_settled(prints: Sequence[bytes]) -> Settled:
     """A first run: nothing to skip, but the rows are fingerprinted to be indexed."""
-    return {}
+    return NoneSettled()
 
 
 class Skipping:
@@ -45,7 +46,7 @@ class Skipping:
 
     def __init__(self, state_path: Path, out: Path) -> None:
         self.state_path, self.out = state_path, out
-        self.settled: frozenset[bytes] = frozenset()
+        self.settled: Settled = NoneSettled()
 
     @classmethod
     def for_run(cls, request: RunRequest, state_path: Path, out: Path | str | None) -> Skipping | None:
@@ -57,10 +58,9 @@ class Skipping:
             return None
         return cls(state_path, Path(out))
 
-    def settle(self, prints: Sequence[bytes]) -> Mapping[bytes, int]:
-        found = settled_rows(self.state_path, prints)
-        self.settled = frozenset(found)
-        return found
+    def settle(self, prints: Sequence[bytes]) -> Settled:
+        self.settled = settled_rows(self.state_path, prints)
+        return self.settled
 
     def fits(self, request: RunRequest, manifest: Manifest) -> bool:
         """Whether the loaded manifest names the state and output folder the skip was decided on."""
@@ -76,7 +76,7 @@ class Skipping:
         missing = await anyio.to_thread.run_sync(missing_outputs, self.state_path, self.settled, present)
         for key, numbers in missing.items():
             await store.reopen(key, numbers)
-        self.settled = frozenset()
+        self.settled = NoneSettled()
         return len(missing)
 
 

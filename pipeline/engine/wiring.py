@@ -162,12 +162,12 @@ async def _execute(
                     await store.reset(Phase.UNKNOWN)
                 if request.regenerate_rejected:
                     await _regenerate(request, manifest, store, layout, options, clock)
-                await store.record_prints(manifest.prints)  # the rows the next run may skip
                 seeds = {k: int(v["seed"]) for k, v in store.resources("seed").items() if "seed" in v}
                 options = replace(options, seeds=seeds)
                 where = (layout, output)
                 summary = await run_session(manifest, config, store, where, options, clock, fast=fast,
                                             progress=request.progress)  # fmt: skip
+                await store.record_prints(manifest.prints)  # after the diff recorded every unit
                 if skipping is None or not manifest.skipped_units or summary.stopped:
                     return summary
                 if not await skipping.reopen_missing(store):  # the skipped rows' files, checked now

@@ -15,7 +15,7 @@ from typing import Any
 from pipeline.manifest.assets import Assets
 from pipeline.manifest.chain import Chain, Defaults, can_relay, relay
 from pipeline.manifest.instances import Instance
-from pipeline.manifest.prints import Settle, indexable, row_print
+from pipeline.manifest.prints import NoneSettled, Settle, Settled, indexable, row_print
 from pipeline.manifest.problems import ProblemLog, format_path
 from pipeline.manifest.rows import Cell, Rows
 from pipeline.manifest.schema import TRAINED_SIGIL, FieldPath
@@ -74,7 +74,7 @@ class Expander:
         self.prints: list[tuple[bytes, tuple[str, ...]]] = []
         self.skipped_units = 0
         self._fingerprints: dict[int, list[bytes | None]] = {}
-        self._settled: Mapping[bytes, int] = {}
+        self._settled: Settled = NoneSettled()
 
     # -- compile ------------------------------------------------------------------------------------
 
@@ -132,13 +132,13 @@ class Expander:
                 every.extend(p for p in prints if p is not None)
         if every:
             self._settled = self.settle(every)
+            self.skipped_units = self._settled.units  # a settled row always renders its id alone
 
     def _expand_printed(self, item: Compiled, prints: list[bytes | None]) -> None:
         """Rows of a fingerprinted item: settled ones only have their id checked, others expand."""
         variant, settled = item.variants[0], self._settled
         for row, fp in enumerate(prints):
             if fp is not None and fp in settled and self._skip(item, variant, row):
-                self.skipped_units += settled[fp]
                 continue
             before = len(self.units)
             self._instance(item, variant, row)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -26,15 +26,32 @@ from pipeline.manifest.rows import Cell
 from pipeline.manifest.schema import TRAINED_SIGIL
 from pipeline.manifest.spec import Unit
 
-__all__ = ["PRINT_SCHEME", "Settle", "context_digest", "indexable", "row_print"]
+__all__ = ["PRINT_SCHEME", "NoneSettled", "Settle", "Settled", "context_digest", "indexable", "row_print"]
 
 #: The expansion rules a fingerprint stands for: bump it when the same manifest and row would
 #: expand to other units (a new default, another key derivation, a changed merge).
 PRINT_SCHEME = 1
 
-#: ``settle(fingerprints) -> {settled fingerprint: its number of units}``: called once per load,
-#: with every candidate row's fingerprint.
-Settle = Callable[[Sequence[bytes]], Mapping[bytes, int]]
+
+class Settled(Protocol):
+    """The settled rows among the fingerprints a load asked about, and their units in all."""
+
+    units: int
+
+    def __contains__(self, fp: object, /) -> bool: ...
+
+
+#: ``settle(fingerprints)``: called once per load, with every candidate row's fingerprint.
+Settle = Callable[[Sequence[bytes]], Settled]
+
+
+class NoneSettled:
+    """A first run's answer: nothing to skip (its rows are fingerprinted to be indexed)."""
+
+    units = 0
+
+    def __contains__(self, fp: object, /) -> bool:
+        return False
 
 
 def context_digest(data: Any) -> bytes:
