@@ -202,7 +202,7 @@ async def test_the_state_settles_rows_whose_units_are_all_done(tmp_path: Path) -
         for unit in manifest.units:
             await _finish(store, unit.key, root, f"{unit.key}.jpeg")
         assert found() == ([0, 1, 2], 6)
-        first, second, third = manifest.prints
+        _, second, third = manifest.prints
         await store.reopen(second[1][1], [1])  # a reopened upscale: its row is no longer settled
         assert found() == ([0, 2], 4)
         assert b"?" * 16 not in settled_rows(state, [*fps, b"?" * 16])  # a row the index does not know
@@ -210,8 +210,11 @@ async def test_the_state_settles_rows_whose_units_are_all_done(tmp_path: Path) -
         assert missing_outputs(state, settled_rows(state, fps), LocalOutputStore(root).present) == {
             third[1][0]: [1]
         }
-        await store.record_prints([(first[0], (*first[1], "0" * 32))])  # an entry short of its row
-        assert found() == ([2], 2)
+        # a unit two rows make (they differ in a column no unit reads): unfinished, both are unsettled
+        await store.record_prints([(b"!" * 16, third[1])])
+        await store.reopen(third[1][0], [1])
+        assert found() == ([0], 2)
+        assert b"!" * 16 not in settled_rows(state, [*fps, b"!" * 16])
 
 
 # -- a run ----------------------------------------------------------------------------------------------

@@ -12,58 +12,56 @@ whether those outputs are still on disk is :func:`missing_outputs`'s to say.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Collection, Container, Iterable, Set
+from collections.abc import Callable, Container, Iterable, Sequence, Set
 from pathlib import Path
 
 from pipeline.state.sqlite_schema import connect
 
 __all__ = ["Settled", "missing_outputs", "settled_rows", "write_prints"]
 
-_TABLE = (
-    "CREATE TABLE IF NOT EXISTS row_prints (fp BLOB NOT NULL, key TEXT NOT NULL, units INTEGER NOT NULL,"
-    " PRIMARY KEY (fp, key)) WITHOUT ROWID"
+_TABLES = (
+    "CREATE TABLE IF NOT EXISTS row_prints (fp BLOB PRIMARY KEY, units INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS row_print_keys (key TEXT NOT NULL, fp BLOB NOT NULL,"
+    " PRIMARY KEY (key, fp)) WITHOUT ROWID",
 )
-_BY_KEY = "CREATE INDEX IF NOT EXISTS row_prints_key ON row_prints (key)"
-# Everything below walks two tables in one order (fingerprint, or unit key), never looking rows up
-# at random: that is 30 s instead of 2 for a million units on a cold cache.
-_WANT = "CREATE TEMP TABLE want (fp BLOB PRIMARY KEY) WITHOUT ROWID"
-_INCOMPLETE = (  # unknown rows, or rows whose index entries are not all there
-    "SELECT w.fp FROM want w LEFT JOIN row_prints p ON p.fp = w.fp"
-    " GROUP BY w.fp HAVING count(p.key) = 0 OR count(p.key) != max(p.units) OR min(p.units) != max(p.units)"
+# Every read below is one sequential walk (units, the index, or outputs beside the index's keys):
+# a lookup per row in another table's order reads pages at random, 20 s for a million on a busy
+# machine. Rows with an unfinished unit are few: found from the units scan, a key lookup each.
+_UNFINISHED = (
+    "SELECT DISTINCT k.fp FROM units u CROSS JOIN row_print_keys k ON k.key = u.key WHERE u.phase != 'done'"
 )
-_UNFINISHED = (  # rows with a unit that is not done (few: one scan of units, a lookup each)
-    "SELECT DISTINCT p.fp FROM units u JOIN row_prints p ON p.key = u.key WHERE u.phase != 'done'"
-)
-_INDEXED = "SELECT count(*) FROM want w JOIN row_prints p ON p.fp = w.fp"
 _FILES = (
-    "SELECT p.fp, p.key, o.n, o.path, o.bytes FROM row_prints p"
-    " LEFT JOIN outputs o ON o.unit_key = p.key ORDER BY p.key"
+    "SELECT k.fp, k.key, o.n, o.path, o.bytes FROM row_print_keys k LEFT JOIN outputs o ON o.unit_key = k.key"
 )
 
 
 class Settled:
     """The settled rows among the fingerprints asked about, and their number of units in all."""
 
-    def __init__(self, asked: Set[bytes] = frozenset(), unsettled: Set[bytes] = frozenset(), units: int = 0):
-        self._asked, self._unsettled, self.units = asked, unsettled, units
+    def __init__(self, settled: Set[bytes] = frozenset(), units: int = 0) -> None:
+        self._settled, self.units = settled, units
 
     def __contains__(self, fp: object) -> bool:
-        return fp in self._asked and fp not in self._unsettled
+        return fp in self._settled
 
 
-def write_prints(conn: sqlite3.Connection, prints: Iterable[tuple[bytes, tuple[str, ...]]]) -> None:
-    """Index each row's units under its fingerprint. Write only units already in ``units`` (units
-    are never deleted): an indexed key is then a recorded unit. An entry never goes stale: the same
-    fingerprint always makes the same units."""
-    conn.execute(_TABLE)
-    conn.execute(_BY_KEY)
+def write_prints(conn: sqlite3.Connection, prints: Sequence[tuple[bytes, tuple[str, ...]]]) -> None:
+    """Index each row's units under its fingerprint. Write only rows whose units are all in
+    ``units`` (units are never deleted): an indexed key is then a recorded unit. An entry never goes
+    stale, as one fingerprint always makes the same units; a unit two rows make (they differ in a
+    column no unit reads) is indexed under both."""
+    for table in _TABLES:
+        conn.execute(table)
     conn.executemany(
-        "INSERT OR IGNORE INTO row_prints (fp, key, units) VALUES (?, ?, ?)",
-        ((fp, key, len(keys)) for fp, keys in prints for key in keys),
+        "INSERT OR IGNORE INTO row_prints (fp, units) VALUES (?, ?)", ((fp, len(k)) for fp, k in prints)
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO row_print_keys (key, fp) VALUES (?, ?)",
+        ((key, fp) for fp, keys in prints for key in keys),
     )
 
 
-def settled_rows(path: Path, prints: Collection[bytes]) -> Settled:
+def settled_rows(path: Path, prints: Iterable[bytes]) -> Settled:
     """Of ``prints``, the rows whose every unit is done. Files are not looked at here
     (:func:`missing_outputs` does, later). One snapshot; a file without the index settles none."""
     try:
@@ -72,15 +70,17 @@ def settled_rows(path: Path, prints: Collection[bytes]) -> Settled:
         return Settled()
     try:
         conn.execute("BEGIN")
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'row_prints'").fetchone() is None:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'row_print_keys'").fetchone() is None:
             return Settled()
-        conn.execute(_WANT)
-        asked = frozenset(prints)
-        conn.executemany("INSERT INTO want (fp) VALUES (?)", ((fp,) for fp in asked))
-        unsettled = {fp for (fp,) in conn.execute(_INCOMPLETE)}
-        unsettled.update(fp for (fp,) in conn.execute(_UNFINISHED))
-        conn.executemany("DELETE FROM want WHERE fp = ?", ((fp,) for fp in unsettled))
-        return Settled(asked, unsettled, conn.execute(_INDEXED).fetchone()[0])
+        unsettled = {fp for (fp,) in conn.execute(_UNFINISHED)}
+        asked = set(prints)
+        settled: set[bytes] = set()
+        units = 0
+        for fp, count in conn.execute("SELECT fp, units FROM row_prints"):
+            if fp in asked and fp not in unsettled:
+                settled.add(fp)
+                units += count
+        return Settled(settled, units)
     except sqlite3.Error:
         return Settled()
     finally:
