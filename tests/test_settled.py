@@ -54,9 +54,6 @@ class _Settled:
     def __init__(self, rows: Mapping[bytes, int]) -> None:
         self.rows, self.units = rows, sum(rows.values())
 
-    def __contains__(self, fp: object) -> bool:
-        return fp in self.rows
-
 
 def _settle(index: Mapping[bytes, tuple[str, ...]], done: set[str]) -> Any:
     def settle(prints: Sequence[bytes]) -> _Settled:
@@ -191,7 +188,7 @@ async def test_the_state_settles_rows_whose_units_are_all_done(tmp_path: Path) -
 
     def found() -> tuple[list[int], int]:
         settled = settled_rows(state, fps)
-        return [i for i, fp in enumerate(fps) if fp in settled], settled.units
+        return [i for i, fp in enumerate(fps) if fp in settled.rows], settled.units
 
     assert found() == ([], 0)  # no state file yet
     async with StateStore.open(state, clock=FakeClock(), linger_s=0) as store:
@@ -205,16 +202,16 @@ async def test_the_state_settles_rows_whose_units_are_all_done(tmp_path: Path) -
         _, second, third = manifest.prints
         await store.reopen(second[1][1], [1])  # a reopened upscale: its row is no longer settled
         assert found() == ([0, 2], 4)
-        assert b"?" * 16 not in settled_rows(state, [*fps, b"?" * 16])  # a row the index does not know
+        assert b"?" * 16 not in settled_rows(state, [*fps, b"?" * 16]).rows  # a row the index does not know
         (root / f"{third[1][0]}.jpeg").unlink()  # the files are the second pass's to check
-        assert missing_outputs(state, settled_rows(state, fps), LocalOutputStore(root).present) == {
+        assert missing_outputs(state, settled_rows(state, fps).rows, LocalOutputStore(root).present) == {
             third[1][0]: [1]
         }
         # a unit two rows make (they differ in a column no unit reads): unfinished, both are unsettled
         await store.record_prints([(b"!" * 16, third[1])])
         await store.reopen(third[1][0], [1])
         assert found() == ([0], 2)
-        assert b"!" * 16 not in settled_rows(state, [*fps, b"!" * 16])
+        assert b"!" * 16 not in settled_rows(state, [*fps, b"!" * 16]).rows
 
 
 # -- a run ----------------------------------------------------------------------------------------------

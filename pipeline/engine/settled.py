@@ -73,7 +73,7 @@ class Skipping:
         """Check every recorded output of the skipped rows on disk; reopen the units with one
         missing (or resized). Returns how many were reopened: a second pass fetches them."""
         present = LocalOutputStore(self.out).present
-        missing = await anyio.to_thread.run_sync(missing_outputs, self.state_path, self.settled, present)
+        missing = await anyio.to_thread.run_sync(missing_outputs, self.state_path, self.settled.rows, present)
         for key, numbers in missing.items():
             await store.reopen(key, numbers)
         self.settled = NoneSettled()

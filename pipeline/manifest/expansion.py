@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.manifest.assets import Assets
 from pipeline.manifest.chain import Chain, Defaults, can_relay, relay
+from pipeline.manifest.ids import RESERVED_IDS, unsafe_segment
 from pipeline.manifest.instances import Instance
 from pipeline.manifest.prints import NoneSettled, Settle, Settled, indexable, row_print
 from pipeline.manifest.problems import ProblemLog, format_path
@@ -136,10 +137,22 @@ class Expander:
 
     def _expand_printed(self, item: Compiled, prints: list[bytes | None]) -> None:
         """Rows of a fingerprinted item: settled ones only have their id checked, others expand."""
-        variant, settled = item.variants[0], self._settled
+        assert self.rows is not None
+        variant, settled, records, ids = item.variants[0], self._settled.rows, self.rows.records, self.ids
+        plain = _plain_id(variant)
+        first = Instance(self, item, variant, 0).origin()  # row r's origin is first + r
         for row, fp in enumerate(prints):
-            if fp is not None and fp in settled and self._skip(item, variant, row):
-                continue
+            if fp is not None and fp in settled:
+                if plain is not None:  # the common id, "{sku}": checked inline (the full check reports)
+                    prefix, column, suffix = plain
+                    cell = records[row].get(column)
+                    if type(cell) is str and unsafe_segment(item_id := prefix + cell + suffix) is None:
+                        folded = item_id.casefold()
+                        if folded not in ids and folded not in RESERVED_IDS:
+                            ids[item_id if folded == item_id else folded] = first + row
+                            continue
+                if self._skip(item, variant, row):
+                    continue
             before = len(self.units)
             self._instance(item, variant, row)
             units = self.units[before:]
@@ -259,6 +272,15 @@ class Expander:
             variant.template = tuple(units)
         else:
             variant.relayable = False
+
+
+def _plain_id(variant: Variant) -> tuple[str, str, str] | None:
+    """``(prefix, column, suffix)`` when the id is one rows column between literal text."""
+    hole = next((h for h in variant.holes if h.path == ("id",)), None)
+    if hole is None or len(hole.template.names) != 1 or hole.row_names != hole.template.names:
+        return None
+    parts = hole.template.parts
+    return parts[0], hole.template.names[0], parts[1] + variant.id_suffix
 
 
 def _changes(holes: list[Hole], values: list[Any]) -> dict[str, Any]:

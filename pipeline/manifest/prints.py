@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -36,9 +36,11 @@ PRINT_SCHEME = 1
 class Settled(Protocol):
     """The settled rows among the fingerprints a load asked about, and their units in all."""
 
-    units: int
+    @property
+    def rows(self) -> Container[bytes]: ...
 
-    def __contains__(self, fp: object, /) -> bool: ...
+    @property
+    def units(self) -> int: ...
 
 
 #: ``settle(fingerprints)``: called once per load, with every candidate row's fingerprint.
@@ -48,10 +50,8 @@ Settle = Callable[[Sequence[bytes]], Settled]
 class NoneSettled:
     """A first run's answer: nothing to skip (its rows are fingerprinted to be indexed)."""
 
+    rows: Container[bytes] = frozenset()
     units = 0
-
-    def __contains__(self, fp: object, /) -> bool:
-        return False
 
 
 def context_digest(data: Any) -> bytes:

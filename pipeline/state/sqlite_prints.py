@@ -38,11 +38,8 @@ _FILES = (
 class Settled:
     """The settled rows among the fingerprints asked about, and their number of units in all."""
 
-    def __init__(self, settled: Set[bytes] = frozenset(), units: int = 0) -> None:
-        self._settled, self.units = settled, units
-
-    def __contains__(self, fp: object) -> bool:
-        return fp in self._settled
+    def __init__(self, rows: Set[bytes] = frozenset(), units: int = 0) -> None:
+        self.rows, self.units = rows, units
 
 
 def write_prints(conn: sqlite3.Connection, prints: Sequence[tuple[bytes, tuple[str, ...]]]) -> None:
