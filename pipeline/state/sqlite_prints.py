@@ -70,14 +70,10 @@ def settled_rows(path: Path, prints: Iterable[bytes]) -> Settled:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'row_print_keys'").fetchone() is None:
             return Settled()
         unsettled = {fp for (fp,) in conn.execute(_UNFINISHED)}
-        asked = set(prints)
-        settled: set[bytes] = set()
-        units = 0
-        for fp, count in conn.execute("SELECT fp, units FROM row_prints"):
-            if fp in asked and fp not in unsettled:
-                settled.add(fp)
-                units += count
-        return Settled(settled, units)
+        known: dict[bytes, int] = dict(conn.execute("SELECT fp, units FROM row_prints"))
+        settled = known.keys() & set(prints)  # set operations in C: half a million rows in no time
+        settled -= unsettled
+        return Settled(settled, sum(map(known.__getitem__, settled)))
     except sqlite3.Error:
         return Settled()
     finally:
