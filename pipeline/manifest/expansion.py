@@ -14,7 +14,7 @@ from typing import Any
 
 from pipeline.manifest.assets import Assets
 from pipeline.manifest.chain import Chain, Defaults, can_relay, relay
-from pipeline.manifest.ids import RESERVED_IDS, unsafe_segment
+from pipeline.manifest.ids import RESERVED_IDS, is_plain, unsafe_segment
 from pipeline.manifest.instances import Instance
 from pipeline.manifest.prints import NoneSettled, Settle, Settled, indexable, row_print
 from pipeline.manifest.problems import ProblemLog, format_path
@@ -103,6 +103,7 @@ class Expander:
         if compiled is not None:
             for variant in compiled.variants:
                 variant.relayable = _relayable(variant.holes)
+                variant.id_at = next((i for i, h in enumerate(variant.holes) if h.path == ("id",)), None)
         return compiled
 
     # -- expand -------------------------------------------------------------------------------------
@@ -216,9 +217,11 @@ class Expander:
         is_id = hole.path == ("id",)
         texts = variant.slug_text if is_id else variant.raw_text
         name = hole.template.whole
-        if name is not None and hole.kind is not None and name not in texts:
+        if name is not None and name not in texts:  # "{column}": the cell itself
             cell = record[name]
-            return _convert(cell, hole.kind) if isinstance(cell, str) else cell
+            if hole.kind is not None:
+                return _convert(cell, hole.kind) if isinstance(cell, str) else cell
+            return cell if type(cell) is str else cell_text(cell)
 
         def lookup(key: str) -> str:
             text = texts.get(key)
@@ -226,14 +229,28 @@ class Expander:
 
         return hole.template.render(lookup)
 
+    def _relay_values(self, variant: Variant, row: int | None) -> tuple[str, list[Any]] | None:
+        """A row of a variant with a template: its id and hole values, without building its data
+        (``None`` when a column is missing: the full render reports it)."""
+        record: Mapping[str, Cell] = self.rows.records[row] if row is not None and self.rows else {}
+        try:
+            values = [self._fill(hole, variant, record) for hole in variant.holes]
+        except KeyError:
+            return None
+        at = variant.id_at
+        return (variant.base["id"] if at is None else values[at]), values
+
     def _instance(self, item: Compiled, variant: Variant, row: int | None) -> None:
-        rendered = self.render(item, variant, row)
-        if rendered is None:
-            return
-        data, values = rendered
-        inst = Instance(self, item, variant, row)
-        item_id = data["id"] + variant.id_suffix
-        id_ok = inst.check_id(item_id)
+        fast = self._relay_values(variant, row) if variant.template is not None else None
+        if fast is None:
+            rendered = self.render(item, variant, row)
+            if rendered is None:
+                return
+            data, values = rendered
+            item_id = data["id"] + variant.id_suffix
+        else:
+            item_id, values = fast[0] + variant.id_suffix, fast[1]
+        id_ok = self._claim_id(item, variant, row, item_id)
         signature = tuple(
             (type(v), bool(v.strip()) if isinstance(v, str) else v) if h.free else v
             for h, v in zip(variant.holes, values, strict=True)
@@ -241,9 +258,14 @@ class Expander:
         verified = signature in variant.verified
         template = variant.template
         if verified and template is not None:
-            units: list[Unit] | None = relay(template, item_id, _changes(variant.holes, values))
+            units: list[Unit] | None = relay(template, item_id, _changes(variant.holes, values), plain=True)
         else:
-            units = self.chain.build(data, item_id, item.location, verified=verified, report=inst.report)
+            if fast is not None:
+                rendered = self.render(item, variant, row)
+                assert rendered is not None  # its values were just rendered
+                data = rendered[0]
+            report = Instance(self, item, variant, row).report
+            units = self.chain.build(data, item_id, item.location, verified=verified, report=report)
         if units is None or not id_ok:
             return
         if not verified:
@@ -262,13 +284,24 @@ class Expander:
             )
         )
 
+    def _claim_id(self, item: Compiled, variant: Variant, row: int | None, item_id: str) -> bool:
+        """Whether the expanded id is a safe, unused folder name (then taken); the common case
+        inline, anything else through :meth:`Instance.check_id`, which reports why not."""
+        folded = item_id.casefold()
+        if folded in self.ids or folded in RESERVED_IDS or unsafe_segment(item_id) is not None:
+            return Instance(self, item, variant, row).check_id(item_id)
+        self.ids[item_id if folded == item_id else folded] = Instance(self, item, variant, row).origin()
+        return True
+
     def _adopt_template(self, variant: Variant, units: list[Unit], item_id: str, values: list[Any]) -> None:
         """Rows of this variant that pass the same checks are built by :func:`relay` from ``units``,
         once relaying them gives back exactly what the full build gave (else never)."""
         if any(u.model_id is not None and u.model_id.startswith(TRAINED_SIGIL) for u in units):
             variant.relayable = False
             return
-        if relay(units, item_id, _changes(variant.holes, values)) == units:
+        if not all(is_plain(u.request) for u in units):
+            variant.relayable = False  # a float or a huge integer: every key through canonical_json
+        elif relay(units, item_id, _changes(variant.holes, values), plain=True) == units:
             variant.template = tuple(units)
         else:
             variant.relayable = False
