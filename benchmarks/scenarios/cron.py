@@ -72,11 +72,12 @@ async def _create_schema(path: Path) -> None:
 
 def build_done_state(manifest: Path, out: Path) -> int:
     """Every unit of ``manifest`` done in ``out``'s state (bulk SQL), files on disk. Returns the count."""
+    from pipeline.engine.settled import none_settled
     from pipeline.engine.wiring import default_state
     from pipeline.manifest.load import load_manifest
     from pipeline.state.sqlite_prints import write_prints
 
-    loaded = load_manifest(manifest, settle=lambda prints: {})  # fingerprinted, as a run loads it
+    loaded = load_manifest(manifest, settle=none_settled)  # fingerprinted, as a run loads it
     units = loaded.units
     state = default_state(out)
     anyio.run(_create_schema, state)

@@ -66,7 +66,8 @@ async def _load_resuming(
     state_path = _state_before_load(request)
     lock = RunLock(state_path) if state_path else None
     if state_path is None or lock is None or not state_path.is_file():
-        return load_manifest(request.manifest, settle=none_settled), None, None
+        shared = isinstance(resolve_state(request.state, Path()), str)  # a database: no row index
+        return load_manifest(request.manifest, settle=None if shared else none_settled), None, None
     try:
         lock.acquire()
     except PipelineError:
