@@ -169,9 +169,10 @@ async def _execute(
                 summary = await run_session(manifest, config, store, where, options, clock, fast=fast,
                                             progress=request.progress)  # fmt: skip
                 await store.record_prints(manifest.prints)  # after the diff recorded every unit
-                if skipping is None or not manifest.skipped_units or summary.stopped:
+                if skipping is None or not manifest.skipped_units:
                     return summary
-                if not await skipping.reopen_missing(store):  # the skipped rows' files, checked now
+                reopened = await skipping.reopen_missing(store)  # the skipped rows' files, checked now
+                if not reopened or summary.stopped:  # stopped: the next run fetches what was reopened
                     return summary
                 load = functools.partial(load_manifest, request.manifest, settle=skipping.settle)
                 again = await anyio.to_thread.run_sync(load)  # a second pass, for the files missing
