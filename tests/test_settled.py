@@ -227,10 +227,13 @@ async def test_a_rerun_skips_done_rows_and_still_fetches_their_lost_files(
     from tests.test_run import assert_outputs_verify, options
 
     skipped: list[int] = []
-    real = settled.settled_rows
-    monkeypatch.setattr(
-        settled, "settled_rows", lambda *a: skipped.append((found := real(*a)).units) or found
-    )
+    real = settled.Skipping.settle
+
+    def settle(self: settled.Skipping, prints: Sequence[bytes]) -> Any:
+        skipped.append((found := real(self, prints)).units)
+        return found
+
+    monkeypatch.setattr(settled.Skipping, "settle", settle)
     monkeypatch.setenv("PHOTOGPT_API_KEY", TEST_KEY)
     out = tmp_path / "out"
     rows = [(f"s{i}", f"Thing {i}", "red", "") for i in range(6)]

@@ -18,6 +18,7 @@ indexed, so that the next run can skip them once they are done.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from pipeline.manifest.prints import NoneSettled, Settled
 from pipeline.output.local import LocalOutputStore
 from pipeline.output.open import is_s3_url
 from pipeline.state.opening import resolve_state
-from pipeline.state.sqlite_prints import missing_outputs, settled_rows
+from pipeline.state.sqlite_prints import Index, missing_outputs, read_index
 from pipeline.state.store import StateStore
 
 __all__ = ["Skipping", "combine", "none_settled"]
@@ -47,6 +48,13 @@ class Skipping:
     def __init__(self, state_path: Path, out: Path) -> None:
         self.state_path, self.out = state_path, out
         self.settled: Settled = NoneSettled()
+        self._index: list[Index | None] = []
+        # The index is read while the rows file is parsed and fingerprinted (SQLite lets go of the
+        # GIL): a daemon thread, so a manifest with problems does not wait for it to exit.
+        self._reading = threading.Thread(
+            target=lambda: self._index.append(read_index(state_path)), daemon=True
+        )
+        self._reading.start()
 
     @classmethod
     def for_run(cls, request: RunRequest, state_path: Path, out: Path | str | None) -> Skipping | None:
@@ -59,7 +67,11 @@ class Skipping:
         return cls(state_path, Path(out))
 
     def settle(self, prints: Sequence[bytes]) -> Settled:
-        self.settled = settled_rows(self.state_path, prints)
+        """The load's callback. The index read at the start serves the first load only: a second
+        pass (after reopening units) reads it again."""
+        self._reading.join()
+        index = self._index.pop() if self._index else read_index(self.state_path)
+        self.settled = NoneSettled() if index is None else index.settled(prints)
         return self.settled
 
     def fits(self, request: RunRequest, manifest: Manifest) -> bool:

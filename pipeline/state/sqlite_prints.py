@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Container, Iterable, Sequence, Set
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.state.sqlite_schema import connect
 
-__all__ = ["Settled", "missing_outputs", "settled_rows", "write_prints"]
+__all__ = ["Index", "Settled", "missing_outputs", "read_index", "settled_rows", "write_prints"]
 
 _TABLES = (
     "CREATE TABLE IF NOT EXISTS row_prints (fp BLOB PRIMARY KEY, units INTEGER NOT NULL) WITHOUT ROWID",
@@ -58,26 +59,45 @@ def write_prints(conn: sqlite3.Connection, prints: Sequence[tuple[bytes, tuple[s
     )
 
 
-def settled_rows(path: Path, prints: Iterable[bytes]) -> Settled:
-    """Of ``prints``, the rows whose every unit is done. Files are not looked at here
-    (:func:`missing_outputs` does, later). One snapshot; a file without the index settles none."""
+@dataclass(frozen=True, slots=True)
+class Index:
+    """What the state says of its rows: each known fingerprint's number of units, and the
+    fingerprints with a unit that is not done."""
+
+    known: dict[bytes, int]
+    unsettled: set[bytes]
+
+    def settled(self, prints: Iterable[bytes]) -> Settled:
+        """Of ``prints``, the rows whose every unit is done (set operations in C: half a million
+        rows in no time)."""
+        rows = self.known.keys() & set(prints)
+        rows -= self.unsettled
+        return Settled(rows, sum(map(self.known.__getitem__, rows)))
+
+
+def read_index(path: Path) -> Index | None:
+    """The row index from one snapshot; ``None`` for a file without it (or unreadable). Files are
+    not looked at here (:func:`missing_outputs` does, later)."""
     try:
         conn = connect(path, readonly=True)
     except sqlite3.Error:
-        return Settled()
+        return None
     try:
         conn.execute("BEGIN")
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'row_print_keys'").fetchone() is None:
-            return Settled()
+            return None
         unsettled = {fp for (fp,) in conn.execute(_UNFINISHED)}
-        known: dict[bytes, int] = dict(conn.execute("SELECT fp, units FROM row_prints"))
-        settled = known.keys() & set(prints)  # set operations in C: half a million rows in no time
-        settled -= unsettled
-        return Settled(settled, sum(map(known.__getitem__, settled)))
+        return Index(dict(conn.execute("SELECT fp, units FROM row_prints")), unsettled)
     except sqlite3.Error:
-        return Settled()
+        return None
     finally:
         conn.close()
+
+
+def settled_rows(path: Path, prints: Iterable[bytes]) -> Settled:
+    """Of ``prints``, the rows whose every unit is done (:func:`read_index`, then :meth:`Index.settled`)."""
+    index = read_index(path)
+    return Settled() if index is None else index.settled(prints)
 
 
 def missing_outputs(
