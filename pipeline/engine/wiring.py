@@ -17,7 +17,6 @@ import anyio
 import structlog
 
 from pipeline.clock import Clock, SystemClock
-from pipeline.engine import regenerate
 from pipeline.engine.options import RunOptions, RunSummary
 from pipeline.engine.request import (
     PreflightError,
@@ -167,6 +166,8 @@ async def _regenerate(
     clock: Clock,
 ) -> None:  # fmt: skip
     """Say what ``--regenerate-rejected`` will pay for, then set those units up for the run."""
+    from pipeline.engine import regenerate  # only for this flag: kept out of every run's start-up
+
     plan = regenerate.plan_regeneration(store, manifest.units, options.prices)
     for why in plan.skipped:
         _log.warning("regeneration_skipped", reason=why)
