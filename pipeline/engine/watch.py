@@ -194,10 +194,13 @@ class Watch:
     async def poll_one(self, key: str, seen: Found | None = None) -> None:
         """Read one job and act on what it says (or look again later)."""
         ctx = self.ctx
-        rec = ctx.store.get(key)
-        if rec is None or not rec.job_id:
-            return
-        job_id = rec.job_id
+        if seen is not None:
+            job_id = seen.job_id  # the list just showed it: no state read for the id
+        else:
+            rec = ctx.store.get(key)
+            if rec is None or not rec.job_id:
+                return
+            job_id = rec.job_id
 
         async def get() -> Job:
             await self.limiter.acquire()
