@@ -38,6 +38,9 @@ from pipeline.api.records import JobStatus, JobSummary
 __all__ = ["Found", "JobSweep", "Window"]
 
 _ROUNDING = timedelta(milliseconds=1)  # listed times may be rounded to the millisecond
+#: Sweeps in a row a young job may be left out of to keep a window to one page. One makes every
+#: other sweep take two pages (the jobs left out, plus the older ones due again); two, every third.
+_MAX_DEFERRALS = 2
 
 
 @dataclass(slots=True)
@@ -49,7 +52,7 @@ class _Watched:
     created: datetime | None = None  # the server's createdAt, once listed
     running_at: float = 0.0  # monotonic time it was last known to be running
     misses: int = 0
-    deferred: bool = False  # left out of the last sweep to save a page: the next one takes it
+    deferred: int = 0  # sweeps in a row it was left out of to save a page (at most _MAX_DEFERRALS)
     since: float = 0.0  # monotonic time it was submitted
 
 
@@ -165,12 +168,12 @@ class JobSweep:
         self, due: list[tuple[datetime, datetime | None, str]], now: float, young_s: Mapping[str, float]
     ) -> list[tuple[datetime, datetime | None, str]]:
         """The due jobs (oldest first) that one page per cluster can cover; young ones beyond it
-        wait one sweep.
+        wait a sweep or two.
 
         The list pages newest first through every job created in a window, finished ones
         included, so a window over all 64 running jobs costs two pages each sweep. Cut at
         :attr:`page_size` known jobs, it costs one: the older jobs go now, and jobs younger than
-        ``young_s`` of their kind (unlikely to have finished) at the next sweep, never later. A
+        ``young_s`` of their kind (unlikely to have finished) at one of the next two sweeps. A
         job past that age, or a window whose end is not known (the server's clock not learned
         yet), is never cut."""
         if self.page_size is None or not due or not young_s:
@@ -185,13 +188,13 @@ class JobSweep:
                 first = start  # a new cluster: a window of its own
             elif (
                 end is not None
-                and not w.deferred
+                and w.deferred < _MAX_DEFERRALS
                 and now - w.since < young_s.get(w.kind, 0.0)
                 and _count(times, first, end) > self.page_size
             ):
-                w.deferred = True  # beyond this cluster's first page: the next sweep, never later
+                w.deferred += 1  # beyond this cluster's first page: a later sweep, soon
                 continue
-            w.deferred = False
+            w.deferred = 0
             kept.append((start, end, job_id))
         return kept
 
