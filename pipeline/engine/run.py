@@ -114,14 +114,18 @@ class _Run:
         leftovers = await resume_units(ctx, self.recorded, watch=self.watch, fetch=self.fetch)
         if ctx.finished.is_set():
             return  # everything is done: not a single request
-        if preflight is not None:
-            await preflight()
+        if preflight is not None and leftovers:
+            await preflight()  # reconcile reads the job list first: the check cannot overlap it
+            preflight = None
         if leftovers:
             await self.reconciler.reconcile([self._leftover(r) for r in leftovers], final=False)
         if ctx.finished.is_set() or ctx.stop.is_set():
             return
         try:
             async with anyio.create_task_group() as tg:
+                if preflight is not None:  # overlapped with the start; no intent before it passes
+                    self.submit.checked = anyio.Event()
+                    tg.start_soon(self._check_api, preflight, self.submit.checked)
                 self._start_stages(tg)
                 await ctx.finished.wait()
                 tg.cancel_scope.cancel()
@@ -129,6 +133,13 @@ class _Run:
             if (error := unwrap_group(group)) is None:
                 raise
             raise error from None
+
+    @staticmethod
+    async def _check_api(preflight: Callable[[], Awaitable[None]], checked: anyio.Event) -> None:
+        """The preflight, run while the stages start: its round trip is not in front of the first
+        POST's set-up, but the first intent (and so the first POST) waits for it to pass."""
+        await preflight()
+        checked.set()
 
     def _start_stages(self, tg: anyio.abc.TaskGroup) -> None:
         ctx, options = self.ctx, self.ctx.options

@@ -119,7 +119,8 @@ class Watch:
         ctx, next_look = self.ctx, self._next_look()
         # Jobs due within half an interval come along now rather than a whole interval late.
         soon = 0.5 * min(next_look.values(), default=0.0)
-        for window in self.sweep.windows(ctx.clock.monotonic() + soon):
+        young = {kind: self.estimator.typical(kind) for kind in next_look}
+        for window in self.sweep.windows(ctx.clock.monotonic() + soon, young):
             await self._sweep_window(tg, window, next_look)
             if window.complete:
                 continue
@@ -147,6 +148,8 @@ class Watch:
                 self.budget.saw(found.job_id, found.credits)
                 tg.start_soon(self._read, found.key, found)
             token = page.next_page_token
+            if token is not None and len(page.jobs) > (self.sweep.page_size or 0):
+                self.sweep.page_size = len(page.jobs)  # a full page: how many one request shows
             if window.complete or token is None or token in seen_tokens:
                 return
             seen_tokens.add(token)
@@ -191,10 +194,13 @@ class Watch:
     async def poll_one(self, key: str, seen: Found | None = None) -> None:
         """Read one job and act on what it says (or look again later)."""
         ctx = self.ctx
-        rec = ctx.store.get(key)
-        if rec is None or not rec.job_id:
-            return
-        job_id = rec.job_id
+        if seen is not None:
+            job_id = seen.job_id  # the list just showed it: no state read for the id
+        else:
+            rec = ctx.store.get(key)
+            if rec is None or not rec.job_id:
+                return
+            job_id = rec.job_id
 
         async def get() -> Job:
             await self.limiter.acquire()

@@ -17,7 +17,6 @@ import anyio
 import structlog
 
 from pipeline.clock import Clock, SystemClock
-from pipeline.engine import regenerate
 from pipeline.engine.options import RunOptions, RunSummary
 from pipeline.engine.request import (
     PreflightError,
@@ -191,6 +190,8 @@ async def _regenerate(
     clock: Clock,
 ) -> None:  # fmt: skip
     """Say what ``--regenerate-rejected`` will pay for, then set those units up for the run."""
+    from pipeline.engine import regenerate  # only for this flag: kept out of every run's start-up
+
     plan = regenerate.plan_regeneration(store, manifest.units, options.prices)
     plan = await regenerate.hold_targets(plan, store)  # what no other worker holds: what will be paid
     for why in plan.skipped:
