@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence, Set
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.abc
 import structlog
 
 from pipeline.api.client import ApiClient
@@ -31,6 +32,7 @@ from pipeline.engine.limits import RateLimiter
 from pipeline.engine.options import Failure, RunOptions, RunSummary
 from pipeline.engine.provision import Provisioner
 from pipeline.engine.run import run_pipeline
+from pipeline.engine.sharedsweep import SharedStatuses, SharedSweeper
 from pipeline.engine.tally import Snapshot
 from pipeline.errors import LeaseLostError
 from pipeline.output.downloader import Downloader
@@ -136,6 +138,24 @@ async def _heartbeat(store: SharedStore, lease_s: float, clock: Clock) -> None:
         held = now
 
 
+def _start_sweeper(
+    tg: anyio.abc.TaskGroup,
+    store: SharedStore,
+    api: ApiClient,
+    options: RunOptions,
+    clock: Clock,
+    lease_s: float,
+) -> SharedStatuses | None:
+    """One poller for many (sharedsweep.py): this worker joins the key's sweeper election, and its
+    batches read what the elected sweeper saw. None: statuses come from this worker's own polls."""
+    if not store.key_hash or options.poll_via != "list":
+        return None
+    limits = store.limits(store.key_hash)
+    sweeper = SharedSweeper(limits, api, options=options, clock=clock, lease_s=min(lease_s, 10.0))
+    tg.start_soon(sweeper.loop)
+    return SharedStatuses(limits, max_age_s=2 * options.poll.max_interval_s)
+
+
 def _open_keys(units: Sequence[WorkUnit], phases: dict[str, Phase], given_up: set[str]) -> list[str]:
     """Units still to do: not settled, not behind a failed or unknown upstream, not given up on."""
     by_key = {u.key: u for u in units}
@@ -184,6 +204,7 @@ async def run_shared(
     stale = len(store.stale_keys(set(by_key)))
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, store, lease_s, clock)
+        statuses = _start_sweeper(tg, store, api, options, clock, lease_s)
         while totals.stopped is None and not (stop is not None and stop.is_set()):
             given_up = {k for k, n in totals.tries.items() if n >= _GIVE_UP}
             claimed = [c.key for c in await store.claim(batch)]
@@ -204,7 +225,7 @@ async def run_shared(
                     subset, api=api, store=store, layout=layout, downloader=downloader, options=options,
                     clock=clock, preflight=preflight if totals.batches == 0 else None,
                     provisioner=provisioner, monitor=monitor if totals.batches == 0 else None,
-                    output=output, stop=stop,
+                    output=output, stop=stop, statuses=statuses,
                 )  # fmt: skip
             except* LeaseLostError as group:
                 _log.warning("batch_lost", error=str(group.exceptions[0]), units=len(mine))

@@ -28,6 +28,7 @@ list that lags costs a few requests, never a job.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -164,7 +165,7 @@ class JobSweep:
     def take(
         self,
         window: Window,
-        jobs: tuple[JobSummary, ...] | list[JobSummary],
+        jobs: Sequence[JobSummary],
         now: float,
         next_look: dict[str, float],
     ) -> list[Found]:

@@ -5,6 +5,8 @@ Two sources, one due-time per job:
 - **sweeps**: pages of ``GET /jobs`` answer for dozens of running jobs at once
   (:mod:`pipeline.engine.sweep`); a job seen finished frees its active-job slot at once and is then
   read alone, once, for its outputs;
+- **another worker's sweeps**: workers on one API key elect one to list for all
+  (:mod:`pipeline.engine.statuses`); the others read what it saw instead of listing;
 - **due-time polls**: ``GET /jobs/{id}`` for one job at the time its kind's learned durations say
   (:mod:`pipeline.engine.poller`): used for a handful of jobs, for jobs the list misses or shows
   stale, and for good once the list proves unusable.
@@ -14,13 +16,14 @@ Deadlines: a job running past its kind's deadline is left ``submitted`` for the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 import anyio
 import anyio.abc
 import structlog
 
-from pipeline.api.records import Job, JobPage, JobStatus
+from pipeline.api.records import Job, JobPage, JobStatus, JobSummary
 from pipeline.engine.budget import Budget
 from pipeline.engine.context import RunContext, Started
 from pipeline.engine.fetch import Fetch
@@ -47,6 +50,7 @@ class Watch:
         self.estimator = DurationEstimator(policy)
         self.sweep = JobSweep()
         self.sweeping = ctx.options.poll_via == "list"
+        self.statuses = ctx.statuses
         self._added = anyio.Event()
         self._verifying: set[str] = set()  # overdue in the sweep: asked about directly once
         self._stale_seen = 0  # jobs the list showed running that had finished
@@ -60,7 +64,7 @@ class Watch:
         ctx, step = self.ctx, self.ctx.units[key].step
         now = ctx.clock.monotonic()
         ctx.started[key] = Started(now)
-        if self.sweeping and ctx.active.in_use >= ctx.options.poll.sweep_min_jobs:
+        if self.sweeping and (self.statuses.shared or ctx.active.in_use >= ctx.options.poll.sweep_min_jobs):
             self.sweep.add(job_id, key, step, sent=sent, now=now, due=now + self.estimator.earliest(step))
             self._added.set()
         else:
@@ -119,7 +123,10 @@ class Watch:
         ctx, next_look = self.ctx, self._next_look()
         # Jobs due within half an interval come along now rather than a whole interval late.
         soon = 0.5 * min(next_look.values(), default=0.0)
-        for window in self.sweep.windows(ctx.clock.monotonic() + soon):
+        windows = self.sweep.windows(ctx.clock.monotonic() + soon)
+        if await self._from_source(tg, windows, next_look):
+            return
+        for window in windows:
             await self._sweep_window(tg, window, next_look)
             if window.complete:
                 continue
@@ -127,6 +134,18 @@ class Watch:
             for job_id, key in self.sweep.end(window, ctx.clock.now(), mono, next_look):
                 _log.info("job_not_listed", unit=key, job_id=job_id)
                 self.due.push(key, mono)
+
+    async def _from_source(
+        self, tg: anyio.abc.TaskGroup, windows: list[Window], next_look: dict[str, float]
+    ) -> bool:
+        """What another worker's sweep saw stands in for this sweep's listings (True), unless
+        nobody sweeps for us now. Jobs it has not seen yet wait; overdue, they are polled alone."""
+        expected = {job_id for window in windows for job_id in window.expected}
+        if not expected or (seen := await self.statuses.seen(expected)) is None:
+            return False
+        for window in windows:
+            self._take(tg, window, [seen[j] for j in sorted(window.expected) if j in seen], next_look)
+        return True
 
     async def _sweep_window(
         self, tg: anyio.abc.TaskGroup, window: Window, next_look: dict[str, float]
@@ -140,16 +159,27 @@ class Watch:
                 return await ctx.api.list_jobs(start=window.start, end=window.end, page_token=token)
 
             page = await retrying(page_of, policy=ctx.options.retry, clock=ctx.clock, rng=ctx.rng)
-            for job in page.jobs:
-                ctx.posts.learn(job.job_id, job.created_at)  # the server's clock, for reconcile spans
-            for found in self.sweep.take(window, page.jobs, ctx.clock.monotonic(), next_look):
-                ctx.drop_slot(found.key)  # finished on the server: its slot is free now
-                self.budget.saw(found.job_id, found.credits)
-                tg.start_soon(self._read, found.key, found)
+            self._take(tg, window, page.jobs, next_look)
             token = page.next_page_token
             if window.complete or token is None or token in seen_tokens:
                 return
             seen_tokens.add(token)
+
+    def _take(
+        self,
+        tg: anyio.abc.TaskGroup,
+        window: Window,
+        jobs: Sequence[JobSummary],
+        next_look: dict[str, float],
+    ) -> None:
+        """Learn from listed jobs; read each finished one for its outputs."""
+        ctx = self.ctx
+        for job in jobs:
+            ctx.posts.learn(job.job_id, job.created_at)  # the server's clock, for reconcile spans
+        for found in self.sweep.take(window, jobs, ctx.clock.monotonic(), next_look):
+            ctx.drop_slot(found.key)  # finished on the server: its slot is free now
+            self.budget.saw(found.job_id, found.credits)
+            tg.start_soon(self._read, found.key, found)
 
     def _sweep_deadlines(self) -> None:
         """Jobs past their deadline leave the sweep for one last poll, which settles them; jobs

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -27,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pipeline.state.pgconn import map_error
 
-__all__ = ["KeyLimits", "SharedLimits"]
+__all__ = ["InFlight", "KeyLimits", "SharedLimits", "Swept"]
 
 CHANNEL = "photogpt_jobs"
 
@@ -64,6 +65,25 @@ class KeyLimits:
         """The rate every worker paces under together: the lower of the set and the learned one."""
         known = [r for r in (self.rate_per_s, self.learned_rate) if r is not None]
         return min(known) if known else None
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """What a sweep saw of one job: its status (the list's, normalised), and when known the
+    server's creation time and the credits the list showed."""
+
+    status: str
+    created_at: datetime | None = None
+    credits: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A job of the key running on the server, as the state records it (any worker, any run)."""
+
+    job_id: str
+    step: str
+    submitted_at: str | None  # RFC 3339, the submitting worker's clock
 
 
 class SharedLimits:
@@ -148,18 +168,47 @@ class SharedLimits:
         )
         return bool(rows)
 
-    async def publish(self, statuses: Mapping[str, str]) -> None:
+    async def resign_sweeps(self) -> None:
+        """This worker stops sweeping (it exits): another may take over at once."""
+        await self._run(
+            "DELETE FROM sweeper WHERE key_hash = %s AND holder = %s", (self.key_hash, self.holder)
+        )
+
+    async def sweeper(self) -> str | None:
+        """The worker sweeping for the key now (a live lease), or None: nobody is."""
+        rows = await self._run(
+            "SELECT holder FROM sweeper WHERE key_hash = %s AND lease_until > clock_timestamp()",
+            (self.key_hash,),
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def in_flight(self) -> list[InFlight]:
+        """Every job of the key with a recorded id and not yet seen ending, over every run: what
+        the sweeper lists for all workers."""
+        rows = await self._run(
+            "SELECT job_id, step, submitted_at FROM units"
+            " WHERE key_hash = %s AND phase = 'submitted' AND job_id IS NOT NULL",
+            (self.key_hash,),
+        )
+        return [InFlight(str(j), str(s), t) for j, s, t in rows]
+
+    async def publish(self, statuses: Mapping[str, str | Swept]) -> None:
         """The sweeper stores what a sweep saw (job id -> status) and wakes the others."""
         if not statuses:
             return
+        seen = {j: s if isinstance(s, Swept) else Swept(s) for j, s in statuses.items()}
+        rows = [(self.key_hash, j, v.status, v.created_at, v.credits) for j, v in sorted(seen.items())]
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 async with conn.cursor() as cur:
                     await cur.executemany(
-                        "INSERT INTO job_status (key_hash, job_id, status) VALUES (%s, %s, %s)"
+                        "INSERT INTO job_status (key_hash, job_id, status, created_at, credits)"
+                        " VALUES (%s, %s, %s, %s, %s)"
                         " ON CONFLICT (key_hash, job_id) DO UPDATE SET status = EXCLUDED.status,"
+                        " created_at = coalesce(EXCLUDED.created_at, job_status.created_at),"
+                        " credits = coalesce(EXCLUDED.credits, job_status.credits),"
                         " seen_at = clock_timestamp()",
-                        [(self.key_hash, j, s) for j, s in sorted(statuses.items())],
+                        rows,
                     )
                 await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, self.key_hash))
         except psycopg.Error as exc:
@@ -167,9 +216,19 @@ class SharedLimits:
 
     async def statuses(self, job_ids: Sequence[str], *, max_age_s: float) -> dict[str, str]:
         """What the sweeper saw of these jobs within the last ``max_age_s`` seconds."""
+        return {j: s.status for j, s in (await self._swept(job_ids, max_age_s)).items()}
+
+    async def swept(self, job_ids: Sequence[str], *, max_age_s: float) -> dict[str, Swept] | None:
+        """What a live sweeper saw of these jobs within ``max_age_s``; None when no worker holds
+        the sweeper lease (it died, or none was elected yet): then each lists for itself."""
+        if await self.sweeper() is None:
+            return None
+        return await self._swept(job_ids, max_age_s)
+
+    async def _swept(self, job_ids: Sequence[str], max_age_s: float) -> dict[str, Swept]:
         rows = await self._run(
-            "SELECT job_id, status FROM job_status WHERE key_hash = %s AND job_id = ANY(%s)"
-            " AND seen_at > clock_timestamp() - make_interval(secs => %s)",
+            "SELECT job_id, status, created_at, credits FROM job_status WHERE key_hash = %s"
+            " AND job_id = ANY(%s) AND seen_at > clock_timestamp() - make_interval(secs => %s)",
             (self.key_hash, list(job_ids), float(max_age_s)),
         )
-        return {j: s for j, s in rows}
+        return {j: Swept(s, c, cr) for j, s, c, cr in rows}
