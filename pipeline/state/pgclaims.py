@@ -38,6 +38,7 @@ WITH picked AS MATERIALIZED (
     WHERE u.run = %(run)s
       AND u.phase NOT IN ('done', 'failed', 'unknown')
       AND (u.holder IS NULL OR u.lease_until <= clock_timestamp())
+      AND (NOT %(expired)s OR u.lease_until <= clock_timestamp())
       AND (u.upstream IS NULL OR EXISTS (
             SELECT 1 FROM units up WHERE up.run = u.run AND up.key = u.upstream AND up.phase = 'done'))
     ORDER BY u.item_id, u.step, u.idx
@@ -106,12 +107,14 @@ class Claims:
             raise StateError("claims need a lease: open the store with lease_s")
         return float(self.lease_s)
 
-    async def claim(self, limit: int) -> list[Claimed]:
-        """Claim up to ``limit`` open units nobody holds (or whose lease ran out), in manifest order.
+    async def claim(self, limit: int, *, expired_only: bool = False) -> list[Claimed]:
+        """Claim up to ``limit`` open units nobody holds (or whose lease ran out), in manifest order;
+        ``expired_only``: only units whose holder's lease ran out (a dead worker's: take them over).
 
         A unit is claimable once its upstream is done: chains go step by step, and a unit behind a
         failed or unknown upstream is never claimed (it is blocked, as in a single run)."""
-        params = {"run": self.run, "me": self.holder, "lease": self._lease(), "limit": int(limit)}
+        params = {"run": self.run, "me": self.holder, "lease": self._lease(), "limit": int(limit),
+                  "expired": expired_only}  # fmt: skip
 
         async def apply(conn: Conn) -> list[Claimed]:
             # Claims of one run take turns: the claim after this one sees what this one took, and
