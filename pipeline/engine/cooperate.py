@@ -17,6 +17,7 @@ so is ``--rate`` (submissions charged to the key's GCRA row in the database, :cl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
@@ -34,6 +35,7 @@ from pipeline.engine.limits import RateLimiter
 from pipeline.engine.options import Failure, RunOptions, RunSummary
 from pipeline.engine.provision import Provisioner
 from pipeline.engine.run import run_pipeline
+from pipeline.engine.sharedpace import SharedPacer
 from pipeline.engine.sharedsweep import SharedStatuses, SharedSweeper
 from pipeline.engine.tally import Snapshot
 from pipeline.errors import LeaseLostError
@@ -281,15 +283,20 @@ async def run_shared(
     stale = len(store.stale_keys(set(store.manifest_keys)))
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, store, lease_s, clock)
-        statuses = _start_sweeper(tg, store, api, options, clock, lease_s)
+        # One request pacer for all batches, its rate learned from 429s shared by the key.
+        pacer = SharedPacer(store.limits(store.key_hash), clock=clock) if store.key_hash else None
+        paced = api.paced(pacer) if pacer is not None and options.adaptive_rate else api
+        statuses = _start_sweeper(tg, store, paced, options, clock, lease_s)
         run_batch = functools.partial(
             run_pipeline, api=api, store=store, layout=layout, downloader=downloader, options=options,
             clock=clock, provisioner=provisioner, output=output, stop=stop, statuses=statuses,
+            pacer=pacer,
         )  # fmt: skip
         worker = _Worker(units, store, run_batch, batch=batch, clock=clock, stop=stop)
         await worker.work({"preflight": preflight, "monitor": monitor})
         tg.cancel_scope.cancel()
-    return _summary(units, store, worker.totals, api, clock.monotonic() - started, stale)
+    summary = _summary(units, store, worker.totals, api, clock.monotonic() - started, stale)
+    return dataclasses.replace(summary, rate_limit_rps=pacer.estimate if pacer is not None else None)
 
 
 def _summary(

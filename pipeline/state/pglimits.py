@@ -28,7 +28,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from pipeline.state.pgconn import map_error
 
-__all__ = ["InFlight", "KeyLimits", "SharedLimits", "Swept"]
+__all__ = ["Charged", "InFlight", "KeyLimits", "SharedLimits", "Swept"]
 
 CHANNEL = "photogpt_jobs"
 
@@ -49,6 +49,29 @@ RETURNING CASE WHEN least(l.rate_per_s, l.learned_rate) IS NULL THEN 0.0
                                   - l.burst / least(l.rate_per_s, l.learned_rate))::float8
           END
 """
+_CHARGE_REQUEST = """
+WITH now AS (SELECT clock_timestamp() AS t)
+UPDATE api_limits l
+SET api_requests = l.api_requests + 1,
+    req_tat = CASE WHEN l.learned_rate IS NULL THEN l.req_tat
+                   ELSE greatest(l.req_tat, now.t) + make_interval(secs => 1.0 / l.learned_rate)
+              END
+FROM now
+WHERE l.key_hash = %(kh)s
+RETURNING CASE WHEN l.learned_rate IS NULL THEN 0.0
+               ELSE greatest(0.0, extract(epoch FROM l.req_tat - now.t) - 1.0 / l.learned_rate)::float8
+          END, l.api_requests, l.learned_rate
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Charged:
+    """One API request charged to the key: how long to wait before sending it, how many requests
+    the key's workers have sent in all, and the request rate they share (None: none learned)."""
+
+    wait_s: float
+    requests: int
+    learned_rate: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +142,16 @@ class SharedLimits:
             await self._run(_RESERVE, {"kh": self.key_hash})
             rows = await self._run(_CHARGE, {"kh": self.key_hash})
         return float(rows[0][0]) if rows else 0.0
+
+    async def charge_request(self) -> Charged:
+        """Charge one API request (any kind) to the key's request-rate GCRA, paced at the rate
+        learned from 429s (none learned: no wait, only counted)."""
+        rows = await self._run(_CHARGE_REQUEST, {"kh": self.key_hash})
+        if not rows:
+            await self._run(_RESERVE, {"kh": self.key_hash})
+            rows = await self._run(_CHARGE_REQUEST, {"kh": self.key_hash})
+        wait, requests, rate = rows[0]
+        return Charged(float(wait), int(requests), None if rate is None else float(rate))
 
     async def learn(self, *, rate_per_s: float | None = None, cap: int | None = None) -> None:
         """Share what a 429 taught: the rate that holds, the server's active-job cap.
