@@ -20,6 +20,7 @@ from pipeline import logs
 from pipeline.clock import FakeClock
 from pipeline.errors import LeaseLostError, StateError, StateUnavailableError
 from pipeline.state.pgconn import SCHEMA_VERSION, key_hash, migrations, redact_url
+from pipeline.state.pglimits import Swept
 from pipeline.state.pgreads import open_pg_view
 from pipeline.state.postgres import PostgresStore
 from pipeline.state.records import Phase
@@ -215,6 +216,18 @@ class TestClaims:
         await b.mark_pending(key(1), "reconciled: no job in its window")  # nothing created
         assert await b.mark_submitting(key(1)) == 2
 
+    async def test_a_takeover_claims_only_expired_leases(
+        self, pg_server: PgServer, opened: Opener, run: str
+    ) -> None:
+        """The mid-batch takeover look takes a dead worker's units, never the free ones."""
+        a, b = await opened(lease_s=60), await opened(lease_s=60)
+        await a.sync_units(unit(i) for i in range(4))
+        await a.claim(2)
+        assert await b.claim(5, expired_only=True) == []  # a is alive; the free units wait
+        expire(pg_server, run, a.holder)
+        taken = await b.claim(5, expired_only=True)
+        assert [(c.key, c.taken_from) for c in taken] == [(key(0), a.holder), (key(1), a.holder)]
+
     async def test_a_dead_workers_intents_go_to_one_worker_together(
         self, pg_server: PgServer, opened: Opener, run: str
     ) -> None:
@@ -320,6 +333,10 @@ class TestSharedLimits:
                 "UPDATE photogpt.sweeper SET lease_until = clock_timestamp() WHERE key_hash = %s", (kh,)
             )
         assert await b.limits(kh).lead_sweeps(60) and not await a.limits(kh).lead_sweeps(60)
+        assert await a.limits(kh).swept(["job-2"], max_age_s=60) == {"job-2": Swept("completed")}
+        await b.limits(kh).resign_sweeps()  # b exits: nobody sweeps, each worker lists for itself
+        assert await a.limits(kh).sweeper() is None
+        assert await a.limits(kh).swept(["job-2"], max_age_s=60) is None
 
 
 class TestChoosing:
