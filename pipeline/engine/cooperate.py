@@ -158,7 +158,9 @@ def _start_sweeper(
     limits = store.limits(store.key_hash)
     sweeper = SharedSweeper(limits, api, options=options, clock=clock, lease_s=min(lease_s, 10.0))
     tg.start_soon(sweeper.loop)
-    return SharedStatuses(limits, max_age_s=2 * options.poll.max_interval_s)
+    statuses = SharedStatuses(limits, max_age_s=2 * options.poll.max_interval_s)
+    tg.start_soon(limits.listen, statuses.news)  # LISTEN/NOTIFY: a wake-up hint on top of reads
+    return statuses
 
 
 def _open_keys(units: Sequence[WorkUnit], phases: dict[str, Phase], given_up: set[str]) -> list[str]:

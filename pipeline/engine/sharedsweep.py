@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
 import anyio
@@ -45,6 +45,16 @@ class SharedStatuses:
 
     def __init__(self, limits: SharedLimits, *, max_age_s: float) -> None:
         self._limits, self._max_age_s = limits, max_age_s
+        self._wakes: list[Callable[[], None]] = []
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        self._wakes.append(wake)
+        return lambda: self._wakes.remove(wake)
+
+    def news(self) -> None:
+        """The sweeper stored statuses (its NOTIFY): the watches read them now, not at their pace."""
+        for wake in list(self._wakes):
+            wake()
 
     async def seen(self, job_ids: Collection[str]) -> Mapping[str, JobSummary] | None:
         swept = await self._limits.swept(sorted(job_ids), max_age_s=self._max_age_s)

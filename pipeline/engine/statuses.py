@@ -9,7 +9,7 @@ sweeper alive) answers None and the watch lists for itself, as a single run does
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
 from pipeline.api.records import JobSummary
@@ -29,6 +29,10 @@ class StatusSource(Protocol):
         None: nobody sweeps for this worker now, list them yourself."""
         ...
 
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` when there is news to read (a hint); returns the call that unsubscribes."""
+        ...
+
 
 class OwnSweeps:
     """A single run: nobody else sweeps, the watch lists its own jobs."""
@@ -37,3 +41,6 @@ class OwnSweeps:
 
     async def seen(self, job_ids: Collection[str]) -> Mapping[str, JobSummary] | None:
         return None
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None

@@ -16,6 +16,7 @@ Deadlines: a job running past its kind's deadline is left ``submitted`` for the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -54,6 +55,7 @@ class Watch:
         self._added = anyio.Event()
         self._verifying: set[str] = set()  # overdue in the sweep: asked about directly once
         self._stale_seen = 0  # jobs the list showed running that had finished
+        self._news = False  # a shared sweep stored statuses since the last read
         # One cap on job reads in flight, whether a due time or a sweep asked for them.
         self._reads = anyio.CapacityLimiter(ctx.options.poll_concurrency)
 
@@ -91,38 +93,47 @@ class Watch:
         """List the jobs in flight as they fall due; read each one the list shows finished.
 
         Falls back to single polls for good when the list cannot be read three times running.
+        News from a shared sweep (:mod:`pipeline.engine.statuses`) is read at once, for every job.
         """
         ctx, failures, last = self.ctx, 0, float("-inf")
-        while not ctx.finished.is_set() and self.sweeping:
-            now = ctx.clock.monotonic()
-            # At most one sweep per interval of the quickest kind watched; each lists the jobs due.
-            wake = max(self.sweep.next_due(), last + self.estimator.sweep_interval(self.sweep.kinds()))
-            if wake > now:
-                self._added = anyio.Event()  # a new job may fall due sooner
-                await ctx.clock.wait_for(self._added, min(wake - now, 0.5))
-                continue
-            last = now
-            try:
-                await self._sweep_once(tg)
-            except AuthError:
-                raise
-            except PipelineError as exc:
-                failures += 1
-                _log.warning("job_list_failed", error=str(exc), failures=failures)
-                if failures >= 3 or isinstance(exc, RejectedError):
-                    self._stop_sweeping(str(exc))
-                continue
-            failures = 0
-            self._sweep_deadlines()
+        unsubscribe = self.statuses.subscribe(self._on_news)
+        try:
+            while not ctx.finished.is_set() and self.sweeping:
+                now, news = ctx.clock.monotonic(), self._news
+                # At most one sweep per interval of the quickest kind watched; each lists the jobs due.
+                wake = max(self.sweep.next_due(), last + self.estimator.sweep_interval(self.sweep.kinds()))
+                if wake > now and not news:
+                    self._added = anyio.Event()  # a new job may fall due sooner
+                    await ctx.clock.wait_for(self._added, min(wake - now, 0.5))
+                    continue
+                last, self._news = now, False
+                try:
+                    await self._sweep_once(tg, everything=news)
+                except AuthError:
+                    raise
+                except PipelineError as exc:
+                    failures += 1
+                    _log.warning("job_list_failed", error=str(exc), failures=failures)
+                    if failures >= 3 or isinstance(exc, RejectedError):
+                        self._stop_sweeping(str(exc))
+                    continue
+                failures = 0
+                self._sweep_deadlines()
+        finally:
+            unsubscribe()
+
+    def _on_news(self) -> None:
+        self._news = True
+        self._added.set()
 
     def _next_look(self) -> dict[str, float]:
         """Per kind: how long after seeing a job running to look at it again."""
         return {kind: self.estimator.sweep_interval({kind}) for kind in self.sweep.kinds()}
 
-    async def _sweep_once(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _sweep_once(self, tg: anyio.abc.TaskGroup, *, everything: bool = False) -> None:
         ctx, next_look = self.ctx, self._next_look()
         # Jobs due within half an interval come along now rather than a whole interval late.
-        soon = 0.5 * min(next_look.values(), default=0.0)
+        soon = math.inf if everything else 0.5 * min(next_look.values(), default=0.0)
         windows = self.sweep.windows(ctx.clock.monotonic() + soon)
         if await self._from_source(tg, windows, next_look):
             return

@@ -18,7 +18,7 @@ The active-job cap itself is counted where the intent is written (``PostgresStor
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from pipeline.state.pgconn import map_error
+from pipeline.state.pgconn import connect_kwargs, map_error
 
 __all__ = ["Charged", "InFlight", "KeyLimits", "SharedLimits", "Swept"]
 
@@ -206,6 +206,10 @@ class SharedLimits:
         await self._run(
             "DELETE FROM sweeper WHERE key_hash = %s AND holder = %s", (self.key_hash, self.holder)
         )
+        await self._run(  # what sweeps saw long ago is nobody's business any more
+            "DELETE FROM job_status WHERE key_hash = %s AND seen_at < clock_timestamp() - interval '2 days'",
+            (self.key_hash,),
+        )
 
     async def sweeper(self) -> str | None:
         """The worker sweeping for the key now (a live lease), or None: nobody is."""
@@ -247,8 +251,21 @@ class SharedLimits:
         except psycopg.Error as exc:
             raise map_error(self._url, exc, "sharing job statuses") from exc
 
+    async def listen(self, on_news: Callable[[], None]) -> None:
+        """Call ``on_news`` each time a sweeper stored statuses for this key (``NOTIFY``), until
+        cancelled. A hint only: on a database error it stops, and the workers read at their pace."""
+        kwargs = {"autocommit": True, **connect_kwargs(self._url)}
+        try:
+            async with await psycopg.AsyncConnection.connect(self._url, **kwargs) as conn:  # type: ignore[arg-type]
+                await conn.execute(f"LISTEN {CHANNEL}")
+                async for note in conn.notifies():
+                    if note.payload == self.key_hash:
+                        on_news()
+        except psycopg.Error:
+            return
+
     async def statuses(self, job_ids: Sequence[str], *, max_age_s: float) -> dict[str, str]:
-        """What the sweeper saw of these jobs within the last ``max_age_s`` seconds."""
+        """What the sweeper saw of these jobs within the last ``max_age_s`` seconds (an ending: ever)."""
         return {j: s.status for j, s in (await self._swept(job_ids, max_age_s)).items()}
 
     async def swept(self, job_ids: Sequence[str], *, max_age_s: float) -> dict[str, Swept] | None:
@@ -261,7 +278,8 @@ class SharedLimits:
     async def _swept(self, job_ids: Sequence[str], max_age_s: float) -> dict[str, Swept]:
         rows = await self._run(
             "SELECT job_id, status, created_at, credits FROM job_status WHERE key_hash = %s"
-            " AND job_id = ANY(%s) AND seen_at > clock_timestamp() - make_interval(secs => %s)",
+            " AND job_id = ANY(%s) AND (seen_at > clock_timestamp() - make_interval(secs => %s)"
+            " OR status IN ('success', 'failed'))",  # an ending never goes stale
             (self.key_hash, list(job_ids), float(max_age_s)),
         )
         return {j: Swept(s, c, cr) for j, s, c, cr in rows}
