@@ -243,6 +243,9 @@ class TestClaims:
         assert got == {key(0): True, key(2): True, key(4): True}
         assert {x.key for x in await c.claim(10)} == {key(1), key(3), key(5)}
         assert await c.others_submitting([]) == 0  # units waiting to be reconciled are no POSTs
+        await c.mark_submitting(key(1))  # c's POST in flight, in one of its batches
+        assert await c.others_submitting([], batch=[key(1), key(3)]) == 0  # its own batch: the run knows
+        assert await c.others_submitting([], batch=[key(3)]) == 1  # another batch of c's: wait for it
 
     async def test_exclusive_store_keeps_off_held_units(self, opened: Opener) -> None:
         """A store opened without a lease (one process, as with SQLite) cannot write a held unit."""

@@ -135,8 +135,8 @@ class Watch:
         # Jobs due within half an interval come along now rather than a whole interval late.
         soon = math.inf if everything else 0.5 * min(next_look.values(), default=0.0)
         windows = self.sweep.windows(ctx.clock.monotonic() + soon)
-        if await self._from_source(tg, windows, next_look):
-            return
+        if await self._from_source(tg, windows, next_look) or everything:
+            return  # news is a hint: with no sweeper left, the jobs due are listed in their time
         for window in windows:
             await self._sweep_window(tg, window, next_look)
             if window.complete:

@@ -223,19 +223,23 @@ class Claims:
 
         return await self._tx(apply)
 
-    async def others_submitting(self, keys: Iterable[str]) -> int:
+    async def others_submitting(self, keys: Iterable[str], *, batch: Iterable[str] | None = None) -> int:
         """Units of the run in ``submitting`` under another worker's live lease, ``keys`` aside: POSTs
         in flight elsewhere, whose jobs the job list may show before their ids are recorded.
+        ``batch``: the units of the asking batch; this worker's own intents outside it (another of
+        its batches, running at the same time) count too.
 
         Not counted: units waiting to be reconciled themselves, and intents older than a minute (an
         uncertain POST of another worker): two reconcilers must never wait for each other."""
-        params = {"run": self.run, "me": self.holder, "keys": sorted(set(keys))}
+        params = {"run": self.run, "me": self.holder, "keys": sorted(set(keys)),
+                  "batch": None if batch is None else sorted(set(batch))}  # fmt: skip
 
         async def apply(conn: Conn) -> int:
             cur = await conn.execute(
                 "SELECT count(*) FROM units WHERE run = %(run)s AND phase = 'submitting'"
                 " AND NOT must_reconcile AND intent_at > clock_timestamp() - interval '60 seconds'"
-                " AND holder <> %(me)s AND lease_until > clock_timestamp() AND NOT key = ANY(%(keys)s)",
+                " AND (holder <> %(me)s OR NOT key = ANY(coalesce(%(batch)s::text[], ARRAY[key])))"
+                " AND lease_until > clock_timestamp() AND NOT key = ANY(%(keys)s)",
                 params,
             )
             row = await cur.fetchone()
