@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime
 
 import anyio
 import structlog
@@ -131,7 +130,7 @@ class SharedSweeper:
         for r in rows:
             if r.job_id in self._sweep or r.job_id in self._ended:
                 continue
-            sent = _parse(r.submitted_at) or wall
+            sent = r.intent_at or wall
             at = mono - max(0.0, (wall - sent).total_seconds())
             self._started[r.job_id] = at
             due = at + self.estimator.earliest(r.step)
@@ -148,6 +147,8 @@ class SharedSweeper:
                 if not window.complete:
                     ends = self._sweep.end(window, self._clock.now(), self._clock.monotonic(), next_look)
                     self._ended.update(job_id for job_id, _ in ends)
+                    if ends:  # their owners poll them alone once overdue
+                        _log.info("shared_sweep_missed", jobs=len(ends))
         except PipelineError as exc:
             _log.warning("shared_sweep_failed", error=str(exc))  # the owners poll overdue jobs alone
         await self._limits.publish(seen)
@@ -174,13 +175,3 @@ class SharedSweeper:
             if window.complete or token is None or token in tokens:
                 return
             tokens.add(token)
-
-
-def _parse(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else None

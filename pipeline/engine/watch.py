@@ -135,12 +135,16 @@ class Watch:
         # Jobs due within half an interval come along now rather than a whole interval late.
         soon = math.inf if everything else 0.5 * min(next_look.values(), default=0.0)
         windows = self.sweep.windows(ctx.clock.monotonic() + soon)
-        if await self._from_source(tg, windows, next_look) or everything:
+        shared = await self._from_source(tg, windows, next_look)
+        if everything and not shared:
             return  # news is a hint: with no sweeper left, the jobs due are listed in their time
         for window in windows:
-            await self._sweep_window(tg, window, next_look)
+            if not shared:
+                await self._sweep_window(tg, window, next_look)
             if window.complete:
                 continue
+            # Missing twice from the list (or from what the sweeper saw), overtaken or sent long ago:
+            # polled alone from now on.
             mono = ctx.clock.monotonic()
             for job_id, key in self.sweep.end(window, ctx.clock.now(), mono, next_look):
                 _log.info("job_not_listed", unit=key, job_id=job_id)
@@ -150,7 +154,7 @@ class Watch:
         self, tg: anyio.abc.TaskGroup, windows: list[Window], next_look: dict[str, float]
     ) -> bool:
         """What another worker's sweep saw stands in for this sweep's listings (True), unless
-        nobody sweeps for us now. Jobs it has not seen yet wait; overdue, they are polled alone."""
+        nobody sweeps for us now. Jobs it has not seen are missing, as from a listing."""
         expected = {job_id for window in windows for job_id in window.expected}
         if not expected or (seen := await self.statuses.seen(expected)) is None:
             return False
@@ -214,6 +218,8 @@ class Watch:
         if key not in self._verifying:
             return
         self._verifying.discard(key)
+        if self.statuses.shared:
+            return  # what a shared sweep lags by is its pace, not the list's: poll such jobs alone
         if job.status.is_terminal and self.sweeping:
             self._stale_seen += 1
             _log.warning("job_list_stale", unit=key, job_id=job.job_id, seen=self._stale_seen)

@@ -106,7 +106,10 @@ class InFlight:
 
     job_id: str
     step: str
-    submitted_at: str | None  # RFC 3339, the submitting worker's clock
+    #: When its intent was written (the database clock): shortly before the POST left, as a single
+    #: run's watch takes it. Not the recorded answer time, which lags the job's creation by the
+    #: answer and the write, by more than the sweep's margins on a busy host.
+    intent_at: datetime | None
 
 
 class SharedLimits:
@@ -223,7 +226,7 @@ class SharedLimits:
         """Every job of the key with a recorded id and not yet seen ending, over every run: what
         the sweeper lists for all workers."""
         rows = await self._run(
-            "SELECT job_id, step, submitted_at FROM units"
+            "SELECT job_id, step, intent_at FROM units"
             " WHERE key_hash = %s AND phase = 'submitted' AND job_id IS NOT NULL",
             (self.key_hash,),
         )
