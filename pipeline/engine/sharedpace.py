@@ -72,8 +72,9 @@ class SharedPacer(RequestPacer):
         self._adopt(total)
 
     def _adopt(self, rate: float) -> None:
-        """Pace at the key's rate here too (the GCRA keeps the total); unless measuring again."""
+        """Pace at the key's rate here too (the GCRA keeps the total). A measure of this worker's
+        own is dropped: it would only cost the second 429 that ends it, to learn the same."""
         self.shared_rate = rate
-        if not self.learning:
-            self.estimate = rate / self.margin
-            self._set(rate)
+        self._learning_since, self._marked, self._mark_due = None, None, False
+        self.estimate = rate / self.margin
+        self._set(rate)
