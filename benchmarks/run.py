@@ -77,7 +77,15 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
     "workers": (
         workers.run,
         workers.Size(),
-        workers.Size(units=16, workers=(2,), told=16, server_cap=8, durations=(0.05, 0.2), timeout_s=90),
+        workers.Size(
+            units=16,
+            workers=(2,),
+            told=16,
+            server_cap=8,
+            durations=(0.05, 0.2),
+            timeout_s=90,
+            limited_rps=None,
+        ),
     ),
     "baselines": (
         baselines.run,

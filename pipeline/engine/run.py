@@ -30,12 +30,13 @@ from pipeline.engine.context import RunContext
 from pipeline.engine.delivery import Delivery, WorkUnit
 from pipeline.engine.diff import sort_out
 from pipeline.engine.fetch import Fetch
-from pipeline.engine.limits import RateLimiter
+from pipeline.engine.limits import RateLimiter, RequestPacer
 from pipeline.engine.options import Failure, RunOptions, RunSummary
 from pipeline.engine.provision import Provisioner
 from pipeline.engine.reconcile import Uncertain
 from pipeline.engine.reconciler import Reconciler
 from pipeline.engine.resume import resume_units
+from pipeline.engine.statuses import StatusSource
 from pipeline.engine.submit import Submit
 from pipeline.engine.tally import Snapshot
 from pipeline.engine.watch import Watch
@@ -286,10 +287,13 @@ async def run_pipeline(
     monitor: Callable[[Callable[[], Snapshot]], None] | None = None,
     output: OutputStore | None = None,
     stop: anyio.Event | None = None,
+    pacer: RequestPacer | None = None,
+    statuses: StatusSource | None = None,
 ) -> RunSummary:
     """Run every unit to the end (or until stopped) and say what happened.
 
-    Setting ``stop`` asks for a graceful stop: no new POST; those sent finish and are recorded."""
+    Setting ``stop`` asks for a graceful stop: no new POST; those sent finish and are recorded.
+    ``pacer`` and ``statuses``: what a cooperating worker shares over its batches (cooperate.py)."""
     started = clock.monotonic()
     output = output or LocalOutputStore(layout.root)
     diff = await sort_out(units, store, output.present)
@@ -302,6 +306,8 @@ async def run_pipeline(
         provisioner=provisioner,
         upstreams=diff.upstreams,
         stop=stop,
+        pacer=pacer,
+        statuses=statuses,
     )
     run = _Run(ctx, layout=layout, downloader=downloader, output=output, recorded=diff.phases)
     if monitor is not None:

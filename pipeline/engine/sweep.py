@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -221,7 +221,7 @@ class JobSweep:
     def take(
         self,
         window: Window,
-        jobs: tuple[JobSummary, ...] | list[JobSummary],
+        jobs: Sequence[JobSummary],
         now: float,
         next_look: dict[str, float],
     ) -> list[Found]:
