@@ -123,6 +123,35 @@ class TestRegenerate:
         assert store.get(key(0)).phase is Phase.DONE
         assert store.retired() == [] and store.resources("seed") == {}
 
+    async def test_a_chain_with_a_job_in_flight_is_left_whole(
+        self, fresh: Fresh, clock: FakeClock, tmp_path: Path
+    ) -> None:
+        """A rejected image whose upscale is still being made (a worker has its job): regenerating
+        the image now would let that upscale finish from the rejected image, and no later
+        regeneration would redo it (its new upstream is not rejected). The chain waits whole."""
+        from pipeline.engine.regenerate import apply_regeneration, plan_regeneration
+        from pipeline.output.layout import OutputLayout
+        from tests.test_review import _done as done_with_files
+        from tests.test_review import _unit
+
+        out = tmp_path / "out"
+        out.mkdir()
+        image, child = _unit("img", "image", "@ava"), _unit("up", "upscale", None, upstream="img")
+        video = _unit("vid", "video", None, upstream="img")  # a done sibling: it waits with the chain
+        async with fresh() as store:
+            await store.sync_units([image, child, video])
+            await done_with_files(store, out, image, "c")
+            await done_with_files(store, out, video, "d")
+            await store.mark_submitting(child.key)
+            await store.mark_submitted(child.key, "job-up")
+            await store.record_decision("c" * 64, "reject")
+            plan = plan_regeneration(store, [image, child, video], {})
+            assert await apply_regeneration(plan, store, OutputLayout(out), clock) == 0
+            assert store.get(image.key).phase is Phase.DONE and (out / "img" / "image-1.png").is_file()
+            assert store.get(video.key).phase is Phase.DONE
+            assert store.retired() == [] and plan.credits == 0.0
+            assert any("in flight" in why for why in plan.skipped), plan.skipped
+
 
 class TestSharedDatabaseOnly:
     """A verdict or a regeneration while workers run (PostgreSQL: no run lock)."""
