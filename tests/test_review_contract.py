@@ -5,6 +5,7 @@ while a reviewer decides or a regeneration starts."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -287,3 +288,31 @@ def test_a_shared_state_never_shows_its_password() -> None:
     where = SharedState("postgresql://u:pw-31x-secret@db:5432/photogpt", "catalog")
     shown = f"{where} {where!r} {[where]}"
     assert "pw-31x-secret" not in shown and "postgresql://u:***@db:5432/photogpt" in shown
+
+
+def test_review_refuses_a_run_the_database_does_not_have(
+    pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``review --run`` with a name no worker ran (a typo, or MANIFEST of another name): exit 2, as
+    for a missing state file, instead of verdicts recorded where no regeneration will look."""
+    from pipeline.cli.main import main
+    from pipeline.state.postgres import PostgresStore
+
+    url = pg_server.create_database(f"rv_{uuid.uuid4().hex[:6]}")
+
+    async def seed() -> None:
+        async with await PostgresStore.open(url, clock=FakeClock(), run="catalog") as store:
+            await store.sync_units([unit(0)])
+
+    anyio.run(seed)
+    out = tmp_path / "out"
+    (out / "item").mkdir(parents=True)
+    (out / "item" / "image-1.png").write_bytes(b"\x89PNG")
+    review = ["review", "--out", str(out), "--state", url, "--approve", "item/image-1.png"]
+    assert main([*review, "--run", "catalgo"]) == 2
+    assert "catalgo" in capsys.readouterr().err
+    with open_view(SharedState(url, "catalgo")) as view:
+        assert view.decisions() == {}
+    assert main([*review, "--run", "catalog"]) == 0
+    with open_view(SharedState(url, "catalog")) as view:
+        assert len(view.decisions()) == 1
