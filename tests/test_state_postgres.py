@@ -148,6 +148,22 @@ class TestSchema:
             await store.record_decision("a" * 64, "approve")
             assert list(store.decisions()) == ["a" * 64]
 
+    async def test_a_version_1_database_still_reads(self, pg_server: PgServer, clock: FakeClock) -> None:
+        """``status``, ``review --json``, ``export --only approved`` and the gallery open a read-only
+        view, which migrates nothing: on a database only older workers have opened (no review tables
+        yet) they read "no verdicts", not a database error."""
+        url = pg_server.create_database(f"v1r_{uuid.uuid4().hex[:6]}")
+        async with await PostgresStore.open(url, clock=clock, run="a") as store:
+            await store.sync_units([unit(0)])
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE photogpt.decisions, photogpt.retired")
+            conn.execute("DELETE FROM photogpt.schema_version WHERE version = 2")
+        with open_pg_view(url, "a") as view:
+            assert view.counts()[Phase.PENDING] == 1
+            assert view.decisions() == {}
+            assert view.retired() == []
+            assert view.review_counts() == {"approved": 0, "rejected": 0, "regenerated": 0}
+
     async def test_several_runs_share_one_database(self, pg_server: PgServer, clock: FakeClock) -> None:
         """Two manifests, same unit keys, one database: each run sees only its own units."""
         a = await PostgresStore.open(pg_server.url(), clock=clock, run=f"a-{uuid.uuid4().hex[:6]}")
