@@ -157,7 +157,9 @@ class TestSchema:
             await store.sync_units([unit(0)])
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DROP TABLE photogpt.decisions, photogpt.retired")
-            conn.execute("DELETE FROM photogpt.schema_version WHERE version = 2")
+            conn.execute("ALTER TABLE photogpt.job_status DROP COLUMN created_at, DROP COLUMN credits")
+            conn.execute("ALTER TABLE photogpt.api_limits DROP COLUMN req_tat, DROP COLUMN api_requests")
+            conn.execute("DELETE FROM photogpt.schema_version WHERE version >= 2")
         with open_pg_view(url, "a") as view:
             assert view.counts()[Phase.PENDING] == 1
             assert view.decisions() == {}
