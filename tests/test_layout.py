@@ -17,6 +17,7 @@ from pipeline.errors import ConfigError, UnsafeAssetError
 from pipeline.output.layout import OutputLayout, check_inside, make_dirs_inside, slug
 from pipeline.output.sidecar import (
     append_index,
+    atomic_write,
     read_index,
     read_sidecar,
     strip_query,
@@ -306,6 +307,19 @@ class TestSidecar:
         assert not mine.exists()
         assert other.exists()
         assert read_sidecar(tmp_path / "image-1.json") == {"a": 1}
+
+    def test_a_shared_targets_young_temp_is_another_writers_and_stays(self, tmp_path: Path) -> None:
+        """The gallery: workers sharing a folder write it at once. A young temp may be another
+        writer's between its create and its rename (removing it failed that writer's rename:
+        ``report_failed``); only a temp older than a minute is a dead writer's."""
+        young, old = tmp_path / ".report.html.beef.tmp", tmp_path / ".report.html.dead.tmp"
+        young.write_text("<")
+        old.write_text("<")
+        os.utime(old, (os.path.getmtime(old) - 120, os.path.getmtime(old) - 120))
+        atomic_write(tmp_path / "report.html", b"<html>", exclusive=False)
+        assert young.exists()
+        assert not old.exists()
+        assert (tmp_path / "report.html").read_bytes() == b"<html>"
 
     def test_unserialisable_data_leaves_nothing(self, tmp_path: Path) -> None:
         """NaN or an object is refused before any file is made."""
