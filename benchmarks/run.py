@@ -51,7 +51,7 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
         throughput.Size(units=24, cap=8, durations=(0.05, 0.2), timeout_s=60),
     ),
     "startup": (startup.run, startup.Size(), startup.Size(runs=2)),
-    "client_cost": (client_cost.run, client_cost.Size(), client_cost.Size()),
+    "client_cost": (client_cost.run, client_cost.Size(), client_cost.Size(gather_poll_s=0.2)),
     "hidden_cap": (
         hidden_cap.run,
         hidden_cap.Size(),
@@ -77,7 +77,15 @@ SCENARIOS: dict[str, tuple[Scenario, Any, Any]] = {
     "workers": (
         workers.run,
         workers.Size(),
-        workers.Size(units=16, workers=(2,), told=16, server_cap=8, durations=(0.05, 0.2), timeout_s=90),
+        workers.Size(
+            units=16,
+            workers=(2,),
+            told=16,
+            server_cap=8,
+            durations=(0.05, 0.2),
+            timeout_s=90,
+            limited_rps=None,
+        ),
     ),
     "baselines": (
         baselines.run,
@@ -123,6 +131,7 @@ def run(argv: list[str] | None = None, *, out: Callable[[str], None] = print) ->
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--units", type=int, default=None, help="override the unit count of throughput")
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()] or list(SCENARIOS)
     unknown = sorted(set(chosen) - set(SCENARIOS))
@@ -144,6 +153,8 @@ def run(argv: list[str] | None = None, *, out: Callable[[str], None] = print) ->
                     continue
                 scenario, full, smoke = SCENARIOS[name]
                 size = smoke if args.size == "smoke" else full
+                if name == "throughput" and args.units:
+                    size = dataclasses.replace(size, units=args.units)
                 if name == "baselines" and args.full_baselines:
                     size = dataclasses.replace(size, full=True)
                 began = time.perf_counter()

@@ -35,6 +35,7 @@ Tree::
     ├── StateError                   exit 2  the state file is unreadable, corrupt or of an unknown schema
     │   ├── LockedError              exit 4  another run holds the state file (names the holder)
     │   ├── StateUnavailableError    exit 2  state database unreachable, wrong password, newer schema
+    │   ├── NoStateYetError          exit 2  a state database nothing has run against (``plan``: all new)
     │   └── LeaseLostError                   another worker holds the unit now: the write was refused
     └── InterruptedRunError          exit 130  stopped by a signal; the state is consistent
 
@@ -60,6 +61,7 @@ __all__ = [
     "LockedError",
     "ManifestError",
     "ManifestProblem",
+    "NoStateYetError",
     "NotFoundError",
     "OutputConflictError",
     "OutputError",
@@ -276,6 +278,14 @@ class LockedError(StateError):
 class StateUnavailableError(StateError):
     """The shared state database cannot be used: unreachable, wrong password, or a schema newer than
     this version. Raised before anything is sent to the API. The message never holds the password."""
+
+    exit_code = 2
+
+
+class NoStateYetError(StateError):
+    """The state database holds no photogpt-pipeline schema yet: nothing has run against it. A
+    reader that only looks (``plan``) treats it as an empty state; its own class so no caller has to
+    match the message's words."""
 
     exit_code = 2
 

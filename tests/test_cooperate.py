@@ -65,3 +65,41 @@ async def test_a_cap_refusal_teaches_every_worker(pg_server: PgServer) -> None:
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_a_request_rate_learned_from_poll_429s_paces_every_worker(pg_server: PgServer) -> None:
+    """Worker A measures the server's rate between two refused GETs while B sends as much: A got
+    half the key's requests through, so the key's rate is twice A's measure; B adopts it without
+    ever seeing a 429, and the key's requests are paced together from then on."""
+    from pipeline.engine.sharedpace import SharedPacer
+
+    kh, run, clock = key_hash(f"sk-{uuid.uuid4().hex}"), f"r-{uuid.uuid4().hex[:6]}", FakeClock()
+    stores = [await SharedStore.open(pg_server.url(), clock=clock, run=run) for _ in range(2)]
+    try:
+        a, b = (SharedPacer(s.limits(kh), clock=clock) for s in stores)
+
+        async def send(p: SharedPacer, status: int = 200) -> None:
+            await p.acquire()
+            p.on_answer("GET", status)
+
+        for _ in range(3):
+            await send(a)
+        await send(a, 429)  # the first refused GET: A starts measuring
+        assert a.learning
+        for _ in range(10):
+            await send(a)
+            await send(b)  # B's requests come out of the same bucket
+        clock.advance(0.5)
+        await send(a, 429)  # the second: A's rate is what it got through in between
+        measured = a.rate
+        assert a.calibrations == 1 and measured is not None
+        await send(a)  # shares it
+        learned = (await stores[1].limits(kh).read()).learned_rate
+        assert learned is not None and 1.6 * measured < learned < 2.4 * measured
+        await send(b)  # B never saw a 429, yet paces at the key's rate
+        assert b.rate == learned == a.rate
+        first, second = await b._limits.charge_request(), await a._limits.charge_request()
+        assert first.wait_s >= 0 and second.wait_s > 0.5 / learned  # one GCRA for both workers
+    finally:
+        for s in stores:
+            await s.aclose()

@@ -17,6 +17,7 @@ from pipeline.errors import ConfigError, UnsafeAssetError
 from pipeline.output.layout import OutputLayout, check_inside, make_dirs_inside, slug
 from pipeline.output.sidecar import (
     append_index,
+    atomic_write,
     read_index,
     read_sidecar,
     strip_query,
@@ -135,6 +136,31 @@ class TestPaths:
         """Negative numbers and odd extensions are refused."""
         with pytest.raises(UnsafeAssetError):
             layout.asset_path("sku-1", step, n, ext)
+
+    @pytest.mark.parametrize(
+        "template", ["{item}/{step}-{n}.{ext}", "{item}-{step}{n}.{ext}", "{model}/{key}-{n}.{ext}"]
+    )
+    @pytest.mark.parametrize(
+        "item", ["sku-1", "index", "runs", "con", ".hidden", "a/b", "x" * 250, "ok\u202e"]
+    )
+    def test_asset_keys_match_asset_key_for_every_extension(
+        self, tmp_path: Path, template: str, item: str
+    ) -> None:
+        """The one-render form used per download gives the same keys, and refuses the same values."""
+        layout = OutputLayout(tmp_path, template)
+        exts = ("jpeg", "png", "webp", "mp4", "jsonl")
+        args = (item, "image", 3)
+        try:
+            expected: list[str] | type[UnsafeAssetError] = [
+                layout.asset_key(*args, ext, key=KEY, model="gpt") for ext in exts
+            ]
+        except UnsafeAssetError:
+            expected = UnsafeAssetError
+        if expected is UnsafeAssetError:
+            with pytest.raises(UnsafeAssetError):
+                layout.asset_keys(*args, exts, key=KEY, model="gpt")
+        else:
+            assert list(layout.asset_keys(*args, exts, key=KEY, model="gpt")) == expected
 
     def test_empty_model_slug_is_refused(self, tmp_path: Path) -> None:
         """A model id that slugs to nothing cannot make a directory."""
@@ -271,6 +297,29 @@ class TestSidecar:
             write_sidecar(path, {"v": 2})
         assert json.loads(path.read_text()) == {"v": 1}
         assert [p.name for p in tmp_path.iterdir()] == ["image-1.json"]
+
+    def test_a_killed_writers_temp_goes_and_only_its_own(self, tmp_path: Path) -> None:
+        """A temp left by a SIGKILL is removed by the next write of that target; others stay."""
+        mine, other = tmp_path / ".image-1.json.dead.tmp", tmp_path / ".image-10.json.beef.tmp"
+        mine.write_text("{")
+        other.write_text("{")
+        write_sidecar(tmp_path / "image-1.json", {"a": 1})
+        assert not mine.exists()
+        assert other.exists()
+        assert read_sidecar(tmp_path / "image-1.json") == {"a": 1}
+
+    def test_a_shared_targets_young_temp_is_another_writers_and_stays(self, tmp_path: Path) -> None:
+        """The gallery: workers sharing a folder write it at once. A young temp may be another
+        writer's between its create and its rename (removing it failed that writer's rename:
+        ``report_failed``); only a temp older than a minute is a dead writer's."""
+        young, old = tmp_path / ".report.html.beef.tmp", tmp_path / ".report.html.dead.tmp"
+        young.write_text("<")
+        old.write_text("<")
+        os.utime(old, (os.path.getmtime(old) - 120, os.path.getmtime(old) - 120))
+        atomic_write(tmp_path / "report.html", b"<html>", exclusive=False)
+        assert young.exists()
+        assert not old.exists()
+        assert (tmp_path / "report.html").read_bytes() == b"<html>"
 
     def test_unserialisable_data_leaves_nothing(self, tmp_path: Path) -> None:
         """NaN or an object is refused before any file is made."""

@@ -95,9 +95,13 @@ def test_status_reads_a_run_in_progress(sim_url: str, tmp_path: Path) -> None:
             time.sleep(0.05)
         assert seen.get("submitted", 0) == 6, seen
         assert proc.poll() is None  # still running: its polls are held
-    finally:
         sim_request(sim_url, "POST", "/_sim/control", {"release": polls})
-    _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # a failure above: a run left going would poll the next test's sandbox
+            proc.kill()
+            proc.communicate()
+        sim_request(sim_url, "POST", "/_sim/control", {"release": polls})
     assert proc.returncode == 0, err[-2000:]
     code, stdout, _ = _run(sim_url, "status", str(manifest), "--out", str(out))
     assert code == 0 and "6 units" in stdout and "image " in stdout and "failed:" not in stdout

@@ -144,6 +144,26 @@ async def test_older_work_in_the_way_moves_aside_never_overwritten(output: Outpu
     assert ".stale/sku/image-1.old-unit-key.jpeg" not in [o.key for o in await output.list_objects()]
 
 
+async def test_an_asset_cut_short_under_its_own_sidecar_is_published_again(output: OutputStore) -> None:
+    """A rerun fetches a resized file again (the resume's size check); its sidecar still vouches for
+    the right bytes, so the cut object moves aside rather than being trusted or a conflict."""
+    record = {"key": "k1", "n": 1, "bytes": len(JPEG), "sha256": sha(JPEG)}
+
+    def pub() -> Publication:
+        return Publication(key="sku/image-1.jpeg", part=part_file(output, JPEG), bytes=len(JPEG),
+                           sha256=sha(JPEG), owner="k1", sidecar=record)  # fmt: skip
+
+    await output.publish(pub())
+    await output.put_bytes("sku/image-1.jpeg", JPEG[:100])  # cut behind the pipeline's back
+    await output.close()
+    await output.open()
+    assert not output.present("sku/image-1.jpeg", len(JPEG))
+    await output.publish(pub())
+    assert await output.read_bytes("sku/image-1.jpeg") == JPEG
+    stale = [o.key for o in await output.list_objects(".stale/") if o.key.endswith(".jpeg")]
+    assert len(stale) == 1 and await output.read_bytes(stale[0]) == JPEG[:100]
+
+
 async def test_move_aside_and_plain_objects(output: OutputStore) -> None:
     await output.put_stream("sku/image-1.jpeg", chunks(JPEG), sha256=sha(JPEG))
     moved = await output.move_aside("sku/image-1.jpeg", area=".rejected", tag="r1")

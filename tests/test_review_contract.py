@@ -5,6 +5,7 @@ while a reviewer decides or a regeneration starts."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -122,6 +123,35 @@ class TestRegenerate:
             await store.regenerate({key(0): "rejected", key(1): "superseded"}, [], {key(0): 1})
         assert store.get(key(0)).phase is Phase.DONE
         assert store.retired() == [] and store.resources("seed") == {}
+
+    async def test_a_chain_with_a_job_in_flight_is_left_whole(
+        self, fresh: Fresh, clock: FakeClock, tmp_path: Path
+    ) -> None:
+        """A rejected image whose upscale is still being made (a worker has its job): regenerating
+        the image now would let that upscale finish from the rejected image, and no later
+        regeneration would redo it (its new upstream is not rejected). The chain waits whole."""
+        from pipeline.engine.regenerate import apply_regeneration, plan_regeneration
+        from pipeline.output.layout import OutputLayout
+        from tests.test_review import _done as done_with_files
+        from tests.test_review import _unit
+
+        out = tmp_path / "out"
+        out.mkdir()
+        image, child = _unit("img", "image", "@ava"), _unit("up", "upscale", None, upstream="img")
+        video = _unit("vid", "video", None, upstream="img")  # a done sibling: it waits with the chain
+        async with fresh() as store:
+            await store.sync_units([image, child, video])
+            await done_with_files(store, out, image, "c")
+            await done_with_files(store, out, video, "d")
+            await store.mark_submitting(child.key)
+            await store.mark_submitted(child.key, "job-up")
+            await store.record_decision("c" * 64, "reject")
+            plan = plan_regeneration(store, [image, child, video], {})
+            assert await apply_regeneration(plan, store, OutputLayout(out), clock) == 0
+            assert store.get(image.key).phase is Phase.DONE and (out / "img" / "image-1.png").is_file()
+            assert store.get(video.key).phase is Phase.DONE
+            assert store.retired() == [] and plan.credits == 0.0
+            assert any("in flight" in why for why in plan.skipped), plan.skipped
 
 
 class TestSharedDatabaseOnly:
@@ -258,3 +288,31 @@ def test_a_shared_state_never_shows_its_password() -> None:
     where = SharedState("postgresql://u:pw-31x-secret@db:5432/photogpt", "catalog")
     shown = f"{where} {where!r} {[where]}"
     assert "pw-31x-secret" not in shown and "postgresql://u:***@db:5432/photogpt" in shown
+
+
+def test_review_refuses_a_run_the_database_does_not_have(
+    pg_server: PgServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``review --run`` with a name no worker ran (a typo, or MANIFEST of another name): exit 2, as
+    for a missing state file, instead of verdicts recorded where no regeneration will look."""
+    from pipeline.cli.main import main
+    from pipeline.state.postgres import PostgresStore
+
+    url = pg_server.create_database(f"rv_{uuid.uuid4().hex[:6]}")
+
+    async def seed() -> None:
+        async with await PostgresStore.open(url, clock=FakeClock(), run="catalog") as store:
+            await store.sync_units([unit(0)])
+
+    anyio.run(seed)
+    out = tmp_path / "out"
+    (out / "item").mkdir(parents=True)
+    (out / "item" / "image-1.png").write_bytes(b"\x89PNG")
+    review = ["review", "--out", str(out), "--state", url, "--approve", "item/image-1.png"]
+    assert main([*review, "--run", "catalgo"]) == 2
+    assert "catalgo" in capsys.readouterr().err
+    with open_view(SharedState(url, "catalgo")) as view:
+        assert view.decisions() == {}
+    assert main([*review, "--run", "catalog"]) == 0
+    with open_view(SharedState(url, "catalog")) as view:
+        assert len(view.decisions()) == 1

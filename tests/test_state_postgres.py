@@ -20,6 +20,7 @@ from pipeline import logs
 from pipeline.clock import FakeClock
 from pipeline.errors import LeaseLostError, StateError, StateUnavailableError
 from pipeline.state.pgconn import SCHEMA_VERSION, key_hash, migrations, redact_url
+from pipeline.state.pglimits import Swept
 from pipeline.state.pgreads import open_pg_view
 from pipeline.state.postgres import PostgresStore
 from pipeline.state.records import Phase
@@ -128,21 +129,42 @@ class TestSchema:
             pass
         with psycopg.connect(url) as conn:
             rows = conn.execute("SELECT version, name FROM photogpt.schema_version").fetchall()
-        assert rows == [(1, "0001_initial.sql"), (2, "0002_review.sql")]
+        assert sorted(rows) == [(n, name) for n, name, _ in migrations()]
+        assert rows[0] == (1, "0001_initial.sql")
 
     async def test_a_version_1_database_gets_the_review_tables(
         self, pg_server: PgServer, clock: FakeClock
     ) -> None:
-        """A database a version-1 photogpt-pipeline made: the next open adds decisions and retired."""
+        """A database a version-1 photogpt-pipeline made: the next open adds the review and sweep parts."""
         url = pg_server.create_database(f"v1_{uuid.uuid4().hex[:6]}")
         async with await PostgresStore.open(url, clock=clock, run="a"):
             pass
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("DROP TABLE photogpt.decisions, photogpt.retired")
-            conn.execute("DELETE FROM photogpt.schema_version WHERE version = 2")
+            conn.execute("ALTER TABLE photogpt.job_status DROP COLUMN created_at, DROP COLUMN credits")
+            conn.execute("ALTER TABLE photogpt.api_limits DROP COLUMN req_tat, DROP COLUMN api_requests")
+            conn.execute("DELETE FROM photogpt.schema_version WHERE version >= 2")
         async with await PostgresStore.open(url, clock=clock, run="a") as store:
             await store.record_decision("a" * 64, "approve")
             assert list(store.decisions()) == ["a" * 64]
+
+    async def test_a_version_1_database_still_reads(self, pg_server: PgServer, clock: FakeClock) -> None:
+        """``status``, ``review --json``, ``export --only approved`` and the gallery open a read-only
+        view, which migrates nothing: on a database only older workers have opened (no review tables
+        yet) they read "no verdicts", not a database error."""
+        url = pg_server.create_database(f"v1r_{uuid.uuid4().hex[:6]}")
+        async with await PostgresStore.open(url, clock=clock, run="a") as store:
+            await store.sync_units([unit(0)])
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE photogpt.decisions, photogpt.retired")
+            conn.execute("ALTER TABLE photogpt.job_status DROP COLUMN created_at, DROP COLUMN credits")
+            conn.execute("ALTER TABLE photogpt.api_limits DROP COLUMN req_tat, DROP COLUMN api_requests")
+            conn.execute("DELETE FROM photogpt.schema_version WHERE version >= 2")
+        with open_pg_view(url, "a") as view:
+            assert view.counts()[Phase.PENDING] == 1
+            assert view.decisions() == {}
+            assert view.retired() == []
+            assert view.review_counts() == {"approved": 0, "rejected": 0, "regenerated": 0}
 
     async def test_several_runs_share_one_database(self, pg_server: PgServer, clock: FakeClock) -> None:
         """Two manifests, same unit keys, one database: each run sees only its own units."""
@@ -228,6 +250,18 @@ class TestClaims:
         await b.mark_pending(key(1), "reconciled: no job in its window")  # nothing created
         assert await b.mark_submitting(key(1)) == 2
 
+    async def test_a_takeover_claims_only_expired_leases(
+        self, pg_server: PgServer, opened: Opener, run: str
+    ) -> None:
+        """The mid-batch takeover look takes a dead worker's units, never the free ones."""
+        a, b = await opened(lease_s=60), await opened(lease_s=60)
+        await a.sync_units(unit(i) for i in range(4))
+        await a.claim(2)
+        assert await b.claim(5, expired_only=True) == []  # a is alive; the free units wait
+        expire(pg_server, run, a.holder)
+        taken = await b.claim(5, expired_only=True)
+        assert [(c.key, c.taken_from) for c in taken] == [(key(0), a.holder), (key(1), a.holder)]
+
     async def test_a_dead_workers_intents_go_to_one_worker_together(
         self, pg_server: PgServer, opened: Opener, run: str
     ) -> None:
@@ -243,6 +277,9 @@ class TestClaims:
         assert got == {key(0): True, key(2): True, key(4): True}
         assert {x.key for x in await c.claim(10)} == {key(1), key(3), key(5)}
         assert await c.others_submitting([]) == 0  # units waiting to be reconciled are no POSTs
+        await c.mark_submitting(key(1))  # c's POST in flight, in one of its batches
+        assert await c.others_submitting([], batch=[key(1), key(3)]) == 0  # its own batch: the run knows
+        assert await c.others_submitting([], batch=[key(3)]) == 1  # another batch of c's: wait for it
 
     async def test_exclusive_store_keeps_off_held_units(self, opened: Opener) -> None:
         """A store opened without a lease (one process, as with SQLite) cannot write a held unit."""
@@ -333,6 +370,10 @@ class TestSharedLimits:
                 "UPDATE photogpt.sweeper SET lease_until = clock_timestamp() WHERE key_hash = %s", (kh,)
             )
         assert await b.limits(kh).lead_sweeps(60) and not await a.limits(kh).lead_sweeps(60)
+        assert await a.limits(kh).swept(["job-2"], max_age_s=60) == {"job-2": Swept("completed")}
+        await b.limits(kh).resign_sweeps()  # b exits: nobody sweeps, each worker lists for itself
+        assert await a.limits(kh).sweeper() is None
+        assert await a.limits(kh).swept(["job-2"], max_age_s=60) is None
 
 
 class TestChoosing:

@@ -138,6 +138,41 @@ class TestJobSweep:
         (w,) = sweep.windows(4.0)
         assert sweep.end(w, T0 + timedelta(seconds=11), 11.0, LOOK) == [("j1", "k-j1")]
 
+    def test_a_sweep_lists_one_page_per_window_oldest_jobs_first(self) -> None:
+        """Pages of 3: of five running jobs (and a finished one among them, still listed), the two
+        oldest go now, filling the page with the finished one; the rest within two sweeps."""
+        sweep = JobSweep()
+        at = [T0 + timedelta(seconds=n) for n in range(6)]
+        for n in (0, 2, 3, 4, 5):
+            watch(sweep, f"j{n}", sent=at[n])
+        (w,) = sweep.windows(0.0)  # the server's clock is not known yet: no cut
+        page = [item(f"j{n}", "running", at[n]) for n in (0, 2, 3, 4, 5)] + [item("gone", "success", at[1])]
+        sweep.take(w, page, 1.0, LOOK)
+        sweep.page_size = 3
+        assert len(sweep.windows(2.0)[0].expected) == 5  # no age below which a job may wait
+        (w,) = sweep.windows(2.0, {"image": 3.0})
+        assert w.expected == {"j0", "j2"}  # j0, the finished job and j2 fill one page
+        sweep.take(w, [item("j2", "running", at[2]), item("gone", "success", at[1])], 2.0, LOOK)
+        sweep.take(w, [item("j0", "success", at[0])], 2.0, LOOK)
+        (w,) = sweep.windows(2.1, {"image": 3.0})  # j3-j5 waited; now they fit a page of their own
+        assert w.expected == {"j3", "j4", "j5"}
+        (w,) = sweep.windows(3.0, {"image": 2.5})  # j2 is due again, but 3 s old: no longer young
+        assert w.expected == {"j2", "j3", "j4", "j5"}
+
+    def test_a_young_job_waits_at_most_two_sweeps_for_a_page(self) -> None:
+        sweep = JobSweep()
+        at = [T0 + timedelta(seconds=n) for n in range(3)]
+        for n in range(3):
+            watch(sweep, f"j{n}", sent=at[n])
+        (w,) = sweep.windows(0.0)
+        sweep.take(w, [item(f"j{n}", "running", at[n]) for n in range(3)], 0.0, {"image": 0.0})
+        sweep.page_size = 2
+        for _ in range(2):
+            (w,) = sweep.windows(0.1, {"image": 3.0})
+            assert w.expected == {"j0", "j1"}  # j2 would take a second page: it waits
+        (w,) = sweep.windows(0.1, {"image": 3.0})
+        assert w.expected == {"j0", "j1", "j2"}  # not a third time
+
     def test_drain_hands_back_every_job(self) -> None:
         sweep = JobSweep()
         watch(sweep, "j1")

@@ -72,10 +72,13 @@ async def _create_schema(path: Path) -> None:
 
 def build_done_state(manifest: Path, out: Path) -> int:
     """Every unit of ``manifest`` done in ``out``'s state (bulk SQL), files on disk. Returns the count."""
+    from pipeline.engine.settled import none_settled
     from pipeline.engine.wiring import default_state
     from pipeline.manifest.load import load_manifest
+    from pipeline.state.sqlite_prints import write_prints
 
-    units = load_manifest(manifest).units
+    loaded = load_manifest(manifest, settle=none_settled)  # fingerprinted, as a run loads it
+    units = loaded.units
     state = default_state(out)
     anyio.run(_create_schema, state)
     conn = sqlite3.connect(state, isolation_level=None)
@@ -105,6 +108,7 @@ def build_done_state(manifest: Path, out: Path) -> int:
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         output_rows,
     )
+    write_prints(conn, loaded.prints)  # the row index a run leaves behind
     conn.execute("COMMIT")
     conn.close()
     for folder in range(256):

@@ -80,13 +80,16 @@ async def build_done_state(manifest: Path, out: Path) -> int:
     with the recorded size, and a link costs a fraction of a file create on ext4.
     """
     from pipeline.clock import SystemClock
+    from pipeline.engine.settled import none_settled
     from pipeline.engine.wiring import default_state
     from pipeline.manifest.load import load_manifest
     from pipeline.state.sqlite import StateStore
 
-    units = list(load_manifest(manifest).units)
+    loaded = load_manifest(manifest, settle=none_settled)  # fingerprinted, as a run loads it
+    units = list(loaded.units)
     async with StateStore.open(default_state(out), clock=SystemClock()) as store:
         await store.sync_units(units)
+        await store.record_prints(loaded.prints)  # the row index a run leaves behind
         for start in range(0, len(units), _CONCURRENCY):
             async with anyio.create_task_group() as tg:
                 for seq, unit in enumerate(units[start : start + _CONCURRENCY], start):

@@ -17,6 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+import orjson
 
 from pipeline import logs
 from pipeline.api.records import WireFormatError
@@ -82,6 +83,15 @@ class BadBody(Exception):
         self.body = body
 
 
+def _loads(body: bytes) -> Any:
+    """orjson parses a job-list page several times faster than the stdlib; what it refuses and the
+    stdlib reads (NaN, integers beyond 64 bits) still goes to the stdlib, so nothing parses differently."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 async def read_envelope(resp: aiohttp.ClientResponse, cap: int) -> dict[str, Any]:
     """Read at most ``max_response_bytes`` and return the OK envelope, or raise a signal."""
     body, overflow = await _read_capped(resp, cap)
@@ -92,7 +102,7 @@ async def read_envelope(resp: aiohttp.ClientResponse, cap: int) -> dict[str, Any
     if resp.status == 204 and not body.strip():
         return {"status": "OK", "result": None}
     try:
-        envelope = json.loads(body)
+        envelope = _loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadBody("response is not JSON (or was cut short)", body) from None
     if not isinstance(envelope, dict):

@@ -205,7 +205,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.engine.wiring import default_out, default_state
-    from pipeline.errors import StateError
+    from pipeline.errors import NoStateYetError
     from pipeline.manifest import plan
     from pipeline.manifest.load import load_manifest
     from pipeline.state.opening import open_view, resolve_state
@@ -216,9 +216,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if isinstance(where, str) or where.exists():
         try:
             view = open_view(where, run_name=manifest.name)
-        except StateError as exc:  # a database nothing has run against yet: plan as for no file
-            if isinstance(where, Path) or "no photogpt-pipeline state" not in str(exc):
-                raise
+        except NoStateYetError:  # a database nothing has run against yet: plan as for no file
+            pass
         else:
             try:
                 phases = {k: str(v) for k, v in view.phases().items()}

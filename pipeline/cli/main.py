@@ -128,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     level = "error" if getattr(args, "quiet", False) else args.log_level or _default_level(args)
     log_file = args.log_file.open("a", encoding="utf-8") if args.log_file else None
-    logs.configure(fmt=args.log_format, level=level, stream=log_file)
+    # Called with no argv: the command itself, which configures logging once (tests pass argv).
+    logs.configure(fmt=args.log_format, level=level, stream=log_file, cache=argv is None)
     try:
         command = _COMMANDS[args.command]
         if inspect.iscoroutinefunction(command):

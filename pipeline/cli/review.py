@@ -87,6 +87,7 @@ async def _cmd_review(args: argparse.Namespace) -> int:
     if args.json:
         view = open_view(state, run_name=run)
         try:
+            _require_run(view, state, run)
             listed = [asdict(d) for d in view.decisions().values()]
             counts = view.review_counts()
         finally:
@@ -102,6 +103,7 @@ async def _cmd_review(args: argparse.Namespace) -> int:
     try:
         store: Any = await open_store(state, clock=_clock(), run_name=run)
         try:
+            _require_run(store, state, run)
             if args.approve or args.reject or args.undo or args.import_file:
                 return await _decide(args, out, store, _shown(state, run))
             return await _serve(args, out, store, manifest, _shown(state, run))
@@ -110,6 +112,14 @@ async def _cmd_review(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _require_run(store: Any, state: Path | str, run: str) -> None:
+    """A shared database holds many runs: one no worker ran (a typo in ``--run``, a MANIFEST of
+    another name) is "nothing to review", as a missing state file is, not verdicts filed under a
+    name no ``--regenerate-rejected`` will read."""
+    if isinstance(state, str) and not any(store.counts().values()):
+        raise ConfigError(f"nothing to review yet: no units in {_shown(state, run)}; is --run NAME right?")
 
 
 def _shown(state: Path | str, run: str | None) -> str:

@@ -23,6 +23,7 @@ from pipeline.engine.delivery import WorkUnit
 from pipeline.engine.inflight import PostLog
 from pipeline.engine.limits import ActiveJobLimit, RequestPacer
 from pipeline.engine.provision import Provisioner
+from pipeline.engine.statuses import OwnSweeps, StatusSource
 from pipeline.engine.tally import Snapshot, Tally
 from pipeline.state.lifecycle import Ending, Event, Phase, advance
 from pipeline.state.store import StateStore
@@ -77,6 +78,8 @@ class RunContext:
         provisioner: Provisioner | None = None,
         upstreams: Mapping[str, WorkUnit] | None = None,
         stop: anyio.Event | None = None,
+        pacer: RequestPacer | None = None,
+        statuses: StatusSource | None = None,
     ) -> None:
         self.units: Mapping[str, WorkUnit] = {u.key: u for u in units}
         #: Done upstream units outside this run's set, which chained requests are built from.
@@ -91,7 +94,8 @@ class RunContext:
         self.active = ActiveJobLimit(options.max_active, clock=clock)
         # Every API request of the run goes through the pacer, which learns the API's rate limit;
         # a proven rate limit also undoes recent job-cap cuts (those 429s were the rate's doing).
-        self.pacer = RequestPacer(clock=clock, on_rate_limit=self.active.forgive)
+        self.pacer = pacer or RequestPacer(clock=clock)
+        self.pacer.on_rate_limit = self.active.forgive
         #: Every paid POST from send to record, and the uncertain ones (submit, watch, reconcile);
         #: every answer's ``Date`` bounds the server's clock for their spans.
         self.posts = PostLog(date_window=options.server_date_window_s)
@@ -115,6 +119,8 @@ class RunContext:
         self.holding: set[str] = set()  # units holding an active-job slot (jobs this run started)
         #: Set by a signal: no new POST; those sent finish and are recorded (see run.py).
         self.stop = stop or anyio.Event()
+        #: Job statuses another worker's sweep learned (workers on a shared state; see statuses.py).
+        self.statuses: StatusSource = statuses or OwnSweeps()
 
     # -- phases --------------------------------------------------------------------------------
 

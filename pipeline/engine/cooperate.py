@@ -17,11 +17,14 @@ so is ``--rate`` (submissions charged to the key's GCRA row in the database, :cl
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence, Set
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
+import anyio.abc
 import structlog
 
 from pipeline.api.client import ApiClient
@@ -30,13 +33,18 @@ from pipeline.engine.delivery import WorkUnit
 from pipeline.engine.limits import RateLimiter
 from pipeline.engine.options import Failure, RunOptions, RunSummary
 from pipeline.engine.provision import Provisioner
+from pipeline.engine.recheck import Recheck
 from pipeline.engine.regenerate import recorded_seeds
 from pipeline.engine.run import run_pipeline
+from pipeline.engine.sharedpace import SharedPacer
+from pipeline.engine.sharedsweep import SharedStatuses, SharedSweeper
 from pipeline.engine.tally import Snapshot
 from pipeline.errors import LeaseLostError
 from pipeline.output.downloader import Downloader
 from pipeline.output.layout import OutputLayout
+from pipeline.output.local import LocalOutputStore
 from pipeline.output.store import OutputStore
+from pipeline.state.pgclaims import Claimed
 from pipeline.state.pglimits import SharedLimits
 from pipeline.state.postgres import PostgresStore
 from pipeline.state.records import CAP_429_REASON, SETTLED, Phase, UnitRecord
@@ -137,6 +145,26 @@ async def _heartbeat(store: SharedStore, lease_s: float, clock: Clock) -> None:
         held = now
 
 
+def _start_sweeper(
+    tg: anyio.abc.TaskGroup,
+    store: SharedStore,
+    api: ApiClient,
+    options: RunOptions,
+    clock: Clock,
+    lease_s: float,
+) -> SharedStatuses | None:
+    """One poller for many (sharedsweep.py): this worker joins the key's sweeper election, and its
+    batches read what the elected sweeper saw. None: statuses come from this worker's own polls."""
+    if not store.key_hash or options.poll_via != "list":
+        return None
+    limits = store.limits(store.key_hash)
+    sweeper = SharedSweeper(limits, api, options=options, clock=clock, lease_s=min(lease_s, 10.0))
+    tg.start_soon(sweeper.loop)
+    statuses = SharedStatuses(limits, max_age_s=2 * options.poll.max_interval_s)
+    tg.start_soon(limits.listen, statuses.news)  # LISTEN/NOTIFY: a wake-up hint on top of reads
+    return statuses
+
+
 def _open_keys(units: Sequence[WorkUnit], phases: dict[str, Phase], given_up: set[str]) -> list[str]:
     """Units still to do: not settled, not behind a failed or unknown upstream, not given up on."""
     by_key = {u.key: u for u in units}
@@ -158,6 +186,83 @@ def _open_keys(units: Sequence[WorkUnit], phases: dict[str, Phase], given_up: se
     ]
 
 
+class _Worker:
+    """This worker's batches: claimed units through the ordinary engine, until the run is settled.
+
+    Two loops claim: the main one between its batches, and a takeover loop that looks for units
+    whose holder's lease ran out every quarter lease, while the main batch is still working, so a
+    dead worker's units resume within about one lease rather than after a survivor's batch."""
+
+    def __init__(
+        self,
+        units: Sequence[WorkUnit],
+        store: SharedStore,
+        run_batch: Callable[..., Awaitable[RunSummary]],
+        *,
+        batch: int,
+        clock: Clock,
+        stop: anyio.Event | None,
+        settled: Callable[[], Awaitable[bool]],
+    ) -> None:
+        self.units, self.store, self.run_batch = units, store, run_batch
+        self.settled = settled  # the start-up check of done units' files has ended (recheck.py)
+        self.by_key = {u.key: u for u in units}
+        self.batch, self.clock, self.stop = batch, clock, stop
+        self.lease_s = float(store.lease_s or 60.0)
+        self.totals = _Totals()
+        self.done = anyio.Event()
+        self._first = True
+
+    def stopping(self) -> bool:
+        return self.totals.stopped is not None or (self.stop is not None and self.stop.is_set())
+
+    async def work(self, first: Mapping[str, Any]) -> None:
+        """Claim and work until every unit is settled (or a stop); ``first``: the first batch's
+        extra arguments (the preflight and the progress monitor)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._takeovers)
+            while not self.stopping():
+                given_up = {k for k, n in self.totals.tries.items() if n >= _GIVE_UP}
+                if await self._run(await self.store.claim(self.batch), first):
+                    continue
+                if not _open_keys(self.units, self.store.phases(), given_up) and await self.settled():
+                    break
+                await self.clock.sleep(min(1.0, self.lease_s / 4))  # others hold the rest: wait, or take over
+            self.done.set()
+
+    async def _takeovers(self) -> None:
+        """Take over a dead worker's units as soon as their leases run out, even mid-batch."""
+        while not await self.clock.wait_for(self.done, max(0.05, min(1.0, self.lease_s / 4))):
+            if self.stopping():
+                return
+            if claimed := await self.store.claim(self.batch, expired_only=True):
+                _log.info("taken_over", units=len(claimed), holder=self.store.holder)
+                await self._run(claimed, {})
+
+    async def _run(self, claimed: Sequence[Claimed], first: Mapping[str, Any]) -> bool:
+        """One batch of claimed units; False when none of them was this worker's to work on."""
+        given_up = {k for k, n in self.totals.tries.items() if n >= _GIVE_UP}
+        keys = [c.key for c in claimed]
+        mine = [k for k in keys if k in self.by_key and k not in given_up]
+        if len(mine) < len(keys):
+            await self.store.release(set(keys) - set(mine))  # stale, or given up: leave to others
+        if not mine:
+            return False
+        self.totals.tries.update(mine)
+        # The claimed units, and the (done) upstream units their requests are built from.
+        wanted = set(mine) | {self.by_key[k].upstream for k in mine if self.by_key[k].upstream in self.by_key}
+        extra, self._first = (first if self._first else {}), False
+        try:
+            summary = await self.run_batch([u for u in self.units if u.key in wanted], **extra)
+        except* LeaseLostError as group:
+            _log.warning("batch_lost", error=str(group.exceptions[0]), units=len(mine))
+        else:
+            self.totals.add(summary)
+        phases = self.store.phases()
+        await self.store.release(k for k in mine if phases.get(k) not in SETTLED)
+        return True
+
+
 async def run_shared(
     units: Sequence[WorkUnit],
     *,
@@ -177,46 +282,36 @@ async def run_shared(
     """Work on the run with the other workers until every unit is settled; say what happened.
 
     ``stop`` (a signal) ends the current batch gracefully and claims no other."""
-    started, totals = clock.monotonic(), _Totals()
+    started = clock.monotonic()
     lease_s = float(store.lease_s or 60.0)
-    by_key = {u.key: u for u in units}
     await store.sync_units(units)
-    store.manifest_keys = frozenset(by_key)
-    stale = len(store.stale_keys(set(by_key)))
+    store.manifest_keys = frozenset(u.key for u in units)
+    stale = len(store.stale_keys(set(store.manifest_keys)))
+    # Done units whose files are gone are reopened (one worker checks): see recheck.py.
+    recheck = Recheck(store, set(store.manifest_keys), output or LocalOutputStore(layout.root), clock, stop)
+    await recheck.start()
     async with anyio.create_task_group() as tg:
         tg.start_soon(_heartbeat, store, lease_s, clock)
-        while totals.stopped is None and not (stop is not None and stop.is_set()):
-            given_up = {k for k, n in totals.tries.items() if n >= _GIVE_UP}
-            claimed = [c.key for c in await store.claim(batch)]
-            mine = [k for k in claimed if k in by_key and k not in given_up]
-            if len(mine) < len(claimed):
-                await store.release(set(claimed) - set(mine))  # stale, or given up: leave to others
-            if not mine:
-                if not _open_keys(units, store.phases(), given_up):
-                    break
-                await clock.sleep(min(1.0, lease_s / 4))  # others hold the rest: wait, or take over
-                continue
-            totals.tries.update(mine)
-            # The claimed units, and the (done) upstream units their requests are built from.
-            wanted = set(mine) | {by_key[k].upstream for k in mine if by_key[k].upstream in by_key}
-            subset = [u for u in units if u.key in wanted]
+        # One request pacer for all batches, its rate learned from 429s shared by the key.
+        pacer = SharedPacer(store.limits(store.key_hash), clock=clock) if store.key_hash else None
+        paced = api.paced(pacer) if pacer is not None and options.adaptive_rate else api
+        statuses = _start_sweeper(tg, store, paced, options, clock, lease_s)
+
+        async def run_batch(subset: Sequence[WorkUnit], **first: Any) -> RunSummary:
             seeds = recorded_seeds(store)  # a regeneration (by any worker) may have drawn new ones
-            try:
-                summary = await run_pipeline(
-                    subset, api=api, store=store, layout=layout, downloader=downloader,
-                    options=replace(options, seeds=seeds),
-                    clock=clock, preflight=preflight if totals.batches == 0 else None,
-                    provisioner=provisioner, monitor=monitor if totals.batches == 0 else None,
-                    output=output, stop=stop,
-                )  # fmt: skip
-            except* LeaseLostError as group:
-                _log.warning("batch_lost", error=str(group.exceptions[0]), units=len(mine))
-            else:
-                totals.add(summary)
-            phases = store.phases()
-            await store.release(k for k in mine if phases.get(k) not in SETTLED)
+            return await run_pipeline(
+                subset, api=api, store=store, layout=layout, downloader=downloader,
+                options=dataclasses.replace(options, seeds=seeds), clock=clock, provisioner=provisioner,
+                output=output, stop=stop, statuses=statuses, pacer=pacer, **first,
+            )  # fmt: skip
+
+        worker = _Worker(
+            units, store, run_batch, batch=batch, clock=clock, stop=stop, settled=recheck.settled
+        )
+        await worker.work({"preflight": preflight, "monitor": monitor})
         tg.cancel_scope.cancel()
-    return _summary(units, store, totals, api, clock.monotonic() - started, stale)
+    summary = _summary(units, store, worker.totals, api, clock.monotonic() - started, stale)
+    return dataclasses.replace(summary, rate_limit_rps=pacer.estimate if pacer is not None else None)
 
 
 def _summary(

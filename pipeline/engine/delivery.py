@@ -88,10 +88,7 @@ class Delivery:
             return 0
         out = next(o for o in rec.outputs if o.n == n)
         number, model = file_number(unit, n), unit.model_id or ""
-        keys = [
-            self.layout.asset_key(unit.item_id, unit.step, number, ext, key=key, model=model)
-            for ext in ASSET_EXTS
-        ]
+        keys = self.layout.asset_keys(unit.item_id, unit.step, number, ASSET_EXTS, key=key, model=model)
         adopted = await self.output.adopt(keys, sidecar_key(keys[0]), owner=key, n=n)
         if adopted is not None:
             await self.store.record_download(
@@ -102,7 +99,7 @@ class Delivery:
         part = self.output.staging / self.layout.part_key(unit.item_id, unit.step, number, key=key)
         fetched = await self._fetch_fresh(key, rec, n, out.url, out.asset_id, part)
         record = await self._record(unit, rec, n, out.asset_id, out.url, fetched)
-        rel = self.layout.asset_key(unit.item_id, unit.step, number, fetched.ext, key=key, model=model)
+        rel = keys[ASSET_EXTS.index(fetched.ext)]
         await self.output.publish(
             Publication(
                 key=rel,

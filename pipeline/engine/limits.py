@@ -156,7 +156,7 @@ class RequestPacer:
         self.margin, self.overdrive, self.learn_s, self.give_up_s = margin, overdrive, learn_s, give_up_s
         self.probe_s, self.probe_step, self.evidence_s = probe_s, probe_step, evidence_s
         self.min_admitted = min_admitted
-        self._on_rate_limit = on_rate_limit
+        self.on_rate_limit = on_rate_limit
         self._admitted: deque[float] = deque()  # answer times of admitted requests, last second
         self._learning_since: float | None = None
         self._learning_admitted = 0
@@ -208,8 +208,8 @@ class RequestPacer:
 
     def _on_get_refused(self, now: float) -> None:
         self._evidence_at = now
-        if self._on_rate_limit is not None:
-            self._on_rate_limit()
+        if self.on_rate_limit is not None:
+            self.on_rate_limit()
         if self._learning_since is None:
             recent = len(self._admitted)
             if recent < 2:

@@ -162,9 +162,12 @@ class Reconciler:
 
     async def _others_posting(self, uncertain: list[Uncertain]) -> bool:
         """With workers sharing the run, a job another one created may be listed before its id is
-        recorded: never decide while one of their POSTs is in flight (a shared store says)."""
+        recorded: never decide while one of their POSTs is in flight (a shared store says), nor one
+        of this worker's other batch (cooperate.py takes units over while a batch is working)."""
         others = getattr(self.ctx.store, "others_submitting", None)
-        return others is not None and bool(await others([u.key for u in uncertain]))
+        if others is None:
+            return False
+        return bool(await others([u.key for u in uncertain], batch=list(self.ctx.units)))
 
     async def _unknown(self, key: str, reason: str) -> None:
         await self.ctx.store.mark_unknown(key, reason)

@@ -152,19 +152,23 @@ def plan_regeneration(
             skipped.append(f"{rec.item_id} {rec.step}#{rec.index}: no longer in the manifest")
             continue
         reasons[rec.key] = "rejected"
-    stack = list(reasons)
+    stack, in_flight = list(reasons), set()
     while stack:
-        for child in children.get(stack.pop(), ()):
+        parent = stack.pop()
+        for child in children.get(parent, ()):
             found = records.get(child)
             if child in reasons or found is None:
                 continue  # never synced yet: it is pending and will use the new upstream anyway
             if found.phase not in _REGENERABLE:
                 skipped.append(
-                    f"{found.item_id} {found.step}#{found.index}: a job is in flight ({found.phase})"
+                    f"{found.item_id} {found.step}#{found.index}: a job is in flight ({found.phase}); "
+                    "its chain waits: rerun --regenerate-rejected once it ends"
                 )
+                in_flight.add(parent)
                 continue
             reasons[child] = "superseded"
             stack.append(child)
+    _wait_for_flights(reasons, in_flight, by_key, records, skipped)
     targets = []
     for key in (u.key for u in units if u.key in reasons):
         unit = by_key[key]
@@ -173,6 +177,29 @@ def plan_regeneration(
         cost = None if price is None else price * max(1, unit.expected_outputs)
         targets.append(Target(records[key], reasons[key], seed, cost))
     return Regeneration(tuple(targets), _credits(targets), tuple(skipped), frozenset(rejected_shas))
+
+
+def _wait_for_flights(
+    reasons: dict[str, str],
+    in_flight: set[str],
+    by_key: Mapping[str, Unit],
+    records: Mapping[str, UnitRecord],
+    skipped: list[str],
+) -> None:
+    """Drop each chain a job of which is still being made (``in_flight``: their parents): that job
+    would finish from the rejected output, and once its upstream is made anew (and not rejected)
+    no regeneration would redo it. The whole chain waits for a later rerun."""
+
+    def root(key: str) -> str:
+        while (up := by_key[key].upstream) in reasons:
+            key = up
+        return key
+
+    waiting = {root(k) for k in in_flight}
+    for key in [k for k in reasons if root(k) in waiting]:  # all roots first: then drop
+        del reasons[key]
+        rec = records[key]
+        skipped.append(f"{rec.item_id} {rec.step}#{rec.index}: waits for a job of its chain in flight")
 
 
 def _credits(targets: Sequence[Target]) -> float | None:

@@ -30,12 +30,13 @@ from pipeline.engine.context import RunContext
 from pipeline.engine.delivery import Delivery, WorkUnit
 from pipeline.engine.diff import sort_out
 from pipeline.engine.fetch import Fetch
-from pipeline.engine.limits import RateLimiter
+from pipeline.engine.limits import RateLimiter, RequestPacer
 from pipeline.engine.options import Failure, RunOptions, RunSummary
 from pipeline.engine.provision import Provisioner
 from pipeline.engine.reconcile import Uncertain
 from pipeline.engine.reconciler import Reconciler
 from pipeline.engine.resume import resume_units
+from pipeline.engine.statuses import StatusSource
 from pipeline.engine.submit import Submit
 from pipeline.engine.tally import Snapshot
 from pipeline.engine.watch import Watch
@@ -114,14 +115,18 @@ class _Run:
         leftovers = await resume_units(ctx, self.recorded, watch=self.watch, fetch=self.fetch)
         if ctx.finished.is_set():
             return  # everything is done: not a single request
-        if preflight is not None:
-            await preflight()
+        if preflight is not None and leftovers:
+            await preflight()  # reconcile reads the job list first: the check cannot overlap it
+            preflight = None
         if leftovers:
             await self.reconciler.reconcile([self._leftover(r) for r in leftovers], final=False)
         if ctx.finished.is_set() or ctx.stop.is_set():
             return
         try:
             async with anyio.create_task_group() as tg:
+                if preflight is not None:  # overlapped with the start; no intent before it passes
+                    self.submit.checked = anyio.Event()
+                    tg.start_soon(self._check_api, preflight, self.submit.checked)
                 self._start_stages(tg)
                 await ctx.finished.wait()
                 tg.cancel_scope.cancel()
@@ -129,6 +134,13 @@ class _Run:
             if (error := unwrap_group(group)) is None:
                 raise
             raise error from None
+
+    @staticmethod
+    async def _check_api(preflight: Callable[[], Awaitable[None]], checked: anyio.Event) -> None:
+        """The preflight, run while the stages start: its round trip is not in front of the first
+        POST's set-up, but the first intent (and so the first POST) waits for it to pass."""
+        await preflight()
+        checked.set()
 
     def _start_stages(self, tg: anyio.abc.TaskGroup) -> None:
         ctx, options = self.ctx, self.ctx.options
@@ -275,10 +287,13 @@ async def run_pipeline(
     monitor: Callable[[Callable[[], Snapshot]], None] | None = None,
     output: OutputStore | None = None,
     stop: anyio.Event | None = None,
+    pacer: RequestPacer | None = None,
+    statuses: StatusSource | None = None,
 ) -> RunSummary:
     """Run every unit to the end (or until stopped) and say what happened.
 
-    Setting ``stop`` asks for a graceful stop: no new POST; those sent finish and are recorded."""
+    Setting ``stop`` asks for a graceful stop: no new POST; those sent finish and are recorded.
+    ``pacer`` and ``statuses``: what a cooperating worker shares over its batches (cooperate.py)."""
     started = clock.monotonic()
     output = output or LocalOutputStore(layout.root)
     diff = await sort_out(units, store, output.present)
@@ -291,6 +306,8 @@ async def run_pipeline(
         provisioner=provisioner,
         upstreams=diff.upstreams,
         stop=stop,
+        pacer=pacer,
+        statuses=statuses,
     )
     run = _Run(ctx, layout=layout, downloader=downloader, output=output, recorded=diff.phases)
     if monitor is not None:

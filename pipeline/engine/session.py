@@ -11,6 +11,7 @@ import random
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -144,5 +145,7 @@ async def run_session(
                 tg.cancel_scope.cancel()
     if interrupted or summary is None:
         raise InterruptedRunError("interrupted: the state is saved; run the same command again to resume")
+    if manifest.skipped_units:  # the diff counted the settled rows' units as no longer in the manifest
+        summary = replace(summary, stale=max(0, summary.stale - manifest.skipped_units))
     await after_run(manifest, store, output, summary, clock)
     return summary

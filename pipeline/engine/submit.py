@@ -58,6 +58,8 @@ class Submit:
         self.limiter = shared or RateLimiter(ctx.options.submit_rate, clock=ctx.clock)
         self.posts_in_flight = 0
         self._requeued: set[str] = set()
+        #: Set when the preflight passed; ``None``: no check to wait for. No intent is written before.
+        self.checked: anyio.Event | None = None
 
     async def worker(self) -> None:
         ctx = self.ctx
@@ -125,6 +127,8 @@ class Submit:
     async def _cleared(self, key: str) -> bool:
         """Past the rate limiter: may ``key`` still go? (Not when stopping, over target or budget.)"""
         ctx = self.ctx
+        if self.checked is not None:
+            await self.checked.wait()
         await self.limiter.acquire()
         if ctx.stop_reason is not None:
             ctx.settle(key, Ending.NOT_STARTED)

@@ -28,6 +28,8 @@ list that lags costs a few requests, never a job.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -36,6 +38,9 @@ from pipeline.api.records import JobStatus, JobSummary
 __all__ = ["Found", "JobSweep", "Window"]
 
 _ROUNDING = timedelta(milliseconds=1)  # listed times may be rounded to the millisecond
+#: Sweeps in a row a young job may be left out of to keep a window to one page. One makes every
+#: other sweep take two pages (the jobs left out, plus the older ones due again); two, every third.
+_MAX_DEFERRALS = 2
 
 
 @dataclass(slots=True)
@@ -47,6 +52,8 @@ class _Watched:
     created: datetime | None = None  # the server's createdAt, once listed
     running_at: float = 0.0  # monotonic time it was last known to be running
     misses: int = 0
+    deferred: int = 0  # sweeps in a row it was left out of to save a page (at most _MAX_DEFERRALS)
+    since: float = 0.0  # monotonic time it was submitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,11 @@ class JobSweep:
         self._patience = timedelta(seconds=patience_s)
         self._gap = timedelta(seconds=gap_s)
         self._skew: timedelta | None = None  # smallest (server createdAt - our send time) seen
+        #: Every recent job the list showed or we sent, watched or not: its creation time (server
+        #: clock; a guess until listed). Finished jobs stay listed, so they fill pages too.
+        self._created: dict[str, datetime] = {}
+        #: Jobs per page, learned from the first page that had a next one (``None``: not known yet).
+        self.page_size: int | None = None
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -111,7 +123,8 @@ class JobSweep:
 
     def add(self, job_id: str, key: str, kind: str, *, sent: datetime, now: float, due: float) -> None:
         """Watch ``job_id`` (unit ``key``), submitted at our wall time ``sent``; first look at ``due``."""
-        self._watched[job_id] = _Watched(key, kind, sent, due, running_at=now)
+        self._watched[job_id] = _Watched(key, kind, sent, due, running_at=now, since=now)
+        self._created.setdefault(job_id, sent if self._skew is None else sent + self._skew)
 
     def discard(self, job_id: str) -> None:
         self._watched.pop(job_id, None)
@@ -127,8 +140,12 @@ class JobSweep:
         """The earliest monotonic time a watched job is worth looking at (inf: none watched)."""
         return min((w.due for w in self._watched.values()), default=math.inf)
 
-    def windows(self, now: float) -> list[Window]:
-        """The listings that cover every job due at ``now``: one per cluster of creation times."""
+    def windows(self, now: float, young_s: Mapping[str, float] | None = None) -> list[Window]:
+        """The listings that cover every job due at ``now``: one per cluster of creation times.
+
+        With ``young_s`` (per kind: an age below which a job has likely not finished, such as the
+        typical duration), such young jobs may wait one sweep when listing them would take a page
+        more (:meth:`_one_page_each`)."""
         due = sorted(
             (
                 (self._start_of(w), self._end_of(w), job_id)
@@ -138,7 +155,7 @@ class JobSweep:
             key=lambda t: t[0],
         )
         windows: list[Window] = []
-        for start, end, job_id in due:
+        for start, end, job_id in self._one_page_each(due, now, young_s or {}):
             last = windows[-1] if windows else None
             if last is not None and (last.end is None or start <= last.end + self._gap):
                 last.end = None if last.end is None or end is None else max(last.end, end)
@@ -146,6 +163,46 @@ class JobSweep:
             else:
                 windows.append(Window(start, end, {job_id}))
         return windows
+
+    def _one_page_each(
+        self, due: list[tuple[datetime, datetime | None, str]], now: float, young_s: Mapping[str, float]
+    ) -> list[tuple[datetime, datetime | None, str]]:
+        """The due jobs (oldest first) that one page per cluster can cover; young ones beyond it
+        wait a sweep or two.
+
+        The list pages newest first through every job created in a window, finished ones
+        included, so a window over all 64 running jobs costs two pages each sweep. Cut at
+        :attr:`page_size` known jobs, it costs one: the older jobs go now, and jobs younger than
+        ``young_s`` of their kind (unlikely to have finished) at one of the next two sweeps. A
+        job past that age, or a window whose end is not known (the server's clock not learned
+        yet), is never cut."""
+        if self.page_size is None or not due or not young_s:
+            return due
+        self._forget_before(due[0][0])
+        times = sorted(self._created.values())
+        kept: list[tuple[datetime, datetime | None, str]] = []
+        first: datetime | None = None
+        for start, end, job_id in due:
+            w = self._watched[job_id]
+            if first is None or (kept[-1][1] is not None and start > kept[-1][1] + self._gap):
+                first = start  # a new cluster: a window of its own
+            elif (
+                end is not None
+                and w.deferred < _MAX_DEFERRALS
+                and now - w.since < young_s.get(w.kind, 0.0)
+                and _count(times, first, end) > self.page_size
+            ):
+                w.deferred += 1  # beyond this cluster's first page: a later sweep, soon
+                continue
+            w.deferred = 0
+            kept.append((start, end, job_id))
+        return kept
+
+    def _forget_before(self, oldest: datetime) -> None:
+        """Creation times older than every window to come count no more."""
+        if len(self._created) > 4 * max(len(self._watched), 16):
+            cut = oldest - self._margin
+            self._created = {j: t for j, t in self._created.items() if t >= cut or j in self._watched}
 
     def _start_of(self, w: _Watched) -> datetime:
         if w.created is not None:
@@ -164,7 +221,7 @@ class JobSweep:
     def take(
         self,
         window: Window,
-        jobs: tuple[JobSummary, ...] | list[JobSummary],
+        jobs: Sequence[JobSummary],
         now: float,
         next_look: dict[str, float],
     ) -> list[Found]:
@@ -175,6 +232,8 @@ class JobSweep:
         """
         finished: list[Found] = []
         for item in jobs:
+            if item.created_at is not None:
+                self._created[item.job_id] = item.created_at
             w = self._watched.get(item.job_id)
             if w is None:
                 continue
@@ -229,3 +288,8 @@ class JobSweep:
         jobs = [(job_id, w.key) for job_id, w in self._watched.items()]
         self._watched.clear()
         return jobs
+
+
+def _count(times: list[datetime], start: datetime, end: datetime) -> int:
+    """How many of the sorted ``times`` fall within ``[start, end]``."""
+    return bisect_right(times, end) - bisect_left(times, start)

@@ -5,6 +5,8 @@ Two sources, one due-time per job:
 - **sweeps**: pages of ``GET /jobs`` answer for dozens of running jobs at once
   (:mod:`pipeline.engine.sweep`); a job seen finished frees its active-job slot at once and is then
   read alone, once, for its outputs;
+- **another worker's sweeps**: workers on one API key elect one to list for all
+  (:mod:`pipeline.engine.statuses`); the others read what it saw instead of listing;
 - **due-time polls**: ``GET /jobs/{id}`` for one job at the time its kind's learned durations say
   (:mod:`pipeline.engine.poller`): used for a handful of jobs, for jobs the list misses or shows
   stale, and for good once the list proves unusable.
@@ -14,13 +16,15 @@ Deadlines: a job running past its kind's deadline is left ``submitted`` for the 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from datetime import datetime
 
 import anyio
 import anyio.abc
 import structlog
 
-from pipeline.api.records import Job, JobPage, JobStatus
+from pipeline.api.records import Job, JobPage, JobStatus, JobSummary
 from pipeline.engine.budget import Budget
 from pipeline.engine.context import RunContext, Started
 from pipeline.engine.fetch import Fetch
@@ -47,9 +51,11 @@ class Watch:
         self.estimator = DurationEstimator(policy)
         self.sweep = JobSweep()
         self.sweeping = ctx.options.poll_via == "list"
+        self.statuses = ctx.statuses
         self._added = anyio.Event()
         self._verifying: set[str] = set()  # overdue in the sweep: asked about directly once
         self._stale_seen = 0  # jobs the list showed running that had finished
+        self._news = False  # a shared sweep stored statuses since the last read
         # One cap on job reads in flight, whether a due time or a sweep asked for them.
         self._reads = anyio.CapacityLimiter(ctx.options.poll_concurrency)
 
@@ -60,7 +66,7 @@ class Watch:
         ctx, step = self.ctx, self.ctx.units[key].step
         now = ctx.clock.monotonic()
         ctx.started[key] = Started(now)
-        if self.sweeping and ctx.active.in_use >= ctx.options.poll.sweep_min_jobs:
+        if self.sweeping and (self.statuses.shared or ctx.active.in_use >= ctx.options.poll.sweep_min_jobs):
             self.sweep.add(job_id, key, step, sent=sent, now=now, due=now + self.estimator.earliest(step))
             self._added.set()
         else:
@@ -87,46 +93,75 @@ class Watch:
         """List the jobs in flight as they fall due; read each one the list shows finished.
 
         Falls back to single polls for good when the list cannot be read three times running.
+        News from a shared sweep (:mod:`pipeline.engine.statuses`) is read at once, for every job.
         """
         ctx, failures, last = self.ctx, 0, float("-inf")
-        while not ctx.finished.is_set() and self.sweeping:
-            now = ctx.clock.monotonic()
-            # At most one sweep per interval of the quickest kind watched; each lists the jobs due.
-            wake = max(self.sweep.next_due(), last + self.estimator.sweep_interval(self.sweep.kinds()))
-            if wake > now:
-                self._added = anyio.Event()  # a new job may fall due sooner
-                await ctx.clock.wait_for(self._added, min(wake - now, 0.5))
-                continue
-            last = now
-            try:
-                await self._sweep_once(tg)
-            except AuthError:
-                raise
-            except PipelineError as exc:
-                failures += 1
-                _log.warning("job_list_failed", error=str(exc), failures=failures)
-                if failures >= 3 or isinstance(exc, RejectedError):
-                    self._stop_sweeping(str(exc))
-                continue
-            failures = 0
-            self._sweep_deadlines()
+        unsubscribe = self.statuses.subscribe(self._on_news)
+        try:
+            while not ctx.finished.is_set() and self.sweeping:
+                now, news = ctx.clock.monotonic(), self._news
+                # At most one sweep per interval of the quickest kind watched; each lists the jobs due.
+                wake = max(self.sweep.next_due(), last + self.estimator.sweep_interval(self.sweep.kinds()))
+                if wake > now and not news:
+                    self._added = anyio.Event()  # a new job may fall due sooner
+                    await ctx.clock.wait_for(self._added, min(wake - now, 0.5))
+                    continue
+                last, self._news = now, False
+                try:
+                    await self._sweep_once(tg, everything=news)
+                except AuthError:
+                    raise
+                except PipelineError as exc:
+                    failures += 1
+                    _log.warning("job_list_failed", error=str(exc), failures=failures)
+                    if failures >= 3 or isinstance(exc, RejectedError):
+                        self._stop_sweeping(str(exc))
+                    continue
+                failures = 0
+                self._sweep_deadlines()
+        finally:
+            unsubscribe()
+
+    def _on_news(self) -> None:
+        self._news = True
+        self._added.set()
 
     def _next_look(self) -> dict[str, float]:
         """Per kind: how long after seeing a job running to look at it again."""
         return {kind: self.estimator.sweep_interval({kind}) for kind in self.sweep.kinds()}
 
-    async def _sweep_once(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _sweep_once(self, tg: anyio.abc.TaskGroup, *, everything: bool = False) -> None:
         ctx, next_look = self.ctx, self._next_look()
         # Jobs due within half an interval come along now rather than a whole interval late.
-        soon = 0.5 * min(next_look.values(), default=0.0)
-        for window in self.sweep.windows(ctx.clock.monotonic() + soon):
-            await self._sweep_window(tg, window, next_look)
+        soon = math.inf if everything else 0.5 * min(next_look.values(), default=0.0)
+        young = {kind: self.estimator.typical(kind) for kind in next_look}
+        windows = self.sweep.windows(ctx.clock.monotonic() + soon, young)
+        shared = await self._from_source(tg, windows, next_look)
+        if everything and not shared:
+            return  # news is a hint: with no sweeper left, the jobs due are listed in their time
+        for window in windows:
+            if not shared:
+                await self._sweep_window(tg, window, next_look)
             if window.complete:
                 continue
+            # Missing twice from the list (or from what the sweeper saw), overtaken or sent long ago:
+            # polled alone from now on.
             mono = ctx.clock.monotonic()
             for job_id, key in self.sweep.end(window, ctx.clock.now(), mono, next_look):
                 _log.info("job_not_listed", unit=key, job_id=job_id)
                 self.due.push(key, mono)
+
+    async def _from_source(
+        self, tg: anyio.abc.TaskGroup, windows: list[Window], next_look: dict[str, float]
+    ) -> bool:
+        """What another worker's sweep saw stands in for this sweep's listings (True), unless
+        nobody sweeps for us now. Jobs it has not seen are missing, as from a listing."""
+        expected = {job_id for window in windows for job_id in window.expected}
+        if not expected or (seen := await self.statuses.seen(expected)) is None:
+            return False
+        for window in windows:
+            self._take(tg, window, [seen[j] for j in sorted(window.expected) if j in seen], next_look)
+        return True
 
     async def _sweep_window(
         self, tg: anyio.abc.TaskGroup, window: Window, next_look: dict[str, float]
@@ -140,16 +175,29 @@ class Watch:
                 return await ctx.api.list_jobs(start=window.start, end=window.end, page_token=token)
 
             page = await retrying(page_of, policy=ctx.options.retry, clock=ctx.clock, rng=ctx.rng)
-            for job in page.jobs:
-                ctx.posts.learn(job.job_id, job.created_at)  # the server's clock, for reconcile spans
-            for found in self.sweep.take(window, page.jobs, ctx.clock.monotonic(), next_look):
-                ctx.drop_slot(found.key)  # finished on the server: its slot is free now
-                self.budget.saw(found.job_id, found.credits)
-                tg.start_soon(self._read, found.key, found)
+            self._take(tg, window, page.jobs, next_look)
             token = page.next_page_token
+            if token is not None and len(page.jobs) > (self.sweep.page_size or 0):
+                self.sweep.page_size = len(page.jobs)  # a full page: how many one request shows
             if window.complete or token is None or token in seen_tokens:
                 return
             seen_tokens.add(token)
+
+    def _take(
+        self,
+        tg: anyio.abc.TaskGroup,
+        window: Window,
+        jobs: Sequence[JobSummary],
+        next_look: dict[str, float],
+    ) -> None:
+        """Learn from listed jobs; read each finished one for its outputs."""
+        ctx = self.ctx
+        for job in jobs:
+            ctx.posts.learn(job.job_id, job.created_at)  # the server's clock, for reconcile spans
+        for found in self.sweep.take(window, jobs, ctx.clock.monotonic(), next_look):
+            ctx.drop_slot(found.key)  # finished on the server: its slot is free now
+            self.budget.saw(found.job_id, found.credits)
+            tg.start_soon(self._read, found.key, found)
 
     def _sweep_deadlines(self) -> None:
         """Jobs past their deadline leave the sweep for one last poll, which settles them; jobs
@@ -173,6 +221,8 @@ class Watch:
         if key not in self._verifying:
             return
         self._verifying.discard(key)
+        if self.statuses.shared:
+            return  # what a shared sweep lags by is its pace, not the list's: poll such jobs alone
         if job.status.is_terminal and self.sweeping:
             self._stale_seen += 1
             _log.warning("job_list_stale", unit=key, job_id=job.job_id, seen=self._stale_seen)
@@ -191,10 +241,13 @@ class Watch:
     async def poll_one(self, key: str, seen: Found | None = None) -> None:
         """Read one job and act on what it says (or look again later)."""
         ctx = self.ctx
-        rec = ctx.store.get(key)
-        if rec is None or not rec.job_id:
-            return
-        job_id = rec.job_id
+        if seen is not None:
+            job_id = seen.job_id  # the list just showed it: no state read for the id
+        else:
+            rec = ctx.store.get(key)
+            if rec is None or not rec.job_id:
+                return
+            job_id = rec.job_id
 
         async def get() -> Job:
             await self.limiter.acquire()

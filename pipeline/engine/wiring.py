@@ -17,7 +17,6 @@ import anyio
 import structlog
 
 from pipeline.clock import Clock, SystemClock
-from pipeline.engine import regenerate
 from pipeline.engine.options import RunOptions, RunSummary
 from pipeline.engine.request import (
     PreflightError,
@@ -28,6 +27,7 @@ from pipeline.engine.request import (
     tuned,
 )
 from pipeline.engine.session import api_config, run_session
+from pipeline.engine.settled import Skipping, combine, none_settled
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.manifest.load import Manifest, load_manifest
 from pipeline.output.layout import OutputLayout
@@ -47,30 +47,34 @@ async def execute(request: RunRequest, *, clock: Clock | None = None) -> RunSumm
     """Run a manifest to the end, or until stopped; raise PipelineError for what stops it early."""
     clock = clock or SystemClock()
     async with AsyncExitStack() as stack:
-        manifest, early = await _load_resuming(request, clock, stack)
-        return await _execute(request, clock, manifest, early)
+        manifest, early, skipping = await _load_resuming(request, clock, stack)
+        return await _execute(request, clock, manifest, early, skipping)
     raise AssertionError("unreachable")  # pragma: no cover - the stack does not swallow errors
 
 
 async def _load_resuming(
     request: RunRequest, clock: Clock, stack: AsyncExitStack
-) -> tuple[Manifest, SqliteStore | None]:
+) -> tuple[Manifest, SqliteStore | None, Skipping | None]:
     """The manifest, and the state already open when this is a resume.
 
     A resume's state file is opened (lock, integrity check: seconds for a million units) in a
-    worker thread while the manifest expands in another; a first run, or a state path that only
-    the loaded manifest can tell, opens after the load as before. Either way a manifest with
-    problems raises before anything is created.
+    worker thread while the manifest expands in another, skipping the rows the state says are
+    done (:mod:`.settled`); a first run, or a state path that only the loaded manifest can tell,
+    opens after the load as before. Either way a manifest with problems raises before anything
+    is created.
     """
     state_path = _state_before_load(request)
     lock = RunLock(state_path) if state_path else None
     if state_path is None or lock is None or not state_path.is_file():
-        return load_manifest(request.manifest), None
+        shared = isinstance(resolve_state(request.state, Path()), str)  # a database: no row index
+        return load_manifest(request.manifest, settle=None if shared else none_settled), None, None
     try:
         lock.acquire()
     except PipelineError:
-        return load_manifest(request.manifest), None  # held: the run below says by whom
+        return load_manifest(request.manifest), None, None  # held: the run below says by whom
     stack.callback(lock.release)
+    skipping = Skipping.for_run(request, state_path, request.out or _peeked_out(request))
+    settle = skipping.settle if skipping else none_settled
     async with anyio.create_task_group() as tg:
         opened: list[SqliteStore] = []
 
@@ -78,12 +82,23 @@ async def _load_resuming(
             opened.append(await stack.enter_async_context(SqliteStore.open(state_path, clock=clock)))
 
         tg.start_soon(open_state)
-        manifest = await anyio.to_thread.run_sync(load_manifest, request.manifest)
+        load = functools.partial(load_manifest, request.manifest, settle=settle)
+        manifest = await anyio.to_thread.run_sync(load)
+    if skipping is not None and not skipping.fits(request, manifest):
+        skipping = None
+        if manifest.skipped_units:  # skipped on a wrong guess of the state
+            manifest = await anyio.to_thread.run_sync(load_manifest, request.manifest)
     out = request.out or default_out(manifest)
     if resolve_state(request.state, default_state(out)) != state_path:  # not the manifest's name
         await stack.aclose()
-        return manifest, None
-    return manifest, opened[0]
+        return manifest, None, None
+    return manifest, opened[0], skipping
+
+
+def _peeked_out(request: RunRequest) -> Path | None:
+    """The default output folder, from the manifest's ``name:`` line (checked after the load)."""
+    found = _peek_name(request)
+    return None if found is None else Path("outputs") / found
 
 
 def _state_before_load(request: RunRequest) -> Path | None:
@@ -94,15 +109,18 @@ def _state_before_load(request: RunRequest) -> Path | None:
         return found if isinstance(found, Path) else None  # a database URL: no file to open early
     if isinstance(resolve_state(None, Path()), str):
         return None
+    name = _peek_name(request)
+    return None if name is None else default_state(Path("outputs") / name)
+
+
+def _peek_name(request: RunRequest) -> str | None:
     try:
         with request.manifest.open("rb") as handle:
             head = handle.read(_PEEK_BYTES)
     except OSError:
         return None
     match = _NAME_LINE.search(head)
-    if match is None:
-        return None
-    return default_state(Path("outputs") / match.group(1).decode("utf-8", "replace"))
+    return None if match is None else match.group(1).decode("utf-8", "replace")
 
 
 _PEEK_BYTES = 4096
@@ -110,8 +128,9 @@ _NAME_LINE = re.compile(rb"^name:[ \t]*([A-Za-z0-9][A-Za-z0-9_.+=@,-]*)[ \t]*(?:
 
 
 async def _execute(
-    request: RunRequest, clock: Clock, manifest: Manifest, early: SqliteStore | None
-) -> RunSummary:
+    request: RunRequest, clock: Clock, manifest: Manifest, early: SqliteStore | None,
+    skipping: Skipping | None = None,
+) -> RunSummary:  # fmt: skip
     out = request.out or default_out(manifest)
     state = resolve_state(request.state, default_state(out))
     if isinstance(state, str):  # a shared database: workers cooperate through claims, no lock file
@@ -146,16 +165,19 @@ async def _execute(
                     await _regenerate(request, manifest, store, layout, options, clock)
                 seeds = {k: int(v["seed"]) for k, v in store.resources("seed").items() if "seed" in v}
                 options = replace(options, seeds=seeds)
-                return await run_session(
-                    manifest,
-                    config,
-                    store,
-                    (layout, output),
-                    options,
-                    clock,
-                    fast=fast,
-                    progress=request.progress,
-                )
+                where = (layout, output)
+                summary = await run_session(manifest, config, store, where, options, clock, fast=fast,
+                                            progress=request.progress)  # fmt: skip
+                await store.record_prints(manifest.prints)  # after the diff recorded every unit
+                if skipping is None or not manifest.skipped_units:
+                    return summary
+                reopened = await skipping.reopen_missing(store)  # the skipped rows' files, checked now
+                if not reopened or summary.stopped:  # stopped: the next run fetches what was reopened
+                    return summary
+                load = functools.partial(load_manifest, request.manifest, settle=skipping.settle)
+                again = await anyio.to_thread.run_sync(load)  # a second pass, for the files missing
+                second = await run_session(again, config, store, where, options, clock, fast=fast)
+                return combine(summary, second)
     finally:
         with anyio.CancelScope(shield=True):
             await output.close()
@@ -168,6 +190,8 @@ async def _regenerate(
     clock: Clock,
 ) -> None:  # fmt: skip
     """Say what ``--regenerate-rejected`` will pay for, then set those units up for the run."""
+    from pipeline.engine import regenerate  # only for this flag: kept out of every run's start-up
+
     plan = regenerate.plan_regeneration(store, manifest.units, options.prices)
     plan = await regenerate.hold_targets(plan, store)  # what no other worker holds: what will be paid
     for why in plan.skipped:

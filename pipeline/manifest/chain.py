@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.catalog import find_model
 from pipeline.manifest.assets import AssetError, Assets, is_image_path, is_url
-from pipeline.manifest.ids import unit_key
+from pipeline.manifest.ids import plain_key, unit_key
 from pipeline.manifest.schema import (
     EXTRA,
     OPTION_GROUPS,
@@ -264,13 +264,18 @@ def can_relay(field_name: str) -> bool:
     return field_name not in ITEM_KEYS and field_name not in _NOT_LAID
 
 
-def relay(template: Sequence[Unit], item_id: str, changes: Mapping[str, str]) -> list[Unit]:
+def relay(
+    template: Sequence[Unit], item_id: str, changes: Mapping[str, str], *, plain: bool = False
+) -> list[Unit]:
     """The units of another item shaped like ``template`` (same variant, already checked): its image
     request with ``changes`` laid over, every key derived again from the new id and upstream keys.
 
     Merging, flattening and local files gave ``template`` its requests; they are the same for
     every row of a variant when only these text fields differ, so they are not redone. The caller
-    proves that on the template itself (``relay(template, its id, its values) == template``)."""
+    proves that on the template itself (``relay(template, its id, its values) == template``).
+    ``plain``: the template's requests hold no float and no integer beyond 64 bits (:func:`is_plain`)
+    and ``changes`` only text, so each key is hashed from orjson's bytes as they are."""
+    make_key = plain_key if plain else unit_key
     keys: dict[str, str] = {}
     units: list[Unit] = []
     for t in template:
@@ -287,7 +292,7 @@ def relay(template: Sequence[Unit], item_id: str, changes: Mapping[str, str]) ->
             "model": None,
         }
         unit = Unit(
-            key=unit_key(payload),
+            key=make_key(payload),
             item_id=item_id,
             step=t.step,
             index=t.index,

@@ -14,7 +14,9 @@ from typing import Any
 
 from pipeline.manifest.assets import Assets
 from pipeline.manifest.chain import Chain, Defaults, can_relay, relay
+from pipeline.manifest.ids import RESERVED_IDS, is_plain, unsafe_segment
 from pipeline.manifest.instances import Instance
+from pipeline.manifest.prints import NoneSettled, Settle, Settled, indexable, row_print
 from pipeline.manifest.problems import ProblemLog, format_path
 from pipeline.manifest.rows import Cell, Rows
 from pipeline.manifest.schema import TRAINED_SIGIL, FieldPath
@@ -66,6 +68,14 @@ class Expander:
         self.ids: dict[str, int] = {}
         self.compiled: list[Compiled] = []
         self.compiler = Compiler(doc, rows=rows, log=log)
+        #: Set by the loader to skip settled rows (:mod:`pipeline.manifest.prints`).
+        self.settle: Settle | None = None
+        self.context = b""
+        #: ``(fingerprint, unit keys)`` of each expanded row that may be indexed; units skipped.
+        self.prints: list[tuple[bytes, tuple[str, ...]]] = []
+        self.skipped_units = 0
+        self._fingerprints: dict[int, list[bytes | None]] = {}
+        self._settled: Settled = NoneSettled()
 
     # -- compile ------------------------------------------------------------------------------------
 
@@ -83,6 +93,8 @@ class Expander:
                 self.doc.where(items), "items", f"expands to {total:,} items; the limit is {MAX_ITEMS:,}"
             )
             return
+        if self.settle is not None:
+            self._fingerprint(compiled)
         for item in compiled:
             self._expand_item(item)
 
@@ -91,16 +103,77 @@ class Expander:
         if compiled is not None:
             for variant in compiled.variants:
                 variant.relayable = _relayable(variant.holes)
+                variant.id_at = next((i for i, h in enumerate(variant.holes) if h.path == ("id",)), None)
         return compiled
 
     # -- expand -------------------------------------------------------------------------------------
 
     def _expand_item(self, item: Compiled) -> None:
         """Row by row, and within a row variant by variant, so one product's work stays together."""
+        prints = self._fingerprints.get(item.index)
+        if prints is not None:
+            self._expand_printed(item, prints)
+            return
         rows = range(len(self.rows.records)) if item.uses_rows and self.rows is not None else (None,)
         for row in rows:
             for variant in item.variants:
                 self._instance(item, variant, row)
+
+    # -- fingerprints -------------------------------------------------------------------------------
+
+    def _fingerprint(self, compiled: list[Compiled]) -> None:
+        """Every row's fingerprint, for items of one variant made per row; then ask which are settled."""
+        assert self.settle is not None
+        if self.rows is None:
+            return
+        every: list[bytes] = []
+        for item in compiled:
+            if item.uses_rows and len(item.variants) == 1:
+                prints = [row_print(self.context, item.index, r) for r in self.rows.records]
+                self._fingerprints[item.index] = prints
+                every.extend(p for p in prints if p is not None)
+        if every:
+            self._settled = self.settle(every)
+            self.skipped_units = self._settled.units  # a settled row always renders its id alone
+
+    def _expand_printed(self, item: Compiled, prints: list[bytes | None]) -> None:
+        """Rows of a fingerprinted item: settled ones only have their id checked, others expand."""
+        assert self.rows is not None
+        variant, settled, records, ids = item.variants[0], self._settled.rows, self.rows.records, self.ids
+        plain = _plain_id(variant)
+        first = Instance(self, item, variant, 0).origin()  # row r's origin is first + r
+        for row, fp in enumerate(prints):
+            if fp is not None and fp in settled:
+                if plain is not None:  # the common id, "{sku}": checked inline (the full check reports)
+                    prefix, column, suffix = plain
+                    cell = records[row].get(column)
+                    if type(cell) is str and unsafe_segment(item_id := prefix + cell + suffix) is None:
+                        folded = item_id.casefold()
+                        if folded not in ids and folded not in RESERVED_IDS:
+                            ids[item_id if folded == item_id else folded] = first + row
+                            continue
+                if self._skip(item, variant, row):
+                    continue
+            before = len(self.units)
+            self._instance(item, variant, row)
+            units = self.units[before:]
+            if fp is not None and units and indexable(units):
+                self.prints.append((fp, tuple(u.key for u in units)))
+
+    def _skip(self, item: Compiled, variant: Variant, row: int) -> bool:
+        """Check a settled row's id (ids must stay unique with the rows that do expand); ``False``
+        when it cannot be rendered alone, and the row is expanded instead."""
+        assert self.rows is not None
+        hole = next((h for h in variant.holes if h.path == ("id",)), None)
+        try:
+            record = self.rows.records[row]
+            item_id = variant.base["id"] if hole is None else self._fill(hole, variant, record)
+        except KeyError:
+            return False
+        if not isinstance(item_id, str):
+            return False
+        Instance(self, item, variant, row).check_id(item_id + variant.id_suffix)
+        return True
 
     def render(
         self, item: Compiled, variant: Variant, row: int | None
@@ -144,9 +217,11 @@ class Expander:
         is_id = hole.path == ("id",)
         texts = variant.slug_text if is_id else variant.raw_text
         name = hole.template.whole
-        if name is not None and hole.kind is not None and name not in texts:
+        if name is not None and name not in texts:  # "{column}": the cell itself
             cell = record[name]
-            return _convert(cell, hole.kind) if isinstance(cell, str) else cell
+            if hole.kind is not None:
+                return _convert(cell, hole.kind) if isinstance(cell, str) else cell
+            return cell if type(cell) is str else cell_text(cell)
 
         def lookup(key: str) -> str:
             text = texts.get(key)
@@ -154,14 +229,28 @@ class Expander:
 
         return hole.template.render(lookup)
 
+    def _relay_values(self, variant: Variant, row: int | None) -> tuple[str, list[Any]] | None:
+        """A row of a variant with a template: its id and hole values, without building its data
+        (``None`` when a column is missing: the full render reports it)."""
+        record: Mapping[str, Cell] = self.rows.records[row] if row is not None and self.rows else {}
+        try:
+            values = [self._fill(hole, variant, record) for hole in variant.holes]
+        except KeyError:
+            return None
+        at = variant.id_at
+        return (variant.base["id"] if at is None else values[at]), values
+
     def _instance(self, item: Compiled, variant: Variant, row: int | None) -> None:
-        rendered = self.render(item, variant, row)
-        if rendered is None:
-            return
-        data, values = rendered
-        inst = Instance(self, item, variant, row)
-        item_id = data["id"] + variant.id_suffix
-        id_ok = inst.check_id(item_id)
+        fast = self._relay_values(variant, row) if variant.template is not None else None
+        if fast is None:
+            rendered = self.render(item, variant, row)
+            if rendered is None:
+                return
+            data, values = rendered
+            item_id = data["id"] + variant.id_suffix
+        else:
+            item_id, values = fast[0] + variant.id_suffix, fast[1]
+        id_ok = self._claim_id(item, variant, row, item_id)
         signature = tuple(
             (type(v), bool(v.strip()) if isinstance(v, str) else v) if h.free else v
             for h, v in zip(variant.holes, values, strict=True)
@@ -169,9 +258,14 @@ class Expander:
         verified = signature in variant.verified
         template = variant.template
         if verified and template is not None:
-            units: list[Unit] | None = relay(template, item_id, _changes(variant.holes, values))
+            units: list[Unit] | None = relay(template, item_id, _changes(variant.holes, values), plain=True)
         else:
-            units = self.chain.build(data, item_id, item.location, verified=verified, report=inst.report)
+            if fast is not None:
+                rendered = self.render(item, variant, row)
+                assert rendered is not None  # its values were just rendered
+                data = rendered[0]
+            report = Instance(self, item, variant, row).report
+            units = self.chain.build(data, item_id, item.location, verified=verified, report=report)
         if units is None or not id_ok:
             return
         if not verified:
@@ -190,16 +284,36 @@ class Expander:
             )
         )
 
+    def _claim_id(self, item: Compiled, variant: Variant, row: int | None, item_id: str) -> bool:
+        """Whether the expanded id is a safe, unused folder name (then taken); the common case
+        inline, anything else through :meth:`Instance.check_id`, which reports why not."""
+        folded = item_id.casefold()
+        if folded in self.ids or folded in RESERVED_IDS or unsafe_segment(item_id) is not None:
+            return Instance(self, item, variant, row).check_id(item_id)
+        self.ids[item_id if folded == item_id else folded] = Instance(self, item, variant, row).origin()
+        return True
+
     def _adopt_template(self, variant: Variant, units: list[Unit], item_id: str, values: list[Any]) -> None:
         """Rows of this variant that pass the same checks are built by :func:`relay` from ``units``,
         once relaying them gives back exactly what the full build gave (else never)."""
         if any(u.model_id is not None and u.model_id.startswith(TRAINED_SIGIL) for u in units):
             variant.relayable = False
             return
-        if relay(units, item_id, _changes(variant.holes, values)) == units:
+        if not all(is_plain(u.request) for u in units):
+            variant.relayable = False  # a float or a huge integer: every key through canonical_json
+        elif relay(units, item_id, _changes(variant.holes, values), plain=True) == units:
             variant.template = tuple(units)
         else:
             variant.relayable = False
+
+
+def _plain_id(variant: Variant) -> tuple[str, str, str] | None:
+    """``(prefix, column, suffix)`` when the id is one rows column between literal text."""
+    hole = next((h for h in variant.holes if h.path == ("id",)), None)
+    if hole is None or len(hole.template.names) != 1 or hole.row_names != hole.template.names:
+        return None
+    parts = hole.template.parts
+    return parts[0], hole.template.names[0], parts[1] + variant.id_suffix
 
 
 def _changes(holes: list[Hole], values: list[Any]) -> dict[str, Any]:

@@ -11,7 +11,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MAX_ID_LENGTH", "RESERVED_IDS", "canonical_json", "slug", "unit_key", "unsafe_segment"]
+__all__ = [
+    "MAX_ID_LENGTH",
+    "RESERVED_IDS",
+    "canonical_json",
+    "is_plain",
+    "plain_key",
+    "slug",
+    "unit_key",
+    "unsafe_segment",
+]
 
 #: Ids longer than this are refused: they become folder names, and file systems cap names at 255 bytes.
 MAX_ID_LENGTH = 120
@@ -87,3 +96,30 @@ def canonical_json(payload: Mapping[str, Any]) -> bytes:
 def unit_key(payload: Mapping[str, Any]) -> str:
     """The stable key of a unit: SHA-256 of canonical JSON (sorted keys, no spaces), 32 hex digits."""
     return hashlib.sha256(canonical_json(payload)).hexdigest()[:32]
+
+
+_SCALAR = (str, bool, type(None))
+
+
+def is_plain(value: Any) -> bool:
+    """Text, booleans, nulls and 64-bit integers only, nested in mappings and lists: what orjson
+    writes exactly as :func:`canonical_json` does, with no check of its output."""
+    if isinstance(value, _SCALAR):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**64
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(is_plain(v) for v in value)
+    return False
+
+
+def plain_key(payload: Mapping[str, Any]) -> str:
+    """:func:`unit_key` of a payload known to be :func:`is_plain` (the caller proves it once for
+    many): the same key, without looking at orjson's output for floats and NaN."""
+    try:
+        text = orjson.dumps(payload, option=_SORTED)
+    except orjson.JSONEncodeError:  # a lone surrogate, say: refused the way unit_key refuses it
+        return unit_key(payload)
+    return hashlib.sha256(text).hexdigest()[:32]

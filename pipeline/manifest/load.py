@@ -32,6 +32,7 @@ from pipeline.manifest.assets import Assets
 from pipeline.manifest.chain import Defaults
 from pipeline.manifest.expansion import Expander
 from pipeline.manifest.ids import RESERVED_IDS, unsafe_segment
+from pipeline.manifest.prints import Settle, context_digest
 from pipeline.manifest.problems import ProblemLog, format_path
 from pipeline.manifest.rows import Rows, load_rows, rows_from_node
 from pipeline.manifest.schema import (
@@ -79,9 +80,17 @@ _PRICE_STEPS = ("image", "upscale", "video", "trained")
 
 
 def load_manifest(
-    path: Path, *, max_bytes: int = MAX_MANIFEST_BYTES, max_rows_bytes: int = MAX_ROWS_BYTES
+    path: Path,
+    *,
+    max_bytes: int = MAX_MANIFEST_BYTES,
+    max_rows_bytes: int = MAX_ROWS_BYTES,
+    settle: Settle | None = None,
 ) -> Manifest:
     """Read, check and expand a manifest.
+
+    ``settle`` (a run's, see :mod:`pipeline.manifest.prints`) names the rows already done: they are
+    left out of ``units`` and ``items`` (counted in ``skipped_units``), and the expanded rows'
+    fingerprints come back in ``prints``. Only ``run`` may pass it: everything else needs every unit.
 
     Raises:
         ManifestError: with every problem found, each at ``file:line:column`` and a field path.
@@ -105,7 +114,7 @@ def load_manifest(
             ]
         )
     with _collector_paused():
-        return _Build(path, doc, root, root.value, max_rows_bytes).run()
+        return _Build(path, doc, root, root.value, max_rows_bytes).run(settle)
 
 
 @contextmanager
@@ -159,7 +168,7 @@ class _Build:
     def problem(self, node: Node, path: FieldPath, message: str, *, at_key: bool = False) -> None:
         self.log.add(self.doc.where_key(node) if at_key else self.doc.where(node), format_path(path), message)
 
-    def run(self) -> Manifest:
+    def run(self, settle: Settle | None = None) -> Manifest:
         for key, node in self.top.items():
             if key not in _TOP_KEYS:
                 self.problem(node, (key,), f"unknown section {key!r}{suggest(key, _TOP_KEYS)}", at_key=True)
@@ -180,6 +189,8 @@ class _Build:
         elif not isinstance(items_node.value, list) or not items_node.value:
             self.problem(items_node, ("items",), "expected a non-empty list of items")
         elif rows_ok:
+            if settle is not None and not output:  # another layout is checked over every unit
+                expander.settle, expander.context = settle, context_digest(plain(self.root))
             expander.expand(items_node)
         if not self.log:
             template = output[0] if output else DEFAULT_OUTPUT_TEMPLATE
@@ -196,6 +207,8 @@ class _Build:
             models=tuple(models),
             prices=freeze(prices),
             output_template=output[0] if output else DEFAULT_OUTPUT_TEMPLATE,
+            skipped_units=expander.skipped_units,
+            prints=tuple(expander.prints),
         )
 
     # -- sections -----------------------------------------------------------------------------------

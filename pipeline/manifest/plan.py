@@ -85,25 +85,26 @@ def summarize(
     """Count the manifest's work; ``phases`` maps unit key → phase from the state file.
 
     ``prices`` replaces the manifest's own ``prices:`` table when given (e.g. from settings).
+    Units are grouped by step and model first: a price is looked up once per group, and a plan
+    without a state reads no unit's key.
     """
     phases = phases or {}
     table = manifest.prices if prices is None else prices
-    groups: dict[tuple[Step, str], list[Unit]] = {}
+    groups: dict[tuple[Step, str | None], list[Unit]] = {}
     for unit in manifest.units:
-        groups.setdefault((unit.step, unit.model_id or "-"), []).append(unit)
+        groups.setdefault((unit.step, unit.model_id), []).append(unit)
     order = list(Step)
-    ordered = sorted(
-        groups.items(), key=lambda group: order.index(group[0][0])
-    )  # stable: first use within a step
-    rows = tuple(_row(step, model, units, phases, table) for (step, model), units in ordered)
-    keys = {unit.key for unit in manifest.units}
+    ordered = sorted(groups.items(), key=lambda group: order.index(group[0][0]))  # stable: first use
+    counted = [(_row(step, units, phases, table), units) for (step, _), units in ordered]
+    rows = tuple(row for row, _ in counted)
     priced = [row.credits for row in rows if row.credits is not None]
     unpriced = tuple(sorted({f"{row.step.value} {row.model}" for row in rows if row.credits is None}))
     remaining = [
-        (price or 0.0) * unit.expected_outputs
-        for unit in manifest.units
-        if phases.get(unit.key) != "done" and (price := price_of(unit, table)) is not None
+        price * _outputs_left(units, phases)
+        for _, units in counted
+        if (price := price_of(units[0], table)) is not None
     ]
+    keys = {unit.key for unit in manifest.units} if phases else set()
     return PlanSummary(
         manifest=manifest.path.name,
         name=manifest.name,
@@ -118,7 +119,7 @@ def summarize(
         in_flight=sum(row.in_flight for row in rows),
         failed=sum(row.failed for row in rows),
         pending=sum(row.pending for row in rows),
-        unknown=sum(1 for unit in manifest.units if phases.get(unit.key) == "unknown"),
+        unknown=sum(1 for key in keys if phases.get(key) == "unknown"),
         stale=sum(1 for key in phases if key not in keys),
         credits_total=sum(priced) if priced else None,
         credits_remaining=sum(remaining) if priced else None,
@@ -126,26 +127,27 @@ def summarize(
     )
 
 
-def _row(
-    step: Step, model: str, units: list[Unit], phases: Mapping[str, str], prices: Mapping[str, float]
-) -> PlanRow:
-    states = [phases.get(unit.key, "pending") for unit in units]
-    costs = [price_of(unit, prices) for unit in units]
-    credits = (
-        None
-        if None in costs
-        else sum((c or 0.0) * u.expected_outputs for c, u in zip(costs, units, strict=True))
-    )
+def _outputs_left(units: list[Unit], phases: Mapping[str, str]) -> int:
+    """A group's outputs whose unit is not done yet."""
+    return sum(unit.expected_outputs for unit in units if not phases or phases.get(unit.key) != "done")
+
+
+def _row(step: Step, units: list[Unit], phases: Mapping[str, str], prices: Mapping[str, float]) -> PlanRow:
+    """One group: every unit has the same step and model, so the same price per output."""
+    states = [phases.get(unit.key, "pending") for unit in units] if phases else []
+    price = price_of(units[0], prices)
+    outputs = sum(unit.expected_outputs for unit in units)
+    pending = sum(1 for s in states if s not in IN_FLIGHT_PHASES and s not in ("done", "failed"))
     return PlanRow(
         step=step,
-        model=model,
+        model=units[0].model_id or "-",
         units=len(units),
-        outputs=sum(unit.expected_outputs for unit in units),
+        outputs=outputs,
         done=states.count("done"),
         in_flight=sum(1 for s in states if s in IN_FLIGHT_PHASES),
         failed=states.count("failed"),
-        pending=sum(1 for s in states if s not in IN_FLIGHT_PHASES and s not in ("done", "failed")),
-        credits=credits,
+        pending=pending if phases else len(units),
+        credits=None if price is None else price * outputs,
     )
 
 

@@ -145,6 +145,7 @@ def _read_csv(
     header: list[str] | None = None
     keep: list[int] = []
     unnamed: list[int] = []
+    every = False
     start = 1
     try:
         for fields in reader:
@@ -154,6 +155,7 @@ def _read_csv(
             if header is None:
                 header, keep = _header(fields, label, start, problems)
                 unnamed = [i for i, name in enumerate(header) if not name]
+                every = len(keep) == len(header)  # no nameless or repeated column: a plain zip
             elif len(fields) != len(header):
                 problems.append(
                     ManifestProblem(
@@ -163,7 +165,9 @@ def _read_csv(
                     )
                 )
             else:
-                records.append({header[i]: fields[i] for i in keep})
+                records.append(
+                    dict(zip(header, fields, strict=True)) if every else {header[i]: fields[i] for i in keep}
+                )
                 lines.append(start)
                 for i in unnamed:
                     if fields[i].strip():

@@ -157,6 +157,8 @@ class Manifest:
 
     ``prices`` maps a model id, ``@name``, ``trained`` or a step name to credits per
     output. ``output_template`` is the path of each output under the run folder.
+    ``skipped_units`` and ``prints`` are a run's (see :mod:`pipeline.manifest.prints`): units of
+    settled rows left out, and ``(fingerprint, unit keys)`` of the rows that were expanded.
     """
 
     path: Path
@@ -167,6 +169,8 @@ class Manifest:
     models: tuple[ModelSpec, ...]
     prices: Mapping[str, float]
     output_template: str
+    skipped_units: int = 0
+    prints: tuple[tuple[bytes, tuple[str, ...]], ...] = ()
 
 
 _EMPTY = FrozenDict()

@@ -91,6 +91,8 @@ class Variant:
     #: The units of the first row that passed the checks, when later rows may be built from them.
     template: tuple[Unit, ...] | None = None
     relayable: bool = True
+    #: Which of ``holes`` is the id (``None``: the id has no placeholder).
+    id_at: int | None = None
 
 
 @dataclass(slots=True)

@@ -104,6 +104,7 @@ class Downloader:
         chunk_bytes: int = 1024 * 1024,
         max_redirects: int = 5,
         root: Path | None = None,
+        direct_io: bool = True,
     ) -> None:
         if max_bytes <= 0 or chunk_bytes <= 0 or max_redirects < 0:
             raise ValueError("max_bytes and chunk_bytes must be positive, max_redirects not negative")
@@ -113,6 +114,7 @@ class Downloader:
         self._chunk = chunk_bytes
         self._max_redirects = max_redirects
         self._root = root
+        self._direct = direct_io  # O_DIRECT part writes where the file system allows (output.direct)
 
     def check_url(self, url: str | URL) -> URL:
         """``url`` parsed, if we may fetch it: https (or http to an allowed host), no userinfo, no IP literal.
@@ -206,6 +208,7 @@ class Downloader:
                     raise_for_status=False,  # statuses are mapped in _status, whatever the session says
                     auto_decompress=True,  # a server that gzips anyway still yields the real bytes
                     middlewares=(_strip_credentials,),
+                    read_bufsize=self._chunk,  # buffer up to 2 chunks before pausing the socket
                 )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise TransientDownloadError(
@@ -256,7 +259,7 @@ class Downloader:
         if total is not None and total > self._max_bytes:
             await anyio.to_thread.run_sync(discard, part)
             raise UnsafeAssetError(f"{where}: {total} bytes declared, over the {self._max_bytes}-byte cap")
-        sink = PartSink(part, offset, self._chunk)
+        sink = PartSink(part, offset, self._chunk, direct=self._direct)
         try:
             try:
                 size, kind = await self._copy(response, sink, offset, kind, where)
@@ -295,8 +298,14 @@ class Downloader:
         head = b""  # the first bytes, held back until the magic is known (at most HEAD + one read)
         batch: list[bytes] = []
         batched = 0
+        content = response.content
         try:
-            async for chunk in response.content.iter_chunked(self._chunk):
+            while True:
+                chunk, http_chunk_end = await content.readchunk()  # one socket read: never joined or sliced
+                if not chunk:
+                    if http_chunk_end:
+                        continue  # the end of one chunk of a chunked body: more may follow
+                    break
                 size += len(chunk)
                 if size > self._max_bytes:
                     raise UnsafeAssetError(f"{where}: more than the {self._max_bytes}-byte cap; aborted")

@@ -9,6 +9,7 @@ outside it (plan §6.4 M8–M10).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -40,14 +41,17 @@ _BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _NAME_MAX = 255
 
 
+@functools.lru_cache(maxsize=1024)
 def slug(text: str) -> str:
     """A lower-case ``[a-z0-9._-]`` form of ``text`` (model ids, names), possibly empty."""
     folded = unicodedata.normalize("NFKC", text).lower()
     return re.sub(r"[^a-z0-9._-]+", "-", folded).strip("-._")[:64]
 
 
+@functools.lru_cache(maxsize=8192)  # a unit's values are checked once per path it names, ~10 times
 def _check_value(name: str, value: str) -> str:
-    """Refuse a placeholder value that could change the shape of the path."""
+    """Refuse a placeholder value that could change the shape of the path (pure: cached; a refusal
+    raises, and lru_cache keeps no exception)."""
     if not value:
         raise UnsafeAssetError(f"output path: {{{name}}} is empty")
     if value in (".", "..") or "/" in value or "\\" in value:
@@ -57,8 +61,9 @@ def _check_value(name: str, value: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=8192)
 def _check_segment(segment: str) -> None:
-    """Refuse a rendered path segment that is hidden, special, or too long."""
+    """Refuse a rendered path segment that is hidden, special, or too long (pure: cached)."""
     if not segment or segment in (".", ".."):
         raise UnsafeAssetError(f"output path: empty or relative segment {segment!r}")
     if segment.startswith(".") or segment[0] == " " or segment[-1] in ". ":
@@ -89,13 +94,37 @@ def _resolve(root: Path, path: Path) -> tuple[str, tuple[str, ...]]:
     if ".." in text.split(os.sep):
         raise UnsafeAssetError(f"{path}: '..' in an output path")
     absolute = os.path.abspath(text)
-    real_root = os.path.realpath(root)
+    real_root = _real_root(os.fspath(root))
     rel = _below(os.path.abspath(root), absolute)
     if rel is None:
         rel = _below(real_root, absolute)
     if rel is None:
         raise UnsafeAssetError(f"{path} is outside the output root {root}")
     return real_root, rel
+
+
+_REAL_ROOTS: dict[str, tuple[str, int, int]] = {}
+
+
+def _real_root(root: str) -> str:
+    """``realpath(root)``, remembered while ``root`` still leads to the same directory.
+
+    realpath ``lstat``s every component of the root on each call, several times per file; one
+    ``stat`` of the root (which follows a symlinked root to its target) tells whether the
+    remembered answer still holds: a root re-pointed elsewhere has another device or inode.
+    """
+    try:
+        st = os.stat(root)
+    except OSError:
+        return os.path.realpath(root)  # not there yet: nothing to remember
+    known = _REAL_ROOTS.get(root)
+    if known is not None and known[1:] == (st.st_dev, st.st_ino):
+        return known[0]
+    real = os.path.realpath(root)
+    if len(_REAL_ROOTS) > 64:
+        _REAL_ROOTS.clear()
+    _REAL_ROOTS[root] = (real, st.st_dev, st.st_ino)
+    return real
 
 
 def check_inside(root: Path, path: Path) -> Path:
@@ -245,6 +274,27 @@ class OutputLayout:
         """
         return self._check_relative(self._asset_name(item_id, step, n, ext, key, model, index, ""))
 
+    def asset_keys(
+        self, item_id: str, step: str, n: int, exts: tuple[str, ...], *, key: str = "", model: str = ""
+    ) -> tuple[str, ...]:
+        """:meth:`asset_key` for each of ``exts``, the stem rendered and checked once.
+
+        A delivery asks for every extension (to adopt whichever a crashed run published):
+        rendering and checking each separately was a visible share of its CPU per file.
+        """
+        stem = self._render(item_id, step, n, key=key, model=model, index=None, name="")
+        head, _, last = stem.rpartition("/")
+        if head:
+            self._check_relative(head)
+        keys = []
+        for ext in exts:
+            if not _EXT.fullmatch(ext):
+                raise UnsafeAssetError(f"output path: extension {ext!r} is not [a-z0-9]{{1,10}}")
+            keys.append(f"{head}/{last}.{ext}" if head else self._check_relative(f"{last}.{ext}"))
+            if head:
+                _check_segment(f"{last}.{ext}")
+        return tuple(keys)
+
     def part_key(self, item_id: str, step: str, n: int, *, key: str = "", model: str = "") -> str:
         """:meth:`part_path` as a key under the staging folder, checked lexically only."""
         return self._check_relative(self._part_name(item_id, step, n, key, model, None, ""))
@@ -286,8 +336,8 @@ class OutputLayout:
             "n": str(n),
             "index": "" if index is None else str(index),
             "key": key,
-            "model": slug(model),
-            "name": slug(name),
+            "model": slug(model) if model and "model" in self._stem.names else "",
+            "name": slug(name) if name and "name" in self._stem.names else "",
         }
         return self._stem.render(lambda field_name: _check_value(field_name, values[field_name]))
 

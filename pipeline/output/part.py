@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.crashpoints import crash_point
 from pipeline.errors import DownloadError, IntegrityError, UnsafeAssetError
+from pipeline.output.direct import PartWriter
 from pipeline.output.layout import check_inside, make_dirs_inside
 from pipeline.output.magic import HEAD, Kind, sniff
 
@@ -69,34 +70,42 @@ class PartSink:
     (one hop fewer per file): truncated for a fresh download, or re-hashed for a resume.
     """
 
-    __slots__ = ("_chunk", "_fd", "_hasher", "_part", "_resume_from")
+    __slots__ = ("_chunk", "_direct", "_fd", "_hasher", "_part", "_resume_from", "_writer")
 
-    def __init__(self, part: Path, resume_from: int, chunk_bytes: int) -> None:
+    def __init__(self, part: Path, resume_from: int, chunk_bytes: int, *, direct: bool = True) -> None:
         self._part, self._resume_from, self._chunk = part, resume_from, chunk_bytes
+        self._direct = direct
         self._fd: int | None = None
+        self._writer: PartWriter | None = None
         self._hasher = hashlib.sha256()
 
     def absorb(self, chunks: list[bytes], sync: bool = False) -> None:
-        """Hash and append ``chunks``; with ``sync``, fsync too (the bytes a resume or a record trusts)."""
-        fd = self._open() if self._fd is None else self._fd
+        """Hash and append ``chunks``; with ``sync``, fsync too (the bytes a resume or a record trusts).
+
+        Up to one buffer of bytes may be held back for direct I/O (see :mod:`pipeline.output.direct`)
+        until a ``sync``: the part is always a prefix of the body, never a torn one.
+        """
+        writer = self._writer or self._open()
         for chunk in chunks:
             self._hasher.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view) :]
+        writer.write(chunks)
         crash_point("mid_download")  # bytes in the part, the download not finished (nor fsynced)
         if sync:
-            os.fsync(fd)
+            writer.flush()
+            os.fsync(writer.fd)
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
-    def _open(self) -> int:
+    def _open(self) -> PartWriter:
         """Open the part (a symlink fails with ELOOP); a kept part is hashed and must be as long as it was."""
         flags = os.O_RDWR if self._resume_from else os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         self._fd = fd = os.open(self._part, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
@@ -107,4 +116,5 @@ class PartSink:
                 seen += len(chunk)
             if seen != self._resume_from:
                 raise IntegrityError(f"{self._part}: the part changed size while resuming")
-        return fd
+        self._writer = PartWriter(fd, self._resume_from, self._chunk, direct=self._direct)
+        return self._writer

@@ -90,7 +90,7 @@ def build_report(
     bucket's report is built from a local mirror of its sidecars and listing)."""
     html = render_report(out, state_path=state_path, title=title, groups=groups, exists=exists)
     target = Path(out) / _REPORT_NAME
-    atomic_write(target, html.encode())
+    atomic_write(target, html.encode(), exclusive=False)  # workers sharing a folder
     return target
 
 

@@ -163,7 +163,9 @@ class S3OutputStore:
         data = wire.json_object(side)
         old_key = str(data.get("key", "unknown"))
         if old_key == pub.owner and data.get("sha256") == pub.sha256:
-            return  # this very asset: the create-only put answers "already"
+            found = await self.stat(pub.key)  # its sidecar vouches for it, but was it cut or replaced?
+            if found is None or (found.bytes == pub.bytes and found.sha256 in (None, pub.sha256)):
+                return  # this very asset: the create-only put answers "already"
         if not data and (found := await self.stat(pub.key)) is not None and found.sha256 == pub.sha256:
             return  # a kill between the asset and its sidecar: the same bytes, kept
         for key in (pub.key, sidecar_key(pub.key)):

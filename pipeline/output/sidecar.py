@@ -11,12 +11,12 @@ for reconciling a tree against it. The helpers block: call them through
 from __future__ import annotations
 
 import contextlib
-import glob
 import hashlib
 import json
 import os
 import secrets
 import stat
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -143,15 +143,28 @@ def verify_asset(asset_path: Path, sidecar: Mapping[str, Any]) -> bool:
     return file_sha256(asset_path) == digest
 
 
-def atomic_write(path: Path, payload: bytes, *, sync_dir: bool = True) -> None:
-    """Write ``payload`` to a fresh temp beside ``path``, fsync, rename over ``path``, fsync the directory."""
+_FOREIGN_TEMP_AGE_S = 60.0
+
+
+def atomic_write(path: Path, payload: bytes, *, sync_dir: bool = True, exclusive: bool = True) -> None:
+    """Write ``payload`` to a fresh temp beside ``path``, fsync, rename over ``path``, fsync the directory.
+
+    ``exclusive``: one writer per target (a unit's sidecar, under its claim), so any temp of the
+    target is a dead writer's and is removed. Otherwise (the gallery, which every worker sharing a
+    folder may write at once) only temps older than a minute are: a younger one may be another
+    writer's, between its create and its rename."""
     directory = path.parent
     stem = f".{path.name[:200]}."
-    # A temp left by a process killed mid-write (SIGKILL, power cut) belongs to this target only:
-    # one writer per target, so it is safe to remove before writing again.
-    for old in directory.glob(glob.escape(stem) + "*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            old.unlink()
+    # A scan with two string tests, not glob(): each target's pattern is new, and compiling it
+    # cost ~150 µs of CPU per sidecar, more than the scan.
+    with os.scandir(directory) as entries:
+        stale = [e.name for e in entries if e.name.startswith(stem) and e.name.endswith(".tmp")]
+    cutoff = None if exclusive else time.time() - _FOREIGN_TEMP_AGE_S
+    for name in stale:
+        if len(name) >= len(stem) + 4:
+            with contextlib.suppress(FileNotFoundError):
+                if cutoff is None or os.stat(directory / name).st_mtime < cutoff:
+                    os.unlink(directory / name)
     temp = directory / f"{stem}{secrets.token_hex(4)}.tmp"
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o666)
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 from pipeline.simulator.pictures import Look, picture
@@ -63,10 +63,26 @@ def _jpeg(base: bytes, note: bytes, pad_to: int) -> bytes:
     if base[2:4] == b"\xff\xe0":  # keep the JFIF APP0 segment right after SOI
         at = 4 + int.from_bytes(base[4:6], "big")
     room = pad_to - len(base)
-    payload = note + b" " * max(0, room - 4 * -(-room // 65537) - len(note))  # 4 header bytes per segment
+    spaces = max(0, room - 4 * -(-room // 65537) - len(note))  # 4 header bytes per segment
+    first = min(spaces, 65533 - len(note))  # the note's segment; the blank ones after it are shared
+    segments = _com_segments(note + b" " * first) + _blank_segments(spaces - first)
+    return b"".join((base[:at], segments, base[at:]))
+
+
+def _com_segments(payload: bytes) -> bytes:
+    """``payload`` as JPEG COM segments of at most 65533 bytes each."""
     chunks = [payload[i : i + 65533] for i in range(0, len(payload), 65533)]
-    segments = b"".join(b"\xff\xfe" + (len(c) + 2).to_bytes(2, "big") + c for c in chunks)
-    return base[:at] + segments + base[at:]
+    return b"".join(b"\xff\xfe" + (len(c) + 2).to_bytes(2, "big") + c for c in chunks)
+
+
+@lru_cache(maxsize=4)
+def _blank_segments(spaces: int) -> bytes:
+    """COM segments of ``spaces`` blanks: the same for every asset of a size, so built once.
+
+    A 5 MB file took ~20 ms of simulator CPU to pad (five copies of it per request); the
+    downloads benchmark shares two cores between the simulator and the client it measures.
+    """
+    return _com_segments(b" " * spaces) if spaces else b""
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:

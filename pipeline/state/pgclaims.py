@@ -38,6 +38,7 @@ WITH picked AS MATERIALIZED (
     WHERE u.run = %(run)s
       AND u.phase NOT IN ('done', 'failed', 'unknown')
       AND (u.holder IS NULL OR u.lease_until <= clock_timestamp())
+      AND (NOT %(expired)s OR u.lease_until <= clock_timestamp())
       AND (u.upstream IS NULL OR EXISTS (
             SELECT 1 FROM units up WHERE up.run = u.run AND up.key = u.upstream AND up.phase = 'done'))
     ORDER BY u.item_id, u.step, u.idx
@@ -106,12 +107,14 @@ class Claims:
             raise StateError("claims need a lease: open the store with lease_s")
         return float(self.lease_s)
 
-    async def claim(self, limit: int) -> list[Claimed]:
-        """Claim up to ``limit`` open units nobody holds (or whose lease ran out), in manifest order.
+    async def claim(self, limit: int, *, expired_only: bool = False) -> list[Claimed]:
+        """Claim up to ``limit`` open units nobody holds (or whose lease ran out), in manifest order;
+        ``expired_only``: only units whose holder's lease ran out (a dead worker's: take them over).
 
         A unit is claimable once its upstream is done: chains go step by step, and a unit behind a
         failed or unknown upstream is never claimed (it is blocked, as in a single run)."""
-        params = {"run": self.run, "me": self.holder, "lease": self._lease(), "limit": int(limit)}
+        params = {"run": self.run, "me": self.holder, "lease": self._lease(), "limit": int(limit),
+                  "expired": expired_only}  # fmt: skip
 
         async def apply(conn: Conn) -> list[Claimed]:
             # Claims of one run take turns: the claim after this one sees what this one took, and
@@ -220,19 +223,23 @@ class Claims:
 
         return await self._tx(apply)
 
-    async def others_submitting(self, keys: Iterable[str]) -> int:
+    async def others_submitting(self, keys: Iterable[str], *, batch: Iterable[str] | None = None) -> int:
         """Units of the run in ``submitting`` under another worker's live lease, ``keys`` aside: POSTs
         in flight elsewhere, whose jobs the job list may show before their ids are recorded.
+        ``batch``: the units of the asking batch; this worker's own intents outside it (another of
+        its batches, running at the same time) count too.
 
         Not counted: units waiting to be reconciled themselves, and intents older than a minute (an
         uncertain POST of another worker): two reconcilers must never wait for each other."""
-        params = {"run": self.run, "me": self.holder, "keys": sorted(set(keys))}
+        params = {"run": self.run, "me": self.holder, "keys": sorted(set(keys)),
+                  "batch": None if batch is None else sorted(set(batch))}  # fmt: skip
 
         async def apply(conn: Conn) -> int:
             cur = await conn.execute(
                 "SELECT count(*) FROM units WHERE run = %(run)s AND phase = 'submitting'"
                 " AND NOT must_reconcile AND intent_at > clock_timestamp() - interval '60 seconds'"
-                " AND holder <> %(me)s AND lease_until > clock_timestamp() AND NOT key = ANY(%(keys)s)",
+                " AND (holder <> %(me)s OR NOT key = ANY(coalesce(%(batch)s::text[], ARRAY[key])))"
+                " AND lease_until > clock_timestamp() AND NOT key = ANY(%(keys)s)",
                 params,
             )
             row = await cur.fetchone()

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import IsolationLevel
 
-from pipeline.errors import StateError
+from pipeline.errors import NoStateYetError, StateError
 from pipeline.state.pgconn import connect_kwargs, map_error, redact_url
 from pipeline.state.pgreview import PgReviewReads
 from pipeline.state.records import PHASES, EventRecord, OutputRecord, Phase, UnitRecord
@@ -204,7 +204,7 @@ def open_pg_view(url: str, run: str) -> PgReads:
     try:
         row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.schema_version",)).fetchone()
         if not row or not row[0]:
-            raise StateError(f"state database {redact_url(url)}: no photogpt-pipeline state in it yet")
+            raise NoStateYetError(f"state database {redact_url(url)}: no photogpt-pipeline state in it yet")
         found = conn.execute(f"SELECT max(version) FROM {SCHEMA}.schema_version").fetchone()  # noqa: S608
         version = int(found[0]) if found and found[0] is not None else 0
         if version > SCHEMA_VERSION:
@@ -217,4 +217,6 @@ def open_pg_view(url: str, run: str) -> PgReads:
     except BaseException:
         conn.close()
         raise
-    return PgReads(url, run, conn)
+    view = PgReads(url, run, conn)
+    view._review_tables = version >= 2  # 0002_review.sql: a view migrates nothing
+    return view

@@ -41,6 +41,9 @@ class PgReviewReads:
     """The review's reads of one run (a mixin of :class:`~pipeline.state.pgreads.PgReads`)."""
 
     run: str
+    #: ``False`` on a read-only view of a schema-1 database (older workers only): it migrates
+    #: nothing, so it has no review tables yet and reads no verdicts rather than failing.
+    _review_tables: bool = True
 
     def _snapshot(self, doing: str) -> AbstractContextManager[psycopg.Connection[Any]]:
         raise NotImplementedError
@@ -48,11 +51,15 @@ class PgReviewReads:
     def decisions(self) -> dict[str, DecisionRecord]:
         """The current verdict per sha256: the newest by time wins (equal times: the later row);
         an ``undo`` leaves none."""
+        if not self._review_tables:
+            return {}
         with self._snapshot("reading decisions") as conn:
             return {row[0]: DecisionRecord(*row) for row in conn.execute(_CURRENT, (self.run,))}
 
     def retired(self) -> list[RetiredRecord]:
         """Every output of this run set aside by a regeneration, oldest first."""
+        if not self._review_tables:
+            return []
         sql = "SELECT unit_key, n, phase, path, sha256, job_id, at FROM retired WHERE run = %s ORDER BY id"
         with self._snapshot("reading retired outputs") as conn:
             return [RetiredRecord(*row) for row in conn.execute(sql, (self.run,))]
@@ -65,6 +72,8 @@ class PgReviewReads:
 
     def review_counts(self) -> dict[str, int]:
         """``approved``, ``rejected`` (not yet regenerated) and ``regenerated`` unit counts."""
+        if not self._review_tables:
+            return count_review({}, (), 0)
         decisions = self.decisions()
         with self._snapshot("counting review verdicts") as conn:
             pairs: Iterator[tuple[str, str]] = iter(

@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from pipeline import __version__
 from pipeline.clock import Clock
 from pipeline.errors import StateError
+from pipeline.state.pgchecks import OutputChecks
 from pipeline.state.pgclaims import Claims
 from pipeline.state.pgconn import connect_kwargs, holder_id, map_error, migrate
 from pipeline.state.pglimits import SharedLimits
@@ -95,6 +96,11 @@ class PostgresStore(PgReads, PgReviewWrites, Claims):
                     holder=holder or holder_id(), lease_s=lease_s)  # fmt: skip
         await store._tx(store._register)
         return store
+
+    def output_checks(self) -> OutputChecks:
+        """The start-up check of the run's published files, one worker at a time (pgchecks.py)."""
+        return OutputChecks(self._pool, self._url, self.run, self.holder, run_id=self.run_id,
+                            lease_s=float(self.lease_s or 60.0))  # fmt: skip
 
     def limits(self, key_hash: str) -> SharedLimits:
         """The API limits every worker on this key shares (rate pacer, learned cap, sweeper)."""

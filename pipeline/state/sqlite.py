@@ -46,6 +46,7 @@ from pipeline.state.records import (
     rfc3339,
 )
 from pipeline.state.review import DecisionRecord, RetiredRecord, ReviewWrites
+from pipeline.state.sqlite_prints import write_prints
 from pipeline.state.sqlite_reads import Reads, StateView, open_readonly
 from pipeline.state.sqlite_schema import SCHEMA_VERSION, mapped, open_writer
 from pipeline.state.sqlite_writer import FORGET, LINGER_S, Writer, expect
@@ -253,6 +254,11 @@ class SqliteStore(Reads, ReviewWrites):
             )
 
         await self._write(apply)
+
+    async def record_prints(self, prints: Sequence[tuple[bytes, tuple[str, ...]]]) -> None:
+        """Index each expanded row's fingerprint with its units' keys (:mod:`.sqlite_prints`)."""
+        if prints:
+            await self._write(lambda conn: write_prints(conn, prints))
 
     async def reopen(self, key: str, missing: Iterable[int]) -> None:
         """A done unit whose files are gone: back to succeeded with those outputs to fetch again.
