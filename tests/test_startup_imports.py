@@ -31,6 +31,7 @@ _HEAVY = (
     "pipeline.output.report",
     "pipeline.output.review_server",
     "pipeline.simulator",
+    "pipeline.engine.regenerate",
 )
 
 
