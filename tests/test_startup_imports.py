@@ -5,15 +5,22 @@ Each check runs in a fresh interpreter (``sys.modules`` of the test process is a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
-def _fresh(code: str) -> dict[str, object]:
+def _fresh(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
     """Run ``code`` in a new interpreter; it prints one JSON object as its last line."""
     done = subprocess.run(  # noqa: S603 - our own interpreter and code
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, **(env or {})},
     )
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
@@ -32,6 +39,7 @@ _HEAVY = (
     "pipeline.output.review_server",
     "pipeline.simulator",
     "pipeline.engine.regenerate",
+    "pipeline.cli.notify",
 )
 
 
@@ -102,3 +110,52 @@ def test_aiohttp_loads_ca_certificates_only_when_https_needs_them() -> None:
     assert seen["before"] == 0 and seen["after_http"] == 0
     assert seen["after_https"] == seen["fresh_context"]  # exactly what aiohttp would have loaded
     assert seen["verified"] and seen["restored"]
+
+
+def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
+    sandbox_process: str, tmp_path: Path
+) -> None:
+    """The real ``run`` against the sandbox process: what is loaded when its first POST goes out."""
+    (tmp_path / "m.csv").write_text("sku\na\nb\n", encoding="utf-8")
+    (tmp_path / "m.yaml").write_text(_MANIFEST, encoding="utf-8")
+    seen = _fresh(
+        f"""
+        import json, sys
+        import aiohttp
+        at_post = []
+        original = aiohttp.ClientSession._request
+
+        async def spy(self, method, url, *args, **kwargs):
+            if method == "POST" and not at_post:
+                at_post.append(sorted(sys.modules))
+            return await original(self, method, url, *args, **kwargs)
+
+        aiohttp.ClientSession._request = spy
+        from pipeline.cli.main import main
+        code = main(["run", {str(tmp_path / "m.yaml")!r}, "--out", {str(tmp_path / "out")!r},
+                     "--base-url", {sandbox_process!r}, "--no-progress", "--log-level", "error"])
+        print(json.dumps({{"code": code, "loaded": at_post[0] if at_post else None}}))
+        """,
+        env={"PHOTOGPT_API_KEY": "sandbox"},
+    )
+    assert seen["code"] == 0 and seen["loaded"] is not None
+    loaded = set(seen["loaded"])  # type: ignore[call-overload]
+    assert "pipeline.engine.run" in loaded  # the check below means something
+    heavy = set(_HEAVY) - {"importlib.metadata"}  # the client's User-Agent names our version
+    assert not {m for m in loaded for h in heavy if m == h or m.startswith(h + ".")}
+
+
+_MANIFEST = """\
+version: 1
+name: m
+defaults:
+  image:
+    modelID: gpt-image-2
+    aspectRatio: "1:1"
+    numImages: 1
+    options: {openai: {imageSize: 1K, outputFormat: jpeg, quality: low}}
+rows: m.csv
+items:
+  - id: "{sku}"
+    prompt: "A studio photo of {sku}"
+"""
