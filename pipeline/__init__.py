@@ -24,10 +24,6 @@ def _import_structlog_without_rich() -> None:
 
 _import_structlog_without_rich()
 
-from pipeline.tls import defer_aiohttp_certs  # noqa: E402 - after the structlog set-up, on purpose
-
-defer_aiohttp_certs()
-
 
 def __getattr__(name: str) -> Any:
     """``__version__`` on first use: importlib.metadata costs more at start-up than a run's first POST."""

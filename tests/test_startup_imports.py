@@ -80,7 +80,7 @@ def test_aiohttp_loads_ca_certificates_only_when_https_needs_them() -> None:
     seen = _fresh(
         """
         import asyncio, json, ssl
-        import pipeline, aiohttp
+        import pipeline.cli, aiohttp
         from aiohttp import connector
         from pipeline import tls
 
