@@ -13,7 +13,6 @@ import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit
@@ -116,6 +115,9 @@ def _read_key_file(path: Path) -> ApiKey:
 
 
 def _default_user_agent() -> str:
+    # importlib.metadata costs ~6 ms at import, on every run's path to its first POST.
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         ours = version("photogpt-pipeline")
     except PackageNotFoundError:

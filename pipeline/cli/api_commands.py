@@ -23,15 +23,13 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
-from pipeline.api.client import ApiClient
-from pipeline.api.config import ApiConfig
 from pipeline.cli.flags import add_logging_flags
 from pipeline.errors import ApiError, ConfigError, DownloadError, UnsafeAssetError
-from pipeline.output.downloader import Downloader
+
+if TYPE_CHECKING:
+    from pipeline.api.client import ApiClient
 
 __all__ = ["register"]
 
@@ -53,7 +51,13 @@ _JOB_COLUMNS = (("id", "job_id"), ("status", "status"), ("created", "created_at"
 
 
 def _client(args: argparse.Namespace) -> ApiClient:
-    """The one way handlers reach the API: ``--base-url`` over ``$PHOTOGPT_BASE_URL``, ``--key-file``."""
+    """The one way handlers reach the API: ``--base-url`` over ``$PHOTOGPT_BASE_URL``, ``--key-file``.
+
+    The client (and aiohttp under it) is imported here, not at the top: building the command
+    line must not cost every other command, ``run`` included, these imports."""
+    from pipeline.api.client import ApiClient
+    from pipeline.api.config import ApiConfig
+
     env = dict(os.environ)
     if args.base_url:
         env["PHOTOGPT_BASE_URL"] = args.base_url
@@ -127,23 +131,25 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _shower(get: Callable[[ApiClient, str], Awaitable[Any]]) -> Handler:
-    """A ``show ID`` handler printing what ``get`` returns."""
+def _shower(get: str) -> Handler:
+    """A ``show ID`` handler printing what the client's method named ``get`` returns."""
 
     async def show(args: argparse.Namespace) -> int:
         async with _client(args) as api:
-            _emit(args, await get(api, args.id))
+            method: Callable[[str], Awaitable[Any]] = getattr(api, get)
+            _emit(args, await method(args.id))
         return 0
 
     return show
 
 
-def _deleter(delete: Callable[[ApiClient, str], Awaitable[Any]], kind: str) -> Handler:
-    """A ``delete ID`` handler."""
+def _deleter(delete: str, kind: str) -> Handler:
+    """A ``delete ID`` handler calling the client's method named ``delete``."""
 
     async def remove(args: argparse.Namespace) -> int:
         async with _client(args) as api:
-            await delete(api, args.id)
+            method: Callable[[str], Awaitable[Any]] = getattr(api, delete)
+            await method(args.id)
         if args.json:
             _emit(args, {"id": args.id, "deleted": True})
         else:
@@ -268,8 +274,14 @@ async def _videos_download(args: argparse.Namespace) -> int:
     async with _client(args) as api:
         url = await _prepared_url(api, args.id)
     part = out.with_name(out.name + ".part")
+    import aiohttp
+
+    from pipeline import tls
+    from pipeline.output.downloader import Downloader
+
     # A session of its own: asset hosts never see the API key (the Downloader strips auth too).
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as session:
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
+    async with aiohttp.ClientSession(timeout=timeout, trace_configs=[tls.trace_config()]) as session:
         downloader = Downloader(session, root=out.parent)
         fetched = await downloader.fetch(url, part)
         if fetched.kind != "mp4":
@@ -359,7 +371,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
 
     models = group("models", "trained models: list, show, create, train, delete")
     leaf(models, "models list", _models_list, "your models")
-    leaf(models, "models show", _shower(ApiClient.get_model), "one model", "id")
+    leaf(models, "models show", _shower("get_model"), "one model", "id")
     create = leaf(models, "models create", _models_create, "create a model (then upload 12+ photos)")
     create.add_argument("--name", required=True)
     create.add_argument("--age", type=float, default=None)
@@ -369,22 +381,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
     train.add_argument("--no-wait", action="store_true", help="trigger and return")
     train.add_argument("--poll-interval", type=float, default=300.0, metavar="SECONDS")
     train.add_argument("--timeout", type=float, default=2700.0, metavar="SECONDS")
-    leaf(models, "models delete", _deleter(ApiClient.delete_model, "model"), "delete a model", "id")
+    leaf(models, "models delete", _deleter("delete_model", "model"), "delete a model", "id")
 
     images = group("images", "image assets: upload, show, delete")
     upload = leaf(images, "images upload", _images_upload, "upload a training or reference image")
     upload.add_argument("file", type=Path)
     upload.add_argument("--type", required=True, choices=("modelInput", "auxiliaryType"))
     upload.add_argument("--model", default=None, help="model id (required for modelInput)")
-    leaf(images, "images show", _shower(ApiClient.get_image), "one image", "id")
-    leaf(images, "images delete", _deleter(ApiClient.delete_image, "image"), "delete an image", "id")
+    leaf(images, "images show", _shower("get_image"), "one image", "id")
+    leaf(images, "images delete", _deleter("delete_image", "image"), "delete an image", "id")
 
     videos = group("videos", "video assets: list, show, delete, download")
     vlist = leaf(videos, "videos list", _videos_list, "one page of your videos")
     vlist.add_argument("--page", type=int, default=1)
     vlist.add_argument("--page-size", type=int, default=20)
-    leaf(videos, "videos show", _shower(ApiClient.get_video), "one video", "id")
-    leaf(videos, "videos delete", _deleter(ApiClient.delete_video, "video"), "delete a video", "id")
+    leaf(videos, "videos show", _shower("get_video"), "one video", "id")
+    leaf(videos, "videos delete", _deleter("delete_video", "video"), "delete a video", "id")
     download = leaf(videos, "videos download", _videos_download, "fetch the MP4 (verified, atomic)", "id")
     download.add_argument("--out", type=Path, default=None, help="target file (default ./<ID>.mp4)")
 
@@ -392,5 +404,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
     jlist = leaf(jobs, "jobs list", _jobs_list, "recent jobs (server default: the last 24 h)")
     jlist.add_argument("--since", type=_duration, default=None, metavar="DURATION", help="e.g. 90m, 24h, 7d")
     jlist.add_argument("--all-pages", action="store_true", help="follow nextPageToken to the end")
-    leaf(jobs, "jobs show", _shower(ApiClient.get_job), "one job: status, outputs or error", "id")
+    leaf(jobs, "jobs show", _shower("get_job"), "one job: status, outputs or error", "id")
     return table

@@ -138,9 +138,10 @@ def _add_limit_and_recovery_flags(run: argparse.ArgumentParser) -> None:
 
 async def _cmd_run(args: argparse.Namespace) -> int:
     """The run, then its one notification (for a summary or an error that stopped it; never its exit code)."""
-    from pipeline.cli.notify import check_urls
+    if args.notify:  # the notify module (threads, sockets) stays out of the start-up otherwise
+        from pipeline.cli.notify import check_urls
 
-    check_urls(args.notify)
+        check_urls(args.notify)
     try:
         summary = await _execute_run(args)
     except (PipelineError, BaseExceptionGroup) as caught:

@@ -27,16 +27,14 @@ import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.to_thread
 import structlog
 
-from pipeline.catalog import find_model
 from pipeline.clock import Clock
+from pipeline.engine.seeds import seed_path, with_seed
 from pipeline.manifest.plan import price_of
-from pipeline.manifest.schema import is_trained_id
 from pipeline.manifest.spec import Unit
 from pipeline.output.layout import OutputLayout, fsync_dir, make_dirs_inside
 from pipeline.state.records import Phase, UnitRecord
@@ -49,6 +47,7 @@ __all__ = [
     "hold_targets",
     "plan_regeneration",
     "recorded_seeds",
+    "seed_path",
     "with_seed",
 ]
 
@@ -95,34 +94,6 @@ class Regeneration:
             f"regenerating {len(self.targets)} unit(s): {self.rejected} rejected + {self.children} "
             f"chain child(ren); {cost}"
         )
-
-
-def seed_path(step: str, request: Mapping[str, Any]) -> tuple[str, ...] | None:
-    """Where a request carries a seed: trained image models take ``seed``, Veo ``options.veo.seed``;
-    other public models take none (the same request is sent again)."""
-    model = request.get("modelID")
-    if not isinstance(model, str):
-        return None
-    if step == "image" and is_trained_id(model):
-        return ("seed",)
-    public = find_model(model)
-    if step == "video" and public is not None and public.family == "veo":
-        return ("options", "veo", "seed")
-    return None
-
-
-def with_seed(body: dict[str, Any], step: str, seed: int | None) -> dict[str, Any]:
-    """``body`` with ``seed`` set where its model takes one (in place; returned for chaining)."""
-    where = seed_path(step, body)
-    if seed is None or where is None:
-        return body
-    node = body
-    for name in where[:-1]:
-        child = node.get(name)
-        node[name] = child = dict(child) if isinstance(child, Mapping) else {}
-        node = child
-    node[where[-1]] = seed
-    return body
 
 
 def recorded_seeds(store: ReviewReader) -> dict[str, int]:

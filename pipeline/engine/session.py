@@ -19,6 +19,7 @@ import anyio
 import anyio.abc
 import structlog
 
+from pipeline import tls
 from pipeline.api.client import ApiClient
 from pipeline.api.config import ApiConfig, ApiKey
 from pipeline.clock import Clock
@@ -84,6 +85,12 @@ async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
     scope.cancel()
 
 
+def _files_session() -> aiohttp.ClientSession:
+    """The downloads' own session (asset hosts never see the API key); CA certificates load on
+    its first HTTPS request (:mod:`pipeline.tls`)."""
+    return aiohttp.ClientSession(trace_configs=[tls.trace_config()])
+
+
 async def run_session(
     manifest: Manifest,
     config: ApiConfig,
@@ -99,7 +106,7 @@ async def run_session(
     layout, output = where
     interrupted: list[int] = []
     summary: RunSummary | None = None
-    async with ApiClient(config, clock=clock) as api, aiohttp.ClientSession() as files:
+    async with ApiClient(config, clock=clock) as api, _files_session() as files:
 
         async def preflight() -> None:
             try:

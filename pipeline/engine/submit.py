@@ -22,7 +22,7 @@ from pipeline.engine.budget import Budget
 from pipeline.engine.context import RunContext, declared_model
 from pipeline.engine.limits import RateLimiter
 from pipeline.engine.outcome import SubmitOutcome, classify
-from pipeline.engine.regenerate import with_seed
+from pipeline.engine.seeds import with_seed
 from pipeline.errors import (
     ApiError,
     AuthError,

@@ -1,0 +1,161 @@
+"""Start-up stays light: what ``run`` imports before its first POST, and aiohttp's deferred CA loading.
+
+Each check runs in a fresh interpreter (``sys.modules`` of the test process is already full)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+
+def _fresh(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
+    """Run ``code`` in a new interpreter; it prints one JSON object as its last line."""
+    done = subprocess.run(  # noqa: S603 - our own interpreter and code
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+# Modules only other commands or later phases need; none may load while ``run`` sets up.
+_HEAVY = (
+    "jinja2",
+    "aiobotocore",
+    "botocore",
+    "psycopg",
+    "rich",
+    "apprise",
+    "hypothesis",
+    "importlib.metadata",
+    "pipeline.output.report",
+    "pipeline.output.review_server",
+    "pipeline.simulator",
+    "pipeline.engine.regenerate",
+    "pipeline.cli.notify",
+)
+
+
+def test_building_the_command_line_imports_no_command_body() -> None:
+    """``photogpt-pipeline run --help`` (and every command's parsing) stays off aiohttp and the engine."""
+    seen = _fresh(
+        """
+        import json, sys
+        from pipeline.cli import main
+        main._build_parser().parse_args(["run", "m.yaml"])
+        print(json.dumps({"loaded": sorted(sys.modules)}))
+        """
+    )
+    loaded = set(seen["loaded"])  # type: ignore[call-overload]
+    unwanted = {"aiohttp", "pipeline.engine.run", "pipeline.manifest.load", "yaml", *_HEAVY}
+    assert not unwanted & loaded
+
+
+def test_the_run_path_imports_nothing_it_does_not_use() -> None:
+    """Everything a run imports up to its first request, and none of the other commands' modules."""
+    seen = _fresh(
+        """
+        import json, sys
+        from pipeline.cli import main
+        main._build_parser().parse_args(["run", "m.yaml"])
+        import pipeline.cli.run_command, pipeline.engine.wiring, pipeline.engine.run, pipeline.engine.session
+        import pipeline.manifest.load, pipeline.state.opening, pipeline.api.client
+        print(json.dumps({"loaded": sorted(sys.modules)}))
+        """
+    )
+    loaded = set(seen["loaded"])  # type: ignore[call-overload]
+    assert "aiohttp" in loaded  # the check below means something
+    assert not {m for m in loaded for h in _HEAVY if m == h or m.startswith(h + ".")}
+
+
+def test_aiohttp_loads_ca_certificates_only_when_https_needs_them() -> None:
+    """An http:// run never pays for the CA bundle; the first https:// request loads it, verified."""
+    seen = _fresh(
+        """
+        import asyncio, json, ssl
+        import pipeline.cli, aiohttp
+        from aiohttp import connector
+        from pipeline import tls
+
+        def certs():
+            return connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"]
+
+        async def attempt(url):
+            async with aiohttp.ClientSession(trace_configs=[tls.trace_config()]) as session:
+                try:
+                    async with session.get(url):
+                        pass
+                except aiohttp.ClientError:
+                    pass
+
+        before = certs()
+        asyncio.run(attempt("http://127.0.0.1:9/"))
+        after_http = certs()
+        asyncio.run(attempt("https://127.0.0.1:9/"))
+        print(json.dumps({
+            "before": before, "after_http": after_http, "after_https": certs(),
+            "verified": connector._SSL_CONTEXT_VERIFIED.verify_mode == ssl.CERT_REQUIRED,
+            "restored": "set_default_verify_paths" not in ssl.SSLContext.__dict__,
+            "fresh_context": ssl.create_default_context().cert_store_stats()["x509_ca"],
+        }))
+        """
+    )
+    assert seen["before"] == 0 and seen["after_http"] == 0
+    assert seen["after_https"] == seen["fresh_context"]  # exactly what aiohttp would have loaded
+    assert seen["verified"] and seen["restored"]
+
+
+def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
+    sandbox_process: str, tmp_path: Path
+) -> None:
+    """The real ``run`` against the sandbox process: what is loaded when its first POST goes out."""
+    (tmp_path / "m.csv").write_text("sku\na\nb\n", encoding="utf-8")
+    (tmp_path / "m.yaml").write_text(_MANIFEST, encoding="utf-8")
+    seen = _fresh(
+        f"""
+        import json, sys
+        import aiohttp
+        at_post = []
+        original = aiohttp.ClientSession._request
+
+        async def spy(self, method, url, *args, **kwargs):
+            if method == "POST" and not at_post:
+                at_post.append(sorted(sys.modules))
+            return await original(self, method, url, *args, **kwargs)
+
+        aiohttp.ClientSession._request = spy
+        from pipeline.cli.main import main
+        code = main(["run", {str(tmp_path / "m.yaml")!r}, "--out", {str(tmp_path / "out")!r},
+                     "--base-url", {sandbox_process!r}, "--no-progress", "--log-level", "error"])
+        print(json.dumps({{"code": code, "loaded": at_post[0] if at_post else None}}))
+        """,
+        env={"PHOTOGPT_API_KEY": "sandbox"},
+    )
+    assert seen["code"] == 0 and seen["loaded"] is not None
+    loaded = set(seen["loaded"])  # type: ignore[call-overload]
+    assert "pipeline.engine.run" in loaded  # the check below means something
+    heavy = set(_HEAVY) - {"importlib.metadata"}  # the client's User-Agent names our version
+    assert not {m for m in loaded for h in heavy if m == h or m.startswith(h + ".")}
+
+
+_MANIFEST = """\
+version: 1
+name: m
+defaults:
+  image:
+    modelID: gpt-image-2
+    aspectRatio: "1:1"
+    numImages: 1
+    options: {openai: {imageSize: 1K, outputFormat: jpeg, quality: low}}
+rows: m.csv
+items:
+  - id: "{sku}"
+    prompt: "A studio photo of {sku}"
+"""
