@@ -75,43 +75,6 @@ def test_the_run_path_imports_nothing_it_does_not_use() -> None:
     assert not {m for m in loaded for h in _HEAVY if m == h or m.startswith(h + ".")}
 
 
-def test_aiohttp_loads_ca_certificates_only_when_https_needs_them() -> None:
-    """An http:// run never pays for the CA bundle; the first https:// request loads it, verified."""
-    seen = _fresh(
-        """
-        import asyncio, json, ssl
-        import pipeline.cli, aiohttp
-        from aiohttp import connector
-        from pipeline import tls
-
-        def certs():
-            return connector._SSL_CONTEXT_VERIFIED.cert_store_stats()["x509_ca"]
-
-        async def attempt(url):
-            async with aiohttp.ClientSession(trace_configs=[tls.trace_config()]) as session:
-                try:
-                    async with session.get(url):
-                        pass
-                except aiohttp.ClientError:
-                    pass
-
-        before = certs()
-        asyncio.run(attempt("http://127.0.0.1:9/"))
-        after_http = certs()
-        asyncio.run(attempt("https://127.0.0.1:9/"))
-        print(json.dumps({
-            "before": before, "after_http": after_http, "after_https": certs(),
-            "verified": connector._SSL_CONTEXT_VERIFIED.verify_mode == ssl.CERT_REQUIRED,
-            "restored": "set_default_verify_paths" not in ssl.SSLContext.__dict__,
-            "fresh_context": ssl.create_default_context().cert_store_stats()["x509_ca"],
-        }))
-        """
-    )
-    assert seen["before"] == 0 and seen["after_http"] == 0
-    assert seen["after_https"] == seen["fresh_context"]  # exactly what aiohttp would have loaded
-    assert seen["verified"] and seen["restored"]
-
-
 def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
     sandbox_process: str, tmp_path: Path
 ) -> None:

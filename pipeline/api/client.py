@@ -24,7 +24,6 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from pipeline import tls
 from pipeline.api import wire
 from pipeline.api.answers import HttpFailure, map_error, read_envelope, server_date
 from pipeline.api.config import ApiConfig
@@ -138,7 +137,6 @@ class ApiClient:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._config.max_connections),
                 timeout=self._timeout,
-                trace_configs=[tls.trace_config()],
             )
         return self._session
 

@@ -276,12 +276,11 @@ async def _videos_download(args: argparse.Namespace) -> int:
     part = out.with_name(out.name + ".part")
     import aiohttp
 
-    from pipeline import tls
     from pipeline.output.downloader import Downloader
 
     # A session of its own: asset hosts never see the API key (the Downloader strips auth too).
     timeout = aiohttp.ClientTimeout(total=None, sock_read=120)
-    async with aiohttp.ClientSession(timeout=timeout, trace_configs=[tls.trace_config()]) as session:
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         downloader = Downloader(session, root=out.parent)
         fetched = await downloader.fetch(url, part)
         if fetched.kind != "mp4":

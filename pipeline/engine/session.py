@@ -19,7 +19,6 @@ import anyio
 import anyio.abc
 import structlog
 
-from pipeline import tls
 from pipeline.api.client import ApiClient
 from pipeline.api.config import ApiConfig, ApiKey
 from pipeline.clock import Clock
@@ -86,9 +85,8 @@ async def _cancel_after(scope: anyio.CancelScope, seconds: float) -> None:
 
 
 def _files_session() -> aiohttp.ClientSession:
-    """The downloads' own session (asset hosts never see the API key); CA certificates load on
-    its first HTTPS request (:mod:`pipeline.tls`)."""
-    return aiohttp.ClientSession(trace_configs=[tls.trace_config()])
+    """The downloads' own session: asset hosts never see the API key."""
+    return aiohttp.ClientSession()
 
 
 async def run_session(
