@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from pipeline import __version__
 from pipeline.clock import Clock
 from pipeline.errors import StateError
+from pipeline.state.marks import SimpleMarks
 from pipeline.state.pgchecks import OutputChecks
 from pipeline.state.pgclaims import Claims
 from pipeline.state.pgconn import connect_kwargs, holder_id, map_error, migrate
@@ -35,14 +36,11 @@ from pipeline.state.pgreads import PgReads, connect_reader
 from pipeline.state.pgreview import PgReviewWrites
 from pipeline.state.pgwrites import FORGET, FREE, MINE, Conn
 from pipeline.state.records import (
-    CAN_FAIL,
     CAN_FINISH,
-    CAN_PARK,
     CAN_RECORD_JOB,
     CAN_REOPEN,
     CAN_SUBMIT,
     CAN_SUCCEED,
-    CAN_UNSEND,
     Phase,
     UnitLike,
     rfc3339,
@@ -51,7 +49,7 @@ from pipeline.state.records import (
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(PgReads, PgReviewWrites, Claims):
+class PostgresStore(SimpleMarks, PgReads, PgReviewWrites, Claims):
     """One worker's handle on one run (``run``) of a shared state database.
 
     Open with ``async with await PostgresStore.open(url, clock=clock, run="catalog") as store``.
@@ -289,18 +287,6 @@ class PostgresStore(PgReads, PgReviewWrites, Claims):
             )
 
         await self._tx(apply)
-
-    async def mark_failed(self, key: str, error: str, kind: str) -> None:
-        """A permanent failure with its reason."""
-        await self._simple(key, Phase.FAILED, CAN_FAIL, error, kind)
-
-    async def mark_unknown(self, key: str, reason: str) -> None:
-        """Park a unit whose outcome cannot be learned."""
-        await self._simple(key, Phase.UNKNOWN, CAN_PARK, reason, "unknown")
-
-    async def mark_pending(self, key: str, reason: str) -> None:
-        """Back to pending when the API certainly created nothing; attempts are kept."""
-        await self._simple(key, Phase.PENDING, CAN_UNSEND, reason, None)
 
     async def _simple(self, key: str, to: Phase, allowed: Set[Phase], reason: str, kind: str | None) -> None:
         tail = ", last_error = %(reason)s, error_kind = %(kind)s"

@@ -29,15 +29,13 @@ import anyio.to_thread
 
 from pipeline.clock import Clock
 from pipeline.errors import StateError
+from pipeline.state.marks import SimpleMarks
 from pipeline.state.records import (
-    CAN_FAIL,
     CAN_FINISH,
-    CAN_PARK,
     CAN_RECORD_JOB,
     CAN_REOPEN,
     CAN_SUBMIT,
     CAN_SUCCEED,
-    CAN_UNSEND,
     EventRecord,
     OutputRecord,
     Phase,
@@ -67,7 +65,7 @@ __all__ = [
 ]
 
 
-class SqliteStore(Reads, ReviewWrites):
+class SqliteStore(SimpleMarks, Reads, ReviewWrites):
     """The one writer of a state file. Mutators are async and durable on return; reads are sync.
 
     Durable on return holds for every mutator; ``mark_succeeded``, ``record_download`` and
@@ -278,18 +276,6 @@ class SqliteStore(Reads, ReviewWrites):
             self._transition(conn, key, Phase.SUCCEEDED, now, f"outputs {numbers} missing on disk")
 
         await self._write(apply)
-
-    async def mark_failed(self, key: str, error: str, kind: str) -> None:
-        """A permanent failure with its reason; only ``reset(Phase.FAILED)`` brings it back."""
-        await self._simple(key, Phase.FAILED, CAN_FAIL, error, kind)
-
-    async def mark_unknown(self, key: str, reason: str) -> None:
-        """Park a unit whose outcome cannot be learned (lost intent, vanished job); see ``reset``."""
-        await self._simple(key, Phase.UNKNOWN, CAN_PARK, reason, "unknown")
-
-    async def mark_pending(self, key: str, reason: str) -> None:
-        """Back to pending when the API certainly created nothing (e.g. a 429); attempts are kept."""
-        await self._simple(key, Phase.PENDING, CAN_UNSEND, reason, None)
 
     async def _simple(self, key: str, to: Phase, allowed: Set[Phase], reason: str, kind: str | None) -> None:
         now = self._now()
