@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.manifest.load import DEFAULT_OUTPUT_TEMPLATE, Manifest, Step, describe, load_manifest
+from pipeline.manifest.load import DEFAULT_OUTPUT_TEMPLATE, Manifest, Step, load_manifest
+from pipeline.manifest.survey import describe
 
 Expansion = list[tuple[str, str, int, int | None, dict[str, Any]]]
 

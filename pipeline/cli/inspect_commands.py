@@ -197,9 +197,9 @@ def _report_state(args: argparse.Namespace, manifest_name: str | None) -> Any:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from pipeline.manifest.load import describe, load_manifest
+    from pipeline.manifest.survey import describe, survey_manifest
 
-    print(describe(load_manifest(args.manifest)))
+    print(describe(survey_manifest(args.manifest)))
     return 0
 
 
@@ -207,11 +207,11 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from pipeline.engine.wiring import default_out, default_state
     from pipeline.errors import NoStateYetError
     from pipeline.manifest import plan
-    from pipeline.manifest.load import load_manifest
+    from pipeline.manifest.survey import survey_manifest
     from pipeline.state.opening import open_view, resolve_state
 
-    manifest = load_manifest(args.manifest)
-    where = resolve_state(args.state, default_state(args.out or default_out(manifest)))
+    manifest = survey_manifest(args.manifest)  # rows counted, not built, unless a state asks for keys
+    where = resolve_state(args.state, default_state(args.out or default_out(manifest.built)))
     phases: dict[str, str] | None = None
     if isinstance(where, str) or where.exists():
         try:

@@ -21,6 +21,7 @@ from pipeline.manifest.problems import ProblemLog, format_path
 from pipeline.manifest.rows import Cell, Rows
 from pipeline.manifest.schema import TRAINED_SIGIL, FieldPath
 from pipeline.manifest.spec import Item, Step, Unit
+from pipeline.manifest.tally import Tally, changes, count_rows
 from pipeline.manifest.variants import MAX_VARIANTS, Compiled, Compiler, Hole, Variant, cell_text
 from pipeline.manifest.yamlsource import Document, Node
 
@@ -76,6 +77,9 @@ class Expander:
         self.skipped_units = 0
         self._fingerprints: dict[int, list[bytes | None]] = {}
         self._settled: Settled = NoneSettled()
+        #: Set by the loader to count the rows a full expansion would relay instead of building
+        #: them (``plan``, ``validate``: :mod:`pipeline.manifest.tally`).
+        self.tally: Tally | None = None
 
     # -- compile ------------------------------------------------------------------------------------
 
@@ -114,10 +118,13 @@ class Expander:
         if prints is not None:
             self._expand_printed(item, prints)
             return
+        if self.tally is not None and item.uses_rows and len(item.variants) == 1 and self.rows is not None:
+            count_rows(self, item, self.tally)
+            return
         rows = range(len(self.rows.records)) if item.uses_rows and self.rows is not None else (None,)
         for row in rows:
             for variant in item.variants:
-                self._instance(item, variant, row)
+                self.instance(item, variant, row)
 
     # -- fingerprints -------------------------------------------------------------------------------
 
@@ -155,7 +162,7 @@ class Expander:
                 if self._skip(item, variant, row):
                     continue
             before = len(self.units)
-            self._instance(item, variant, row)
+            self.instance(item, variant, row)
             units = self.units[before:]
             if fp is not None and units and indexable(units):
                 self.prints.append((fp, tuple(u.key for u in units)))
@@ -167,7 +174,7 @@ class Expander:
         hole = next((h for h in variant.holes if h.path == ("id",)), None)
         try:
             record = self.rows.records[row]
-            item_id = variant.base["id"] if hole is None else self._fill(hole, variant, record)
+            item_id = variant.base["id"] if hole is None else self.fill(hole, variant, record)
         except KeyError:
             return False
         if not isinstance(item_id, str):
@@ -188,7 +195,7 @@ class Expander:
         values: list[Any] = []
         for hole in variant.holes:
             try:
-                value = self._fill(hole, variant, record)
+                value = self.fill(hole, variant, record)
             except KeyError as exc:
                 column = exc.args[0]
                 assert self.rows is not None and row is not None
@@ -213,7 +220,7 @@ class Expander:
             parent[hole.path[-1]] = value
         return root, values
 
-    def _fill(self, hole: Hole, variant: Variant, record: Mapping[str, Cell]) -> Any:
+    def fill(self, hole: Hole, variant: Variant, record: Mapping[str, Cell]) -> Any:
         is_id = hole.path == ("id",)
         texts = variant.slug_text if is_id else variant.raw_text
         name = hole.template.whole
@@ -229,19 +236,19 @@ class Expander:
 
         return hole.template.render(lookup)
 
-    def _relay_values(self, variant: Variant, row: int | None) -> tuple[str, list[Any]] | None:
+    def relay_values(self, variant: Variant, row: int | None) -> tuple[str, list[Any]] | None:
         """A row of a variant with a template: its id and hole values, without building its data
         (``None`` when a column is missing: the full render reports it)."""
         record: Mapping[str, Cell] = self.rows.records[row] if row is not None and self.rows else {}
         try:
-            values = [self._fill(hole, variant, record) for hole in variant.holes]
+            values = [self.fill(hole, variant, record) for hole in variant.holes]
         except KeyError:
             return None
         at = variant.id_at
         return (variant.base["id"] if at is None else values[at]), values
 
-    def _instance(self, item: Compiled, variant: Variant, row: int | None) -> None:
-        fast = self._relay_values(variant, row) if variant.template is not None else None
+    def instance(self, item: Compiled, variant: Variant, row: int | None) -> None:
+        fast = self.relay_values(variant, row) if variant.template is not None else None
         if fast is None:
             rendered = self.render(item, variant, row)
             if rendered is None:
@@ -257,8 +264,12 @@ class Expander:
         )
         verified = signature in variant.verified
         template = variant.template
+        if verified and template is not None and self.tally is not None:
+            if id_ok:
+                self.tally.add(variant, row)  # relayed on demand, never held
+            return
         if verified and template is not None:
-            units: list[Unit] | None = relay(template, item_id, _changes(variant.holes, values), plain=True)
+            units: list[Unit] | None = relay(template, item_id, changes(variant.holes, values), plain=True)
         else:
             if fast is not None:
                 rendered = self.render(item, variant, row)
@@ -301,7 +312,7 @@ class Expander:
             return
         if not all(is_plain(u.request) for u in units):
             variant.relayable = False  # a float or a huge integer: every key through canonical_json
-        elif relay(units, item_id, _changes(variant.holes, values), plain=True) == units:
+        elif relay(units, item_id, changes(variant.holes, values), plain=True) == units:
             variant.template = tuple(units)
         else:
             variant.relayable = False
@@ -314,11 +325,6 @@ def _plain_id(variant: Variant) -> tuple[str, str, str] | None:
         return None
     parts = hole.template.parts
     return parts[0], hole.template.names[0], parts[1] + variant.id_suffix
-
-
-def _changes(holes: list[Hole], values: list[Any]) -> dict[str, Any]:
-    """The row's values of the variant's request fields (its id aside)."""
-    return {str(h.path[0]): v for h, v in zip(holes, values, strict=True) if h.path != ("id",)}
 
 
 def _relayable(holes: list[Hole]) -> bool:

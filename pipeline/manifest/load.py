@@ -20,7 +20,6 @@ loads is one whose every request already passed the reference's rules.
 from __future__ import annotations
 
 import gc
-from collections import Counter
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +44,7 @@ from pipeline.manifest.schema import (
     suggest,
 )
 from pipeline.manifest.spec import Item, LocalRef, Manifest, ModelSpec, Step, Unit, freeze
+from pipeline.manifest.tally import Tally
 from pipeline.manifest.training import read_models
 from pipeline.manifest.yamlsource import Document, Node, descend, load_yaml, plain
 from pipeline.output.layout import OutputLayout, slug
@@ -66,7 +66,6 @@ __all__ = [
     "ModelSpec",
     "Step",
     "Unit",
-    "describe",
     "load_manifest",
 ]
 
@@ -85,12 +84,15 @@ def load_manifest(
     max_bytes: int = MAX_MANIFEST_BYTES,
     max_rows_bytes: int = MAX_ROWS_BYTES,
     settle: Settle | None = None,
+    tally: Tally | None = None,
 ) -> Manifest:
     """Read, check and expand a manifest.
 
     ``settle`` (a run's, see :mod:`pipeline.manifest.prints`) names the rows already done: they are
     left out of ``units`` and ``items`` (counted in ``skipped_units``), and the expanded rows'
     fingerprints come back in ``prints``. Only ``run`` may pass it: everything else needs every unit.
+    ``tally`` (:func:`pipeline.manifest.survey.survey_manifest`'s) counts the rows a full load would
+    relay instead of building them: they are missing from ``units`` and ``items``.
 
     Raises:
         ManifestError: with every problem found, each at ``file:line:column`` and a field path.
@@ -114,7 +116,7 @@ def load_manifest(
             ]
         )
     with _collector_paused():
-        return _Build(path, doc, root, root.value, max_rows_bytes).run(settle)
+        return _Build(path, doc, root, root.value, max_rows_bytes).run(settle, tally)
 
 
 @contextmanager
@@ -129,26 +131,6 @@ def _collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def describe(manifest: Manifest) -> str:
-    """The one-line summary ``validate`` prints."""
-    steps = Counter(unit.step for unit in manifest.units)
-    outputs = sum(unit.expected_outputs for unit in manifest.units)
-    paid = len(manifest.units) + len(manifest.models)
-    parts = ", ".join(f"{steps[step]} {step.value}" for step in Step)
-    text = (
-        f"{manifest.path.name}: {_count(len(manifest.items), 'item')}, "
-        f"{_count(len(manifest.units), 'unit')} ({parts}), {_count(paid, 'paid request')}, "
-        f"{_count(outputs, 'output')}"
-    )
-    if manifest.models:
-        text += f", {_count(len(manifest.models), 'model')} to train"
-    return text
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 class _Build:
@@ -168,7 +150,7 @@ class _Build:
     def problem(self, node: Node, path: FieldPath, message: str, *, at_key: bool = False) -> None:
         self.log.add(self.doc.where_key(node) if at_key else self.doc.where(node), format_path(path), message)
 
-    def run(self, settle: Settle | None = None) -> Manifest:
+    def run(self, settle: Settle | None = None, tally: Tally | None = None) -> Manifest:
         for key, node in self.top.items():
             if key not in _TOP_KEYS:
                 self.problem(node, (key,), f"unknown section {key!r}{suggest(key, _TOP_KEYS)}", at_key=True)
@@ -191,6 +173,8 @@ class _Build:
         elif rows_ok:
             if settle is not None and not output:  # another layout is checked over every unit
                 expander.settle, expander.context = settle, context_digest(plain(self.root))
+            elif tally is not None and not output:
+                expander.tally, tally.expander = tally, expander
             expander.expand(items_node)
         if not self.log:
             template = output[0] if output else DEFAULT_OUTPUT_TEMPLATE

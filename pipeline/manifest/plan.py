@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.manifest.schema import is_trained_id
 from pipeline.manifest.spec import Manifest, Step, Unit
+
+if TYPE_CHECKING:
+    from pipeline.manifest.survey import Survey, UnitGroup
 
 __all__ = ["IN_FLIGHT_PHASES", "PlanRow", "PlanSummary", "price_of", "render", "summarize"]
 
@@ -80,41 +84,45 @@ def price_of(unit: Unit, prices: Mapping[str, float]) -> float | None:
 
 
 def summarize(
-    manifest: Manifest, phases: Mapping[str, str] | None = None, *, prices: Mapping[str, float] | None = None
+    manifest: Manifest | Survey,
+    phases: Mapping[str, str] | None = None,
+    *,
+    prices: Mapping[str, float] | None = None,
 ) -> PlanSummary:
     """Count the manifest's work; ``phases`` maps unit key → phase from the state file.
 
     ``prices`` replaces the manifest's own ``prices:`` table when given (e.g. from settings).
     Units are grouped by step and model first: a price is looked up once per group, and a plan
-    without a state reads no unit's key.
+    without a state reads no unit's key (a :class:`Survey` then builds none of its counted rows).
     """
+    from pipeline.manifest.survey import Survey
+
+    survey = manifest if isinstance(manifest, Survey) else Survey.of(manifest)
     phases = phases or {}
-    table = manifest.prices if prices is None else prices
-    groups: dict[tuple[Step, str | None], list[Unit]] = {}
-    for unit in manifest.units:
-        groups.setdefault((unit.step, unit.model_id), []).append(unit)
+    table = survey.built.prices if prices is None else prices
     order = list(Step)
-    ordered = sorted(groups.items(), key=lambda group: order.index(group[0][0]))  # stable: first use
-    counted = [(_row(step, units, phases, table), units) for (step, _), units in ordered]
-    rows = tuple(row for row, _ in counted)
+    groups = sorted(survey.groups(), key=lambda group: order.index(group.step))  # stable: first use
+    counted, keys = _with_phases(survey, phases) if phases else ({}, set())
+    rows: list[PlanRow] = []
+    remaining: list[float] = []
+    for group in groups:
+        price = price_of(group.sample, table)
+        tally = counted.get((group.step, group.model_id))
+        rows.append(_row(group, tally, price))
+        if price is not None:
+            remaining.append(price * (group.outputs if tally is None else tally.outputs_left))
     priced = [row.credits for row in rows if row.credits is not None]
     unpriced = tuple(sorted({f"{row.step.value} {row.model}" for row in rows if row.credits is None}))
-    remaining = [
-        price * _outputs_left(units, phases)
-        for _, units in counted
-        if (price := price_of(units[0], table)) is not None
-    ]
-    keys = {unit.key for unit in manifest.units} if phases else set()
     return PlanSummary(
-        manifest=manifest.path.name,
-        name=manifest.name,
-        items=len(manifest.items),
-        rows=rows,
-        units=len(manifest.units),
+        manifest=survey.path.name,
+        name=survey.name,
+        items=survey.items,
+        rows=tuple(rows),
+        units=sum(row.units for row in rows),
         outputs=sum(row.outputs for row in rows),
-        paid_requests=len(manifest.units) + len(manifest.models),
+        paid_requests=sum(row.units for row in rows) + len(survey.models),
         to_send=sum(row.pending for row in rows),
-        trainings=tuple(f"@{spec.name}" for spec in manifest.models),
+        trainings=tuple(f"@{spec.name}" for spec in survey.models),
         done=sum(row.done for row in rows),
         in_flight=sum(row.in_flight for row in rows),
         failed=sum(row.failed for row in rows),
@@ -127,27 +135,55 @@ def summarize(
     )
 
 
-def _outputs_left(units: list[Unit], phases: Mapping[str, str]) -> int:
-    """A group's outputs whose unit is not done yet."""
-    return sum(unit.expected_outputs for unit in units if not phases or phases.get(unit.key) != "done")
+@dataclass(slots=True)
+class _States:
+    """What the state file says of one group's units."""
+
+    done: int = 0
+    in_flight: int = 0
+    failed: int = 0
+    pending: int = 0
+    outputs_left: int = 0  # outputs of units not done yet
 
 
-def _row(step: Step, units: list[Unit], phases: Mapping[str, str], prices: Mapping[str, float]) -> PlanRow:
+def _with_phases(
+    survey: Survey, phases: Mapping[str, str]
+) -> tuple[dict[tuple[Step, str | None], _States], set[str]]:
+    """Each group's phases, and every key of the manifest (streamed: no unit is kept)."""
+    found: dict[tuple[Step, str | None], _States] = {}
+    keys: set[str] = set()
+    for unit in survey.units():
+        keys.add(unit.key)
+        group = (unit.step, unit.model_id)
+        states = found.get(group)
+        if states is None:
+            states = found[group] = _States()
+        phase = phases.get(unit.key, "pending")
+        if phase == "done":
+            states.done += 1
+            continue
+        states.outputs_left += unit.expected_outputs
+        if phase == "failed":
+            states.failed += 1
+        elif phase in IN_FLIGHT_PHASES:
+            states.in_flight += 1
+        else:
+            states.pending += 1
+    return found, keys
+
+
+def _row(group: UnitGroup, states: _States | None, price: float | None) -> PlanRow:
     """One group: every unit has the same step and model, so the same price per output."""
-    states = [phases.get(unit.key, "pending") for unit in units] if phases else []
-    price = price_of(units[0], prices)
-    outputs = sum(unit.expected_outputs for unit in units)
-    pending = sum(1 for s in states if s not in IN_FLIGHT_PHASES and s not in ("done", "failed"))
     return PlanRow(
-        step=step,
-        model=units[0].model_id or "-",
-        units=len(units),
-        outputs=outputs,
-        done=states.count("done"),
-        in_flight=sum(1 for s in states if s in IN_FLIGHT_PHASES),
-        failed=states.count("failed"),
-        pending=pending if phases else len(units),
-        credits=None if price is None else price * outputs,
+        step=group.step,
+        model=group.model_id or "-",
+        units=group.units,
+        outputs=group.outputs,
+        done=states.done if states else 0,
+        in_flight=states.in_flight if states else 0,
+        failed=states.failed if states else 0,
+        pending=states.pending if states else group.units,
+        credits=None if price is None else price * group.outputs,
     )
 
 
