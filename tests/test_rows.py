@@ -6,8 +6,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from pipeline.errors import ManifestError, ManifestProblem
+from pipeline.manifest import rows as rows_module
 from pipeline.manifest.load import load_manifest
 from pipeline.manifest.rows import Rows, load_rows
 
@@ -264,3 +267,33 @@ def test_placeholders_in_options_and_matrix_values(tmp_path: Path) -> None:
             },
         ),
     ]
+
+
+@st.composite
+def _tables(draw: st.DrawFn) -> str:
+    """A table, mostly regular: the split's case, and its near misses."""
+    width, delimiter = draw(st.integers(1, 3)), draw(st.sampled_from([",", ";", "\t"]))
+    cell = st.text(alphabet="ab é;,", max_size=3)
+    lines = [[draw(cell) for _ in range(width)] for _ in range(draw(st.integers(1, 5)))]
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    return end.join(delimiter.join(line) for line in lines) + draw(st.sampled_from(["", end]))
+
+
+_CSV_TEXT = st.one_of(st.text(alphabet='ab ,;\t"\r\n\x00é', max_size=40), _tables(), _tables())
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_CSV_TEXT, tsv=st.booleans())
+def test_the_plain_csv_split_reads_what_the_csv_module_reads(text: str, tsv: bool) -> None:
+    """The split that reads plain CSV files without the csv module's per-row loop gives the same
+    table, or steps aside for the general reader (which words every problem)."""
+    delimiter = "\t" if tsv else rows_module._delimiter(text)
+    plain = rows_module._plain_csv(text, delimiter)
+    event("split" if plain is not None else "general")
+    if plain is None:
+        return
+    problems: list[ManifestProblem] = []
+    records, lines = rows_module._read_csv(text, "x.csv", delimiter, problems)
+    assert not problems and records
+    table = rows_module._table("x.csv", records, lines)
+    assert (plain[0], plain[1], plain[2], True) == (table.columns, table.records, table.lines, table.complete)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +21,34 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import ManifestError
+from pipeline.manifest import ids
 from pipeline.manifest.load import Manifest, load_manifest
 from pipeline.manifest.plan import summarize
 from pipeline.manifest.spec import Unit
 from pipeline.manifest.survey import Survey, describe, survey_manifest
 
-COLUMNS = ("sku", "name", "n", "ratio")
+#: Three id columns: each item of a catalog takes its id from its own (declared ids must differ).
+IDS = ("sku", "alt", "ref")
+COLUMNS = (*IDS, "name", "n", "ratio")
 
 #: Odd cells per column: ids taken (in another case), reserved or unsafe; empty text; bad numbers.
-_ODD: dict[str, list[Any]] = {
-    "sku": ["S0", "s1", "runs", "x/y", "CON", "", " ", ".h", 3, None],
+_ODD: dict[str, Sequence[Any]] = {
+    **dict.fromkeys(IDS, ("S0", "s1", "a1", "runs", "x/y", "CON", "", " ", ".h", 3, None)),
     "name": ["", " ", True, None],
     "n": ["9", "0", "x", 5, None],
     "ratio": ["x", "", 2],
 }
-ITEMS: list[dict[str, Any]] = [  # ids get a prefix per item but the first: declared ids must differ
+ITEMS: list[dict[str, Any]] = [  # {sku}: the item's id column
     {"id": "{sku}", "prompt": "photo of {name}", "upscale": True},
     {"id": "{sku}", "prompt": "photo of {name}"},
     {"id": "{sku}", "prompt": "{name}"},
     {"id": "{sku}", "prompt": "shot of {name}", "numImages": "{n}"},
     {"id": "{sku}", "prompt": "still {name}", "aspectRatio": "{ratio}", "upscale": True},
     {"id": "{sku}", "prompt": "p {name}", "matrix": {"aspectRatio": ["1:1", "4:5"]}},
-    {"id": "{sku}", "prompt": "p {name}", "matrix": {"prompt": ["{name} red"]}},
-    {"id": "-fixed", "prompt": "plain"},
+    {"id": "{sku}", "matrix": {"prompt": ["{name} red"]}},
+    {"id": "{sku}-{aspectRatio}", "prompt": "p {name}", "matrix": {"aspectRatio": ["4:5"]}},
+    {"id": "{name}{sku}", "prompt": "{name} {ratio}", "negativePrompt": "no {name}"},
+    {"id": "fixed", "prompt": "plain"},
     {"id": "{sku}", "prompt": "clip of {name}", "video": {"prompt": "moving {name}"}},
     {"id": "{sku}-{name}", "prompt": "{{braces}} {name}", "upscale": True},
     {"id": "{sku}", "prompt": "  {name}  "},
@@ -55,7 +62,7 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
     kind = draw(st.sampled_from(["csv", "jsonl", "inline"]))
     rows: list[dict[str, Any]] = []
     for i in range(draw(st.integers(1, 12))):
-        row: dict[str, Any] = {"sku": f"s{i}"}
+        row: dict[str, Any] = {column: f"{column[0]}{i}" for column in IDS}
         row.update({c: draw(st.sampled_from(good[: 2 + (kind != "csv")])) for c, good in _GOOD.items()})
         if draw(st.integers(0, 2)) == 0:
             column = draw(st.sampled_from(COLUMNS))
@@ -65,7 +72,9 @@ def catalogs(draw: st.DrawFn) -> dict[str, Any]:
             del row[draw(st.sampled_from(COLUMNS))]
         rows.append(row)
     picked = draw(st.lists(st.sampled_from(range(len(ITEMS))), min_size=1, max_size=3, unique=True))
-    items = [{**ITEMS[k], "id": f"i{k}" * (k > 0) + ITEMS[k]["id"]} for k in picked]
+    items = [
+        {**ITEMS[k], "id": ITEMS[k]["id"].replace("{sku}", f"{{{IDS[j]}}}")} for j, k in enumerate(picked)
+    ]
     doc: dict[str, Any] = {
         "version": 1,
         "name": "cat",
@@ -87,7 +96,7 @@ def _write(folder: Path, catalog: dict[str, Any]) -> Path:
         with (folder / "rows.csv").open("w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(COLUMNS)
-            writer.writerows([row[c] for c in COLUMNS] for row in rows)
+            writer.writerows([row.get(c, "") for c in COLUMNS] for row in rows)
         doc["rows"] = "rows.csv"
     elif catalog["kind"] == "jsonl":
         (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
@@ -177,14 +186,50 @@ def test_a_clash_with_a_counted_row_names_both_places(tmp_path: Path) -> None:
     assert f"item id 'B2' differs only in case from 'b2' (at {tmp_path / 'rows.csv'}:3)" in problem.message
 
 
-@pytest.mark.parametrize("sku", ["runs", "Index.jsonl", "x/y", "CON", "s0", "S0", " s2"])
-def test_a_counted_row_s_id_is_checked_as_a_built_one(tmp_path: Path, sku: str) -> None:
-    """Reserved, unsafe and taken ids are refused on rows past the first, where counting starts."""
+@pytest.mark.parametrize("item", [ITEMS[1], ITEMS[2]], ids=["plain", "signed"])
+@pytest.mark.parametrize(
+    "sku", ["runs", "Index.jsonl", "x/y", "CON", "s0", "S0", " s2", "-", "é", 3, None, True, 2.5]
+)
+def test_a_counted_row_s_id_is_checked_as_a_built_one(tmp_path: Path, sku: Any, item: Any) -> None:
+    """Reserved, unsafe and taken ids are refused on rows past the first, where counting starts,
+    and ids from numbers are made as a full load makes them (in either loop: the catalog's usual
+    shape, and any other)."""
     rows = [{"sku": s, "name": "x", "n": "1", "ratio": "1:1"} for s in ("s0", "s1", sku)]
-    catalog = {"kind": "csv", "rows": rows, "doc": {"name": "cat", "items": [ITEMS[1]]}}
+    kind = "csv" if isinstance(sku, str) else "jsonl"
+    catalog = {"kind": kind, "rows": rows, "doc": {"name": "cat", "items": [item]}}
     catalog["doc"]["defaults"] = {"image": {"modelID": "gpt-image-2"}}
     path = _write(tmp_path, catalog)
-    full = _load(path)
-    assert isinstance(full, ManifestError)
-    survey = _survey(path)
+    full, survey = _load(path), _survey(path)
+    if isinstance(full, Manifest):
+        assert isinstance(survey, Survey) and sku in ("-", "é", 3, True, 2.5)
+        assert_same(full, survey)
+        return
     assert isinstance(survey, ManifestError) and survey.problems == full.problems
+
+
+_SAFE_BEFORE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_ .+=@,-]{0,119}\Z")
+_DEVICES = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(1, 10)),
+    *(f"LPT{i}" for i in range(1, 10)),
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(alphabet="aCcOoNnMmLlPpTtUuXx19 .-_/\\é\u0131\u017f\u212a", max_size=8),
+        st.sampled_from(["CON", "con.txt", "COM1", "com0", "LPT9.x", "Nul ", "a" * 120, "a" * 121, "AUX."]),
+    )
+)
+def test_the_one_match_id_check_is_the_three_step_one(text: str) -> None:
+    """Ids are checked with one regular expression: what the three checks it replaced accepted."""
+    before = bool(
+        _SAFE_BEFORE.match(text)
+        and not text.endswith((".", " "))
+        and text.split(".")[0].upper() not in _DEVICES
+    )
+    assert (ids._PLAIN_ID.match(text) is not None) == before

@@ -204,7 +204,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from pipeline.engine.wiring import default_out, default_state
+    from pipeline.engine.request import default_out, default_state  # not wiring: no HTTP client
     from pipeline.errors import NoStateYetError
     from pipeline.manifest import plan
     from pipeline.manifest.survey import survey_manifest

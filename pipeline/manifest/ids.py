@@ -27,7 +27,11 @@ MAX_ID_LENGTH = 120
 #: Names the output layout keeps at the top of the output folder, so no item may take them.
 RESERVED_IDS = frozenset({"runs", "index.jsonl"})
 
-_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_ .+=@,-]{0,119}\Z")
+#: The common id, in one match (a catalog checks a million): a letter or digit, then up to 119 of
+#: these characters, not a Windows device name before the first dot, no trailing dot or space.
+_PLAIN_ID = re.compile(
+    r"(?!(?i:CON|PRN|AUX|NUL|COM[1-9]|LPT[1-9])(?:\.|\Z))[A-Za-z0-9][A-Za-z0-9_ .+=@,-]{0,119}(?<![. ])\Z"
+)
 _WINDOWS_FORBIDDEN = set('<>:"|?*')
 _RESERVED = frozenset(
     {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
@@ -36,7 +40,7 @@ _RESERVED = frozenset(
 
 def unsafe_segment(text: str) -> str | None:
     """Why ``text`` cannot be a single path segment on every platform, or ``None`` when it can."""
-    if _SAFE_ID.match(text) and not text.endswith((".", " ")) and text.split(".")[0].upper() not in _RESERVED:
+    if _PLAIN_ID.match(text):
         return None
     if not text:
         return "must not be empty"

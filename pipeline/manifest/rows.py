@@ -81,7 +81,11 @@ def load_rows(path: Path, *, label: str, max_bytes: int) -> Rows:
     elif suffix == ".jsonl":
         records, lines = _read_jsonl(text, label, problems)
     else:
-        records, lines = _read_csv(text, label, "\t" if suffix == ".tsv" else None, problems)
+        delimiter = "\t" if suffix == ".tsv" else _delimiter(text)
+        plain = _plain_csv(text, delimiter)
+        if plain is not None:
+            return Rows(label, plain[0], plain[1], plain[2], True)
+        records, lines = _read_csv(text, label, delimiter, problems)
     if not records and not problems:
         problems.append(ManifestProblem(f"{label}:1", "", "the rows file has no data rows"))
     if problems:
@@ -133,12 +137,44 @@ def _table(label: str, records: list[dict[str, Cell]], lines: list[int]) -> Rows
     return Rows(label, tuple(columns), tuple(records), tuple(lines), complete)
 
 
+def _delimiter(text: str) -> str:
+    """``;`` when the header line has semicolons and no comma (a European spreadsheet), else ``,``."""
+    first = text.split("\n", 1)[0]
+    return ";" if ";" in first and "," not in first else ","
+
+
+def _plain_csv(
+    text: str, delimiter: str
+) -> tuple[tuple[str, ...], tuple[dict[str, str], ...], tuple[int, ...]] | None:
+    """Columns, records and lines of the common CSV, split without the csv module's per-row loop
+    (a third of a million-row load): no quote or NUL, one kind of line end, no blank line, a header
+    of distinct names, every row as wide. ``None``: read the general way, which words every problem."""
+    if '"' in text or "\0" in text:
+        return None
+    end = "\n"
+    if "\r" in text:  # Excel's and Python's csv.writer's line ends, and only those
+        end = "\r\n"
+        if text.count("\r") != text.count("\n") or text.count(end) != text.count("\n"):
+            return None
+    lines = text.split(end)
+    if lines[-1] == "":
+        lines.pop()
+    limit = csv.field_size_limit()
+    if len(lines) < 2 or "" in lines or (len(text) > limit and max(map(len, lines)) > limit):
+        return None
+    names = [field.strip() for field in lines[0].split(delimiter)]
+    if "" in names or len(set(names)) != len(names):
+        return None
+    try:
+        records = tuple([dict(zip(names, line.split(delimiter), strict=True)) for line in lines[1:]])
+    except ValueError:  # a row of another width
+        return None
+    return tuple(names), records, tuple(range(2, len(lines) + 1))
+
+
 def _read_csv(
-    text: str, label: str, delimiter: str | None, problems: list[ManifestProblem]
+    text: str, label: str, delimiter: str, problems: list[ManifestProblem]
 ) -> tuple[list[dict[str, Cell]], list[int]]:
-    if delimiter is None:
-        first = text.split("\n", 1)[0]
-        delimiter = ";" if ";" in first and "," not in first else ","
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     records: list[dict[str, Cell]] = []
     lines: list[int] = []

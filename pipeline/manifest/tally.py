@@ -59,6 +59,16 @@ class Tally:
         found[1].append(-1 if row is None else row)
         self.rows += 1
 
+    def extend(self, variant: Variant, rows: array[int]) -> None:
+        """Count each of ``rows`` of ``variant``."""
+        if rows:
+            found = self._rows.get(id(variant))
+            if found is None:
+                self._rows[id(variant)] = (variant, rows)
+            else:
+                found[1].extend(rows)
+            self.rows += len(rows)
+
     def shapes(self) -> Iterator[tuple[Unit, int]]:
         """Each template unit with the number of counted rows that make one like it."""
         for variant, rows in self._rows.values():
@@ -94,6 +104,18 @@ def count_rows(x: Expander, item: Compiled, tally: Tally) -> None:
     """Every row of a one-variant item: counted when a full expansion would relay it, else
     handed to the expander. Row order and id claims are the full expansion's."""
     assert x.rows is not None and len(item.variants) == 1
+    variant = item.variants[0]
+    counted: array[int] = array("q")
+    plain = _plain(variant, x.rows)
+    if plain is not None:
+        _count_plain(x, item, counted, plain)
+    else:
+        _count_signed(x, item, counted)
+    tally.extend(variant, counted)
+
+
+def _count_signed(x: Expander, item: Compiled, counted: array[int]) -> None:
+    assert x.rows is not None
     variant, ids, records = item.variants[0], x.ids, x.rows.records
     sign = signer(x, variant, x.rows)
     first = Instance(x, item, variant, 0).origin()  # row r's origin is first + r
@@ -105,9 +127,50 @@ def count_rows(x: Expander, item: Compiled, tally: Tally) -> None:
                 folded = item_id.casefold()
                 if folded not in ids and folded not in reserved and unsafe_segment(item_id) is None:
                     ids[item_id if folded == item_id else folded] = first + row
-                    tally.add(variant, row)
+                    counted.append(row)
                     continue
         x.instance(item, variant, row)
+
+
+#: ``(id column, signature of a row with a non-empty id, with an empty one)``.
+_Plain = tuple[str, tuple[Any, ...], tuple[Any, ...]]
+
+
+def _plain(variant: Variant, rows: Rows) -> _Plain | None:
+    """The catalog's usual shape, signed without a call per row: every row has every column, the
+    id is one column (``"{sku}"``) and every other hole is free text with literal text around."""
+    at = variant.id_at
+    if at is None or not rows.complete:
+        return None
+    column = variant.holes[at].template.whole
+    fixed: list[Any] = [_constant(h) for h in variant.holes]
+    if column is None or column in variant.slug_text or fixed.count(None) != 1:
+        return None
+    yes, no = list(fixed), fixed
+    yes[at], no[at] = (str, True), (str, False)
+    return column, tuple(yes), tuple(no)
+
+
+def _count_plain(x: Expander, item: Compiled, counted: array[int], plain: _Plain) -> None:
+    """:func:`_count_signed` for :func:`_plain` variants: a row's signature is one of two."""
+    assert x.rows is not None
+    column, yes, no = plain
+    variant, ids, records = item.variants[0], x.ids, x.rows.records
+    first = Instance(x, item, variant, 0).origin()  # row r's origin is first + r
+    suffix, verified, reserved, add = variant.id_suffix, variant.verified, RESERVED_IDS, counted.append
+    ok_yes = ok_no = False  # whether either signature is verified, with a template: they only
+    for row, record in enumerate(records):  # change when a row takes the full path
+        cell = record[column]
+        if type(cell) is str and (ok_yes if cell.strip() else ok_no):
+            item_id = cell + suffix
+            folded = item_id.casefold()
+            if folded not in ids and folded not in reserved and unsafe_segment(item_id) is None:
+                ids[item_id if folded == item_id else folded] = first + row
+                add(row)
+                continue
+        x.instance(item, variant, row)
+        ready = variant.template is not None
+        ok_yes, ok_no = ready and yes in verified, ready and no in verified
 
 
 def signer(x: Expander, variant: Variant, rows: Rows) -> Signer | None:
