@@ -282,7 +282,7 @@ def _tables(draw: st.DrawFn) -> str:
 _CSV_TEXT = st.one_of(st.text(alphabet='ab ,;\t"\r\n\x00é', max_size=40), _tables(), _tables())
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(text=_CSV_TEXT, tsv=st.booleans())
 def test_the_plain_csv_split_reads_what_the_csv_module_reads(text: str, tsv: bool) -> None:
     """The split that reads plain CSV files without the csv module's per-row loop gives the same

@@ -218,7 +218,7 @@ _DEVICES = {
 }
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     text=st.one_of(
         st.text(alphabet="aCcOoNnMmLlPpTtUuXx19 .-_/\\é\u0131\u017f\u212a", max_size=8),

@@ -50,15 +50,15 @@ def register(
 
 
 def _state_path(args: argparse.Namespace) -> Path:
-    from pipeline.engine.wiring import default_out, default_state
-    from pipeline.manifest.load import load_manifest
+    from pipeline.engine.request import default_out, default_state
+    from pipeline.manifest.survey import survey_manifest
 
     if args.state:
         return Path(args.state)
     if args.out:
         return default_state(args.out)
-    if args.manifest:
-        return default_state(default_out(load_manifest(args.manifest)))
+    if args.manifest:  # only its name is needed: the rows are counted, not built
+        return default_state(default_out(survey_manifest(args.manifest).built))
     raise ConfigError("say which run: give MANIFEST, --out DIR or --state PATH")
 
 
