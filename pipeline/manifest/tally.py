@@ -10,7 +10,7 @@ units on demand, by the very calls a full expansion makes for them.
 
 :func:`count_rows` is the loop for the common item (one variant, made per row). Whenever a row
 is anything but the plain case (a missing column, an id that is taken or unsafe, a signature not
-verified yet), it hands the row to the expander's own ``_instance``, untouched, which reports
+verified yet), it hands the row to the expander's own ``instance``, untouched, which reports
 or builds it as a full expansion does: the fast loop only ever counts rows the full path would
 have relayed.
 """
