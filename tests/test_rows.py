@@ -283,12 +283,12 @@ _CSV_TEXT = st.one_of(st.text(alphabet='ab ,;\t"\r\n\x00é', max_size=40), _tabl
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=_CSV_TEXT, tsv=st.booleans())
-def test_the_plain_csv_split_reads_what_the_csv_module_reads(text: str, tsv: bool) -> None:
-    """The split that reads plain CSV files without the csv module's per-row loop gives the same
-    table, or steps aside for the general reader (which words every problem)."""
+@given(text=_CSV_TEXT, tsv=st.booleans(), chunk=st.sampled_from([1, 2, 3, 5, 8, 1 << 20]))
+def test_the_plain_csv_split_reads_what_the_csv_module_reads(text: str, tsv: bool, chunk: int) -> None:
+    """The split that reads plain CSV files without the csv module's per-row loop (a chunk at a
+    time) gives the same table, or steps aside for the general reader (which words every problem)."""
     delimiter = "\t" if tsv else rows_module._delimiter(text)
-    plain = rows_module._plain_csv(text, delimiter)
+    plain = rows_module._plain_csv(text, delimiter, chunk=chunk)
     event("split" if plain is not None else "general")
     if plain is None:
         return

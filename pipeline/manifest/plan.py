@@ -107,10 +107,10 @@ def summarize(
     remaining: list[float] = []
     for group in groups:
         price = price_of(group.sample, table)
-        tally = counted.get((group.step, group.model_id))
-        rows.append(_row(group, tally, price))
+        states = counted.get((group.step, group.model_id))
+        rows.append(_row(group, states, price))
         if price is not None:
-            remaining.append(price * (group.outputs if tally is None else tally.outputs_left))
+            remaining.append(price * (group.outputs if states is None else states.outputs_left))
     priced = [row.credits for row in rows if row.credits is not None]
     unpriced = tuple(sorted({f"{row.step.value} {row.model}" for row in rows if row.credits is None}))
     return PlanSummary(
