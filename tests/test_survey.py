@@ -140,6 +140,8 @@ def assert_same(full: Manifest, survey: Survey) -> None:
     phases["0" * 32] = "done"  # a stale unit
     assert summarize(survey, phases) == summarize(full, phases)
     assert sorted(survey.units(), key=_order) == sorted(full.units, key=_order)
+    keyed = sorted((u.step, u.model_id or "", u.expected_outputs, key) for u, key in survey.keyed())
+    assert keyed == sorted((u.step, u.model_id or "", u.expected_outputs, u.key) for u in full.units)
     assert survey.items == len(full.items) and survey.unit_count == len(full.units)
 
 

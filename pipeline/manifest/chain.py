@@ -9,7 +9,7 @@ where in the YAML each field came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from pipeline.manifest.schema import (
 from pipeline.manifest.spec import FrozenDict, LocalRef, Step, Unit, freeze
 from pipeline.manifest.yamlsource import Node
 
-__all__ = ["ITEM_KEYS", "Chain", "Defaults", "Report", "can_relay", "relay"]
+__all__ = ["ITEM_KEYS", "Chain", "Defaults", "Report", "can_relay", "relay", "relay_keys"]
 
 #: Keys of an item that are not image-request fields.
 ITEM_KEYS = frozenset({"id", "upscale", "video", "matrix"})
@@ -275,9 +275,30 @@ def relay(
     proves that on the template itself (``relay(template, its id, its values) == template``).
     ``plain``: the template's requests hold no float and no integer beyond 64 bits (:func:`is_plain`)
     and ``changes`` only text, so each key is hashed from orjson's bytes as they are."""
+    return [
+        Unit(
+            key=key,
+            item_id=item_id,
+            step=t.step,
+            index=t.index,
+            request=request,
+            upstream=upstream,
+            expected_outputs=t.expected_outputs,
+            location=t.location,
+            model_id=t.model_id,
+            local_files=t.local_files,
+        )
+        for t, request, upstream, key in relay_keys(template, item_id, changes, plain=plain)
+    ]
+
+
+def relay_keys(
+    template: Sequence[Unit], item_id: str, changes: Mapping[str, str], *, plain: bool = False
+) -> Iterator[tuple[Unit, Mapping[str, Any], str | None, str]]:
+    """What :func:`relay` makes of each template unit, without making the unit: ``(template unit,
+    request, upstream key, key)`` (``plan`` against a state file needs a million keys, no units)."""
     make_key = plain_key if plain else unit_key
     keys: dict[str, str] = {}
-    units: list[Unit] = []
     for t in template:
         request = t.request
         if t.step is Step.IMAGE and changes:
@@ -291,21 +312,8 @@ def relay(
             "upstream": upstream,
             "model": None,
         }
-        unit = Unit(
-            key=make_key(payload),
-            item_id=item_id,
-            step=t.step,
-            index=t.index,
-            request=request,
-            upstream=upstream,
-            expected_outputs=t.expected_outputs,
-            location=t.location,
-            model_id=t.model_id,
-            local_files=t.local_files,
-        )
-        keys[t.key] = unit.key
-        units.append(unit)
-    return units
+        key = keys[t.key] = make_key(payload)
+        yield t, request, upstream, key
 
 
 @dataclass(frozen=True, slots=True)

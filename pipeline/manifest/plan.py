@@ -152,13 +152,13 @@ def _with_phases(
     """Each group's phases, and every key of the manifest (streamed: no unit is kept)."""
     found: dict[tuple[Step, str | None], _States] = {}
     keys: set[str] = set()
-    for unit in survey.units():
-        keys.add(unit.key)
+    for unit, key in survey.keyed():
+        keys.add(key)
         group = (unit.step, unit.model_id)
         states = found.get(group)
         if states is None:
             states = found[group] = _States()
-        phase = phases.get(unit.key, "pending")
+        phase = phases.get(key, "pending")
         if phase == "done":
             states.done += 1
             continue

@@ -82,6 +82,12 @@ class Survey:
             counts[1] += times * unit.expected_outputs
         return [UnitGroup(k[0], k[1], c[0], c[1], samples[k]) for k, c in found.items()]
 
+    def keyed(self) -> Iterator[tuple[Unit, str]]:
+        """Every unit's key, with a unit of the same step, model and outputs (itself when built,
+        its template when counted): what a plan against a state file reads, no unit made."""
+        yield from ((unit, unit.key) for unit in self.built.units)
+        yield from self.tally.keys()
+
     def units(self) -> Iterator[Unit]:
         """Every unit, the counted rows' built now (each as a full load builds it), none kept."""
         yield from self.built.units

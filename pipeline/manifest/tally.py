@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
-from pipeline.manifest.chain import relay
+from pipeline.manifest.chain import relay, relay_keys
 from pipeline.manifest.ids import RESERVED_IDS, unsafe_segment
 from pipeline.manifest.instances import Expansion, Instance
 from pipeline.manifest.rows import Cell, Rows
@@ -88,6 +88,21 @@ class Tally:
                 assert fast is not None  # counted rows have every column
                 item_id, values = fast[0] + variant.id_suffix, fast[1]
                 yield from relay(template, item_id, changes(variant.holes, values), plain=True)
+
+    def keys(self) -> Iterator[tuple[Unit, str]]:
+        """Each counted row's units as ``(the template unit it copies, its own key)``: the keys
+        :meth:`units` would give, without the units."""
+        expander = self.expander
+        for variant, rows in self._rows.values():
+            template = variant.template
+            assert expander is not None and template is not None
+            holes, suffix = variant.holes, variant.id_suffix
+            for row in rows:
+                fast = expander.relay_values(variant, None if row < 0 else row)
+                assert fast is not None  # counted rows have every column
+                made = relay_keys(template, fast[0] + suffix, changes(holes, fast[1]), plain=True)
+                for t, _, _, key in made:
+                    yield t, key
 
 
 def changes(holes: list[Hole], values: list[Any]) -> dict[str, Any]:
