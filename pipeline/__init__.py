@@ -1,9 +1,12 @@
 """photogpt-pipeline: turn a YAML manifest into PhotoGPT images and videos, resumably."""
 
 import sys
-from typing import Any
 
 __all__ = ["__version__"]
+
+#: The one place the version is written: pyproject.toml reads it from here ([tool.hatch.version]),
+#: so a run's User-Agent needs no importlib.metadata (~10 ms of every start-up).
+__version__ = "0.1.0"
 
 
 def _import_structlog_without_rich() -> None:
@@ -23,17 +26,3 @@ def _import_structlog_without_rich() -> None:
 
 
 _import_structlog_without_rich()
-
-
-def __getattr__(name: str) -> Any:
-    """``__version__`` on first use: importlib.metadata costs more at start-up than a run's first POST."""
-    if name != "__version__":
-        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        found = version("photogpt-pipeline")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        found = "0.0.0"
-    globals()["__version__"] = found
-    return found
