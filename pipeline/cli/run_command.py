@@ -15,7 +15,6 @@ import structlog
 
 from pipeline.cli.flags import add_logging_flags
 from pipeline.cli.outputs import out_arg
-from pipeline.cli.warmup import import_in_background
 from pipeline.errors import ConfigError, PipelineError, unwrap_group
 
 if TYPE_CHECKING:
@@ -139,7 +138,6 @@ def _add_limit_and_recovery_flags(run: argparse.ArgumentParser) -> None:
 
 async def _cmd_run(args: argparse.Namespace) -> int:
     """The run, then its one notification (for a summary or an error that stopped it; never its exit code)."""
-    import_in_background("aiohttp")  # overlaps the manifest load; see pipeline/cli/warmup.py
     if args.notify:  # the notify module (threads, sockets) stays out of the start-up otherwise
         from pipeline.cli.notify import check_urls
 
@@ -199,7 +197,7 @@ def _run_out(args: argparse.Namespace) -> Path | None:
 
 
 async def _execute_run(args: argparse.Namespace) -> RunSummary:
-    from pipeline.engine.options import RunOptions
+    from pipeline.engine.run import RunOptions
     from pipeline.engine.wiring import RunRequest, execute
 
     if args.max_active < 1:

@@ -26,6 +26,7 @@ from pipeline.engine.request import (
     s3_home,
     tuned,
 )
+from pipeline.engine.session import api_config, run_session
 from pipeline.engine.settled import Skipping, combine, none_settled
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.manifest.load import Manifest, load_manifest
@@ -130,10 +131,6 @@ async def _execute(
     request: RunRequest, clock: Clock, manifest: Manifest, early: SqliteStore | None,
     skipping: Skipping | None = None,
 ) -> RunSummary:  # fmt: skip
-    # Imported here, after the manifest load: the client's import (aiohttp) may still be under way
-    # on the thread ``run`` started it on (pipeline/cli/run_command.py); this waits for it.
-    from pipeline.engine.session import api_config, run_session
-
     out = request.out or default_out(manifest)
     state = resolve_state(request.state, default_state(out))
     if isinstance(state, str):  # a shared database: workers cooperate through claims, no lock file
@@ -209,7 +206,6 @@ async def _execute_shared(
     """``run`` on a shared state database: one of possibly many workers (see cooperate.py)."""
     # Imported here: psycopg costs a few hundred ms of start-up that a run on SQLite never pays.
     from pipeline.engine.cooperate import SharedStore, run_shared
-    from pipeline.engine.session import api_config, run_session
     from pipeline.state.pgconn import key_hash
 
     if request.lease_s <= 0:
