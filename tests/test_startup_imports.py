@@ -75,6 +75,15 @@ def test_the_run_path_imports_nothing_it_does_not_use() -> None:
     assert not {m for m in loaded for h in _HEAVY if m == h or m.startswith(h + ".")}
 
 
+def test_the_user_agent_version_is_the_installed_one() -> None:
+    """pyproject reads the version from ``pipeline.__version__``; no importlib.metadata at run time."""
+    import importlib.metadata
+
+    import pipeline
+
+    assert importlib.metadata.version("photogpt-pipeline") == pipeline.__version__
+
+
 def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
     sandbox_process: str, tmp_path: Path
 ) -> None:
@@ -104,8 +113,7 @@ def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
     assert seen["code"] == 0 and seen["loaded"] is not None
     loaded = set(seen["loaded"])  # type: ignore[call-overload]
     assert "pipeline.engine.run" in loaded  # the check below means something
-    heavy = set(_HEAVY) - {"importlib.metadata"}  # the client's User-Agent names our version
-    assert not {m for m in loaded for h in heavy if m == h or m.startswith(h + ".")}
+    assert not {m for m in loaded for h in _HEAVY if m == h or m.startswith(h + ".")}
 
 
 _MANIFEST = """\
