@@ -35,6 +35,7 @@ _HEAVY = (
     "apprise",
     "hypothesis",
     "importlib.metadata",
+    "greenlet",  # only structlog's deprecated greenlet-local context wants it (pipeline/__init__.py)
     "pipeline.output.report",
     "pipeline.output.review_server",
     "pipeline.simulator",
