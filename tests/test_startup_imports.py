@@ -93,21 +93,24 @@ def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
     (tmp_path / "m.yaml").write_text(_MANIFEST, encoding="utf-8")
     seen = _fresh(
         f"""
-        import json, sys
+        import gc, json, sys
         import aiohttp
         at_post = []
         original = aiohttp.ClientSession._request
 
         async def spy(self, method, url, *args, **kwargs):
             if method == "POST" and not at_post:
-                at_post.append(sorted(sys.modules))
+                at_post.append((sorted(sys.modules), gc.isenabled(), gc.get_freeze_count()))
             return await original(self, method, url, *args, **kwargs)
 
         aiohttp.ClientSession._request = spy
         from pipeline.cli.main import main
-        code = main(["run", {str(tmp_path / "m.yaml")!r}, "--out", {str(tmp_path / "out")!r},
-                     "--base-url", {sandbox_process!r}, "--no-progress", "--log-level", "error"])
-        print(json.dumps({{"code": code, "loaded": at_post[0] if at_post else None}}))
+        sys.argv = ["photogpt-pipeline", "run", {str(tmp_path / "m.yaml")!r},
+                    "--out", {str(tmp_path / "out")!r},
+                    "--base-url", {sandbox_process!r}, "--no-progress", "--log-level", "error"]
+        code = main()  # no argv: the process's own command line, as the installed command calls it
+        loaded, collecting, frozen = at_post[0] if at_post else (None, None, None)
+        print(json.dumps({{"code": code, "loaded": loaded, "collecting": collecting, "frozen": frozen}}))
         """,
         env={"PHOTOGPT_API_KEY": "sandbox"},
     )
@@ -115,6 +118,21 @@ def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
     loaded = set(seen["loaded"])  # type: ignore[call-overload]
     assert "pipeline.engine.run" in loaded  # the check below means something
     assert not {m for m in loaded for h in _HEAVY if m == h or m.startswith(h + ".")}
+    # The collector, paused while the command imported, runs again, with the imports frozen.
+    assert seen["collecting"] is True and int(seen["frozen"]) > 10_000  # type: ignore[call-overload]
+
+
+def test_code_calling_main_in_process_keeps_its_collector() -> None:
+    """Only the process's own command line pauses the collector; ``main([...])`` leaves it alone."""
+    seen = _fresh(
+        """
+        import gc, json
+        from pipeline.cli.main import main
+        code = main(["run", "no-such.yaml", "--log-level", "error"])  # imports the engine, then fails
+        print(json.dumps({"code": code, "collecting": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+        """
+    )
+    assert seen == {"code": 2, "collecting": True, "frozen": 0}
 
 
 _MANIFEST = """\

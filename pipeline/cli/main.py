@@ -27,7 +27,7 @@ import structlog
 
 from pipeline import logs
 from pipeline.cli import api_commands as apicli
-from pipeline.cli import inspect_commands, outputs, run_command
+from pipeline.cli import collector, inspect_commands, outputs, run_command
 from pipeline.cli import review as review_cli
 from pipeline.cli.flags import add_logging_flags
 from pipeline.errors import PipelineError
@@ -125,7 +125,11 @@ def _default_level(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
+    if argv is None:  # this process's own command line: no collection while it imports
+        collector.pause()
     args = _build_parser().parse_args(argv)
+    if args.command != "run":  # run resumes it once the engine is imported (run_command.py)
+        collector.settled()
     level = "error" if getattr(args, "quiet", False) else args.log_level or _default_level(args)
     log_file = args.log_file.open("a", encoding="utf-8") if args.log_file else None
     # Called with no argv: the command itself, which configures logging once (tests pass argv).
