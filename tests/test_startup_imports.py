@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 
 def _fresh(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
     """Run ``code`` in a new interpreter; it prints one JSON object as its last line."""
@@ -149,3 +151,20 @@ items:
   - id: "{sku}"
     prompt: "A studio photo of {sku}"
 """
+
+
+def test_the_run_only_parser_parses_and_complains_as_the_full_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``run`` builds only its own sub-parser; what it parses, its help and its errors are unchanged."""
+    from pipeline.cli import main
+
+    argv = ["run", "m.yaml", "--max-active", "8", "--log-format", "json", "--notify", "json://x"]
+    assert main._build_parser("run").parse_args(argv) == main._build_parser().parse_args(argv)
+    for bad in (["run"], ["run", "m.yaml", "--max-active", "many"], ["run", "--help"]):
+        said = []
+        for parser in (main._build_parser("run"), main._build_parser()):
+            with pytest.raises(SystemExit) as stopped:
+                parser.parse_args(bad)
+            said.append((stopped.value.code, capsys.readouterr()))
+        assert said[0] == said[1]
