@@ -26,9 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from pipeline import logs
-from pipeline.cli import api_commands as apicli
-from pipeline.cli import collector, inspect_commands, outputs, run_command
-from pipeline.cli import review as review_cli
+from pipeline.cli import collector, outputs, run_command
 from pipeline.cli.flags import add_logging_flags
 from pipeline.errors import PipelineError
 
@@ -68,6 +66,11 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
     add_logging_flags(ping)
 
     _COMMANDS.update(run_command.register(sub))
+    # The other commands' modules: only for their parsers (a run imports none of them).
+    from pipeline.cli import api_commands as apicli
+    from pipeline.cli import inspect_commands
+    from pipeline.cli import review as review_cli
+
     _COMMANDS.update(inspect_commands.register(sub))
     _COMMANDS.update(apicli.register(sub))
     _COMMANDS.update(review_cli.register(sub))
