@@ -44,6 +44,7 @@ _HEAVY = (
     "pipeline.engine.regenerate",
     "pipeline.cli.notify",
     "aiofiles",  # input uploads only (pipeline/engine/provision.py)
+    "difflib",  # "did you mean" for a manifest's mistakes
 )
 # The other commands' modules (their parsers and bodies): ``run`` builds only its own parser.
 _OTHER_COMMANDS = ("pipeline.cli.api_commands", "pipeline.cli.inspect_commands", "pipeline.cli.review")
