@@ -3,7 +3,7 @@ the imported objects frozen and the collector resumed.
 
 Imports create a few hundred thousand long-lived objects (functions, classes, their dicts) and
 next to no garbage cycles, yet the collector walks them about a hundred times before a run's
-first request (~3 % of its start-up instructions under callgrind), and every later full
+first request (~5 % of its start-up instructions under callgrind), and every later full
 collection walks them again. Only the process's own command line pauses it (``main()`` with no
 argv, and ``python -m pipeline`` from its first line), so code that calls ``main([...])``
 in-process keeps its collector as it was. :func:`settled` then freezes what the imports built
