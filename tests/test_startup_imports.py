@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 
 def _fresh(code: str, env: dict[str, str] | None = None) -> dict[str, object]:
     """Run ``code`` in a new interpreter; it prints one JSON object as its last line."""
@@ -35,12 +37,17 @@ _HEAVY = (
     "apprise",
     "hypothesis",
     "importlib.metadata",
+    "greenlet",  # only structlog's deprecated greenlet-local context wants it (pipeline/__init__.py)
     "pipeline.output.report",
     "pipeline.output.review_server",
     "pipeline.simulator",
     "pipeline.engine.regenerate",
     "pipeline.cli.notify",
+    "aiofiles",  # input uploads only (pipeline/engine/provision.py)
+    "difflib",  # "did you mean" for a manifest's mistakes
 )
+# The other commands' modules (their parsers and bodies): ``run`` builds only its own parser.
+_OTHER_COMMANDS = ("pipeline.cli.api_commands", "pipeline.cli.inspect_commands", "pipeline.cli.review")
 
 
 def test_building_the_command_line_imports_no_command_body() -> None:
@@ -64,7 +71,7 @@ def test_the_run_path_imports_nothing_it_does_not_use() -> None:
         """
         import json, sys
         from pipeline.cli import main
-        main._build_parser().parse_args(["run", "m.yaml"])
+        main._build_parser("run").parse_args(["run", "m.yaml"])
         import pipeline.cli.run_command, pipeline.engine.wiring, pipeline.engine.run, pipeline.engine.session
         import pipeline.manifest.load, pipeline.state.opening, pipeline.api.client
         print(json.dumps({"loaded": sorted(sys.modules)}))
@@ -72,7 +79,16 @@ def test_the_run_path_imports_nothing_it_does_not_use() -> None:
     )
     loaded = set(seen["loaded"])  # type: ignore[call-overload]
     assert "aiohttp" in loaded  # the check below means something
-    assert not {m for m in loaded for h in _HEAVY if m == h or m.startswith(h + ".")}
+    assert not {m for m in loaded for h in _HEAVY + _OTHER_COMMANDS if m == h or m.startswith(h + ".")}
+
+
+def test_the_user_agent_version_is_the_installed_one() -> None:
+    """pyproject reads the version from ``pipeline.__version__``; no importlib.metadata at run time."""
+    import importlib.metadata
+
+    import pipeline
+
+    assert importlib.metadata.version("photogpt-pipeline") == pipeline.__version__
 
 
 def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
@@ -83,29 +99,46 @@ def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
     (tmp_path / "m.yaml").write_text(_MANIFEST, encoding="utf-8")
     seen = _fresh(
         f"""
-        import json, sys
+        import gc, json, sys
         import aiohttp
         at_post = []
         original = aiohttp.ClientSession._request
 
         async def spy(self, method, url, *args, **kwargs):
             if method == "POST" and not at_post:
-                at_post.append(sorted(sys.modules))
+                at_post.append((sorted(sys.modules), gc.isenabled(), gc.get_freeze_count()))
             return await original(self, method, url, *args, **kwargs)
 
         aiohttp.ClientSession._request = spy
         from pipeline.cli.main import main
-        code = main(["run", {str(tmp_path / "m.yaml")!r}, "--out", {str(tmp_path / "out")!r},
-                     "--base-url", {sandbox_process!r}, "--no-progress", "--log-level", "error"])
-        print(json.dumps({{"code": code, "loaded": at_post[0] if at_post else None}}))
+        sys.argv = ["photogpt-pipeline", "run", {str(tmp_path / "m.yaml")!r},
+                    "--out", {str(tmp_path / "out")!r},
+                    "--base-url", {sandbox_process!r}, "--no-progress", "--log-level", "error"]
+        code = main()  # no argv: the process's own command line, as the installed command calls it
+        loaded, collecting, frozen = at_post[0] if at_post else (None, None, None)
+        print(json.dumps({{"code": code, "loaded": loaded, "collecting": collecting, "frozen": frozen}}))
         """,
         env={"PHOTOGPT_API_KEY": "sandbox"},
     )
     assert seen["code"] == 0 and seen["loaded"] is not None
     loaded = set(seen["loaded"])  # type: ignore[call-overload]
     assert "pipeline.engine.run" in loaded  # the check below means something
-    heavy = set(_HEAVY) - {"importlib.metadata"}  # the client's User-Agent names our version
-    assert not {m for m in loaded for h in heavy if m == h or m.startswith(h + ".")}
+    assert not {m for m in loaded for h in _HEAVY + _OTHER_COMMANDS if m == h or m.startswith(h + ".")}
+    # The collector, paused while the command imported, runs again, with the imports frozen.
+    assert seen["collecting"] is True and int(seen["frozen"]) > 10_000  # type: ignore[call-overload]
+
+
+def test_code_calling_main_in_process_keeps_its_collector() -> None:
+    """Only the process's own command line pauses the collector; ``main([...])`` leaves it alone."""
+    seen = _fresh(
+        """
+        import gc, json
+        from pipeline.cli.main import main
+        code = main(["run", "no-such.yaml", "--log-level", "error"])  # imports the engine, then fails
+        print(json.dumps({"code": code, "collecting": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+        """
+    )
+    assert seen == {"code": 2, "collecting": True, "frozen": 0}
 
 
 _MANIFEST = """\
@@ -122,3 +155,20 @@ items:
   - id: "{sku}"
     prompt: "A studio photo of {sku}"
 """
+
+
+def test_the_run_only_parser_parses_and_complains_as_the_full_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``run`` builds only its own sub-parser; what it parses, its help and its errors are unchanged."""
+    from pipeline.cli import main
+
+    argv = ["run", "m.yaml", "--max-active", "8", "--log-format", "json", "--notify", "json://x"]
+    assert main._build_parser("run").parse_args(argv) == main._build_parser().parse_args(argv)
+    for bad in (["run"], ["run", "m.yaml", "--max-active", "many"], ["run", "--help"]):
+        said = []
+        for parser in (main._build_parser("run"), main._build_parser()):
+            with pytest.raises(SystemExit) as stopped:
+                parser.parse_args(bad)
+            said.append((stopped.value.code, capsys.readouterr()))
+        assert said[0] == said[1]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import urlsplit
 
-from pipeline import logs
+from pipeline import __version__, logs
 from pipeline.errors import ConfigError
 
 __all__ = ["ApiConfig", "ApiKey", "load_api_key"]
@@ -115,14 +115,7 @@ def _read_key_file(path: Path) -> ApiKey:
 
 
 def _default_user_agent() -> str:
-    # importlib.metadata costs ~6 ms at import, on every run's path to its first POST.
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        ours = version("photogpt-pipeline")
-    except PackageNotFoundError:
-        ours = "dev"
-    return f"photogpt-pipeline/{ours} (+aiohttp)"
+    return f"photogpt-pipeline/{__version__} (+aiohttp)"
 
 
 def _is_loopback(host: str) -> bool:

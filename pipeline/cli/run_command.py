@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from pipeline.cli import collector
 from pipeline.cli.flags import add_logging_flags
 from pipeline.cli.outputs import out_arg
 from pipeline.errors import ConfigError, PipelineError, unwrap_group
@@ -200,6 +201,7 @@ async def _execute_run(args: argparse.Namespace) -> RunSummary:
     from pipeline.engine.run import RunOptions
     from pipeline.engine.wiring import RunRequest, execute
 
+    collector.settled()  # the engine is imported: freeze it, collect again (pipeline/cli/collector.py)
     if args.max_active < 1:
         raise ConfigError("--max-active must be at least 1")
     options = RunOptions(

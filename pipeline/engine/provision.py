@@ -16,7 +16,6 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-import aiofiles
 import anyio
 import structlog
 
@@ -98,6 +97,8 @@ class Provisioner:
             known = self._store.resource("upload", cache_key)
             if known:
                 return str(known["imageId"]), str(known["url"])
+            import aiofiles  # only manifests with local input files upload: off every run's start-up
+
             async with aiofiles.open(ref.path, "rb") as f:  # one read, off the event loop
                 data = await f.read()
             if hashlib.sha256(data).hexdigest() != ref.sha256:

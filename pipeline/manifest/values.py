@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -61,6 +60,8 @@ def suggest(name: str, candidates: Collection[str]) -> str:
     folded = {c.casefold(): c for c in candidates}
     match = folded.get(name.casefold())
     if match is None:
+        import difflib  # only a manifest with a mistake needs it: off every run's start-up
+
         close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
         match = close[0] if close else None
     return f"; did you mean {match!r}?" if match else ""
