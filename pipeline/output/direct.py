@@ -119,15 +119,17 @@ class PartWriter:
 
     def write_aligned(self, block: memoryview) -> None:
         """Append ``block``, which starts at a page boundary (a :func:`take` buffer): its whole
-        blocks go out from where they are, without a copy; a tail is held back as by :meth:`write`."""
+        blocks go out from where they are, without a copy, and an unaligned tail (the file's last
+        bytes, or a cut) is written buffered at once."""
         if not self._direct or self._fill:
             self.write([block])
             return
         whole = len(block) - len(block) % ALIGN
         if whole:
             self._emit(block[:whole])
-        if whole < len(block):
-            self.write([block[whole:]])
+        if whole < len(block):  # the file's position turns unaligned: the rest of it goes buffered
+            self._stop_direct()
+            write_all(self._fd, [block[whole:]])
 
     def flush(self) -> None:
         """Write out every byte held back; an unaligned tail ends direct I/O for this file."""
