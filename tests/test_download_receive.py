@@ -43,6 +43,7 @@ def sha(data: bytes) -> str:
 class Host:
     server: TestServer | None = None
     ranges: list[str | None] = field(default_factory=list)
+    peers: list[object] = field(default_factory=list)  # the client's address, one per request
     stall: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, path: str) -> str:
@@ -68,6 +69,7 @@ def _app(host: Host) -> web.Application:
         data = body()
         value = request.headers.get("Range")
         host.ranges.append(value)
+        host.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         if value is None:
             return web.Response(body=data)
         start = int(value.removeprefix("bytes=").removesuffix("-"))
@@ -103,6 +105,15 @@ def _app(host: Host) -> web.Application:
         request.transport.close()
         return response
 
+    async def longer_open(request: web.Request) -> web.StreamResponse:
+        """Declares fewer bytes than it sends, then serves the next request on the same connection."""
+        data = body()
+        response = web.StreamResponse(headers={"Content-Length": str(len(data) - 5000)})
+        await response.prepare(request)
+        assert request.transport is not None
+        request.transport.write(data)
+        return response
+
     async def html(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b"<!DOCTYPE html>" + bytes(BIG), content_type="text/html")
 
@@ -113,6 +124,7 @@ def _app(host: Host) -> web.Application:
         ("/cut", cut),
         ("/stall", stall),
         ("/longer", longer),
+        ("/longer-open", longer_open),
         ("/html", html),
     ]:
         app.router.add_get(path, handler)
@@ -186,6 +198,17 @@ async def test_resume_appends_from_the_part_with_range(
     assert part.read_bytes() == data and received
 
 
+async def test_a_complete_body_leaves_the_connection_reusable(
+    session: aiohttp.ClientSession, host: Host, tmp_path: Path, received: list[int]
+) -> None:
+    """The next download on the session goes over the same connection (no new TCP or TLS handshake)."""
+    downloader, data = Downloader(session, root=tmp_path), body()
+    for name in ("a.part", "b.part"):
+        fetched = await downloader.fetch(host.url("/file"), tmp_path / name)
+        assert (fetched.sha256, (tmp_path / name).read_bytes()) == (sha(data), data)
+    assert received and len(host.peers) == 2 and host.peers[0] == host.peers[1]
+
+
 @pytest.mark.parametrize("at", [BIG // 2, 5])
 async def test_a_cut_keeps_what_arrived_and_the_rerun_resumes(
     session: aiohttp.ClientSession, host: Host, tmp_path: Path, at: int
@@ -221,6 +244,18 @@ async def test_bytes_past_the_declared_length_are_not_taken(
     fetched = await Downloader(session, root=tmp_path).fetch(host.url("/longer"), part)
     assert (fetched.bytes, fetched.sha256) == (len(data), sha(data))
     assert part.read_bytes() == data
+
+
+async def test_stray_bytes_on_a_kept_connection_do_not_reach_the_next_download(
+    session: aiohttp.ClientSession, host: Host, tmp_path: Path
+) -> None:
+    """Bytes past the declared length on a connection left open: the file is the declared length, and
+    the next download on the session still gets its own body whole."""
+    downloader, data = Downloader(session, root=tmp_path), body()
+    first = await downloader.fetch(host.url("/longer-open"), tmp_path / "a.part")
+    assert first.sha256 == sha(data[: BIG - 5000])
+    second = await downloader.fetch(host.url("/file"), tmp_path / "b.part")
+    assert (second.sha256, (tmp_path / "b.part").read_bytes()) == (sha(data), data)
 
 
 async def test_not_an_asset_is_refused_before_a_byte_is_written(
