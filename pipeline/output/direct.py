@@ -9,10 +9,12 @@ I/O bypasses the cache, not the device's write cache nor the file's metadata.
 
 Direct I/O wants the buffer address, the file offset and the length aligned to the block
 size. Whole blocks go out from an aligned buffer that is reused from file to file (a fresh
-one costs a page fault per page); a tail that is not a whole block (a file's last bytes, or
-what a dropped connection leaves to keep) is written after ``O_DIRECT`` is switched off, and
-the rest of that file stays buffered. A file system that refuses ``O_DIRECT`` (``EINVAL``)
-gets plain buffered writes, as does a resume from an offset that is not block-aligned.
+one costs a page fault per page), or straight from where :mod:`pipeline.output.receive`
+received them (:meth:`PartWriter.write_aligned`); a tail that is not a whole block (a
+file's last bytes, or what a dropped connection leaves to keep) is written after
+``O_DIRECT`` is switched off, and the rest of that file stays buffered. A file system
+that refuses ``O_DIRECT`` (``EINVAL``) gets plain buffered writes, as does a resume from
+an offset that is not block-aligned.
 Everything here blocks: call it from a worker thread.
 """
 
