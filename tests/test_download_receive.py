@@ -55,6 +55,7 @@ def _app(host: Host) -> web.Application:
     async def drip(request: web.Request) -> web.StreamResponse:
         """The body in pieces of random sizes, yielding between them: many short socket reads."""
         data, rng = body(), random.Random(7)
+        host.peers.append(request.transport.get_extra_info("peername") if request.transport else None)
         response = web.StreamResponse(headers={"Content-Length": str(len(data))})
         await response.prepare(request)
         at = 0
@@ -278,15 +279,18 @@ async def test_tls_bodies_take_the_same_path(tmp_path: Path, received: list[int]
     server = TestServer(_app(host), host="127.0.0.1", port=0)
     await server.start_server(ssl=server_ctx)
     try:
-        url = f"https://127.0.0.1:{server.port}/drip"
         connector = aiohttp.TCPConnector(ssl=client_ctx)
         async with aiohttp.ClientSession(connector=connector) as session:
-            fetched = await Downloader(session, root=tmp_path).fetch(url, part_in(tmp_path))
+            downloader = Downloader(session, root=tmp_path)
+            drip = await downloader.fetch(f"https://127.0.0.1:{server.port}/drip", tmp_path / "a.part")
+            whole = await downloader.fetch(f"https://127.0.0.1:{server.port}/file", tmp_path / "b.part")
     finally:
         await server.close()
     data = body()
-    assert (fetched.bytes, fetched.sha256) == (len(data), sha(data))
-    assert part_in(tmp_path).read_bytes() == data and len(received) > 1
+    for fetched in (drip, whole):
+        assert (fetched.bytes, fetched.sha256, fetched.part_path.read_bytes()) == (len(data), sha(data), data)
+    assert len(received) > 2
+    assert len(host.peers) == 2 and host.peers[0] == host.peers[1]  # one TLS handshake for both
 
 
 async def test_the_simulators_truncated_download_is_resumed(tmp_path: Path, sandbox: Sandbox) -> None:
