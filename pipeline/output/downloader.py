@@ -3,7 +3,9 @@
 This is plan §2.2: the URL and every redirect hop pass :meth:`Downloader.check_url`
 before a connection is made; the body streams to ``<final>.part`` while a byte
 counter (hard cap) and a sha256 run; the magic bytes decide the type; the size is
-checked against ``Content-Length``/``Content-Range``; the part is fsynced. A later
+checked against ``Content-Length``/``Content-Range``; the part is fsynced. A body of
+known length is received past aiohttp's reader, straight into aligned buffers
+(:mod:`pipeline.output.receive`); others go through :meth:`Downloader._copy`. A later
 call resumes a kept part with ``Range`` (206 appended after re-hashing what is
 there; 200 or a bad 206 or 416 restart from zero, the curl test 38 lesson).
 :meth:`Downloader.publish` is ``os.replace`` plus a directory fsync, so a final
@@ -37,6 +39,7 @@ from pipeline.errors import (
 from pipeline.output.local import replace_part
 from pipeline.output.magic import HEAD, Kind, require_kind, sniff
 from pipeline.output.part import PartSink, discard, resumable
+from pipeline.output.receive import receive
 from pipeline.output.sidecar import strip_query
 
 __all__ = ["LOOPBACK_HOSTS", "Downloader", "Fetched", "Kind", "TransientDownloadError", "sniff"]
@@ -105,6 +108,7 @@ class Downloader:
         max_redirects: int = 5,
         root: Path | None = None,
         direct_io: bool = True,
+        receive_body: bool = True,
     ) -> None:
         if max_bytes <= 0 or chunk_bytes <= 0 or max_redirects < 0:
             raise ValueError("max_bytes and chunk_bytes must be positive, max_redirects not negative")
@@ -115,6 +119,7 @@ class Downloader:
         self._max_redirects = max_redirects
         self._root = root
         self._direct = direct_io  # O_DIRECT part writes where the file system allows (output.direct)
+        self._receive = receive_body  # bodies of known length past aiohttp's reader (output.receive)
 
     def check_url(self, url: str | URL) -> URL:
         """``url`` parsed, if we may fetch it: https (or http to an allowed host), no userinfo, no IP literal.
@@ -262,7 +267,11 @@ class Downloader:
         sink = PartSink(part, offset, self._chunk, direct=self._direct)
         try:
             try:
-                size, kind = await self._copy(response, sink, offset, kind, where)
+                received = None
+                if total is not None and self._receive:  # straight into aligned buffers (output.receive)
+                    limits = self._session.timeout
+                    received = await receive(response, sink, offset, kind, total, where, limits)
+                size, kind = received or await self._copy(response, sink, offset, kind, where)
             finally:
                 sink.close()
         except DownloadError as exc:  # unsafe content goes; a short body stays for the resume

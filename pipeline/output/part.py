@@ -89,6 +89,18 @@ class PartSink:
         for chunk in chunks:
             self._hasher.update(chunk)
         writer.write(chunks)
+        self._written(writer, sync)
+
+    def absorb_block(self, block: memoryview, sync: bool = False) -> None:
+        """:meth:`absorb` for one block that starts at a page boundary (a buffer of
+        :func:`pipeline.output.direct.take`): hashed and written from where it is, no copy."""
+        writer = self._writer or self._open()
+        self._hasher.update(block)
+        writer.write_aligned(block)
+        self._written(writer, sync)
+
+    @staticmethod
+    def _written(writer: PartWriter, sync: bool) -> None:
         crash_point("mid_download")  # bytes in the part, the download not finished (nor fsynced)
         if sync:
             writer.flush()
