@@ -17,7 +17,7 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +26,7 @@ from pipeline.output.layout import fsync_dir
 
 __all__ = [
     "append_index",
+    "append_index_records",
     "atomic_write",
     "file_sha256",
     "read_index",
@@ -78,13 +79,19 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def append_index(index_path: Path, record: Mapping[str, Any]) -> None:
-    """Append ``record`` as one JSON line and fsync it.
+    """Append ``record`` as one JSON line and fsync it (see :func:`append_index_records`)."""
+    append_index_records(index_path, [record])
+
+
+def append_index_records(index_path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``records``, one JSON line each, in one write and one fsync.
 
     If the file does not end in a newline (a crash tore the last append), a
-    newline goes first so the torn line stays alone and the new one parses.
+    newline goes first so the torn line stays alone and the new ones parse.
     """
-    line = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    payload = line.encode() + b"\n"
+    encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True, allow_nan=False)
+    lines = [encoder.encode(r) for r in records]
+    payload = ("\n".join(lines) + "\n").encode()
     fd = os.open(index_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _FLAGS, 0o666)
     try:
         size = os.fstat(fd).st_size

@@ -126,7 +126,8 @@ class SqliteStore(SimpleMarks, Reads, ReviewWrites):
         with anyio.CancelScope(shield=True), mapped(self._path, "closing"):
             self._reader.close()  # here, on the thread that reads: never closed under a running read
             async with self._lock:
-                await anyio.to_thread.run_sync(self._writer.close, limiter=self._limiter)
+                await self._lane.run(self._writer.close)
+                self._lane.close()
 
     # ---- mutators -------------------------------------------------------------------------
 
