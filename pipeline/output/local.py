@@ -150,16 +150,22 @@ class LocalOutputStore:
         return results
 
     def _place(self, pub: Publication) -> tuple[PutOutcome, dict[str, Any], Path]:
-        """The asset under its final name and its sidecar beside it; neither fsynced in the directory."""
+        """The asset under its final name and its sidecar beside it; neither fsynced in the directory.
+
+        The tree is checked once, for the final name: the sidecar's name differs in its last
+        component only (replaced, never followed), and the rename needs no second check.
+        """
         final = self.path(pub.key)
-        side = self.path(_sidecar_of(pub.key))
+        side_key = _sidecar_of(pub.key)
+        same_dir = os.path.dirname(side_key) == os.path.dirname(pub.key)
+        side = final.parent / os.path.basename(side_key) if same_dir else self.path(side_key)
         outcome = PutOutcome.CREATED
         if self._set_aside_stale(final, side, pub):
             outcome = PutOutcome.ALREADY  # the very same bytes of this unit: keep them, drop the part
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(pub.part)
         else:
-            replace_part(self.root, pub.part, pub.bytes, final, sync=False)
+            replace_part(None, pub.part, pub.bytes, final, sync=False)
         record = dict(pub.sidecar)
         record["path"] = pub.key
         sidecar.write_sidecar(side, record, sync_dir=False)
