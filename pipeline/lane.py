@@ -46,6 +46,7 @@ class _Job(Generic[T]):
 
 
 _STOP: Any = object()
+_IDLE_S = 10.0  # a thread with nothing to do for this long ends
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
@@ -85,24 +86,32 @@ class Lane:
                 self._queue, self._thread = queue.SimpleQueue(), None
 
     async def _wait(self, job: _Job[T]) -> T:
-        if self._thread is None:
-            with self._start_lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=_work, args=(self._queue,), name=self._name, daemon=True
-                    )
-                    self._thread.start()
-        self._queue.put(job)
+        with self._start_lock:  # against the thread's idle exit: a job never lands on a leaving thread
+            self._queue.put(job)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=_work, args=(self, self._queue), name=self._name, daemon=True
+                )
+                self._thread.start()
         with anyio.CancelScope(shield=True):
             result = await job.future
         return result
 
 
-def _work(jobs_in: queue.SimpleQueue[_Job[Any]]) -> None:
-    """The lane's thread: run what comes, in order, until the stop mark."""
+def _work(lane: Lane, jobs_in: queue.SimpleQueue[_Job[Any]]) -> None:
+    """The lane's thread: run what comes, in order, until the stop mark or ``_IDLE_S`` without work
+    (a store that is never closed leaves no thread behind; the next call starts one)."""
     get, get_nowait = jobs_in.get, jobs_in.get_nowait
     while True:
-        jobs = [get()]
+        try:
+            jobs = [get(timeout=_IDLE_S)]
+        except queue.Empty:
+            with lane._start_lock:
+                if jobs_in.empty():
+                    if lane._queue is jobs_in:
+                        lane._thread = None
+                    return
+            continue
         while True:  # everything queued meanwhile goes in this pass
             try:
                 jobs.append(get_nowait())

@@ -67,3 +67,17 @@ async def test_a_cancelled_caller_still_waits_for_its_work_to_finish() -> None:
         assert finished.is_set()  # the task group ended only after the work did
     finally:
         lane.close()
+
+
+async def test_an_idle_thread_ends_and_the_next_call_starts_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pipeline.lane._IDLE_S", 0.05)
+    lane = Lane("test")
+    first = await lane.run(threading.current_thread)
+    for _ in range(100):
+        if not first.is_alive():
+            break
+        await anyio.sleep(0.02)
+    assert not first.is_alive()
+    second = await lane.run(threading.current_thread)
+    assert second is not first
+    lane.close()
