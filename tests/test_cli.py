@@ -101,3 +101,17 @@ def test_module_and_console_script_agree() -> None:
     result = _run("--help")
     assert result.returncode == 0
     assert "sandbox" in result.stdout and "ping" in result.stdout
+
+
+def test_the_run_uses_uvloop_where_installed_unless_told_not_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop is a speed-up only: opted out, or missing, the plain asyncio loop runs the command."""
+    from pipeline.cli.main import _loop_factory
+
+    uvloop = pytest.importorskip("uvloop")
+    monkeypatch.delenv("PHOTOGPT_EVENT_LOOP", raising=False)
+    assert _loop_factory() is uvloop.new_event_loop
+    monkeypatch.setenv("PHOTOGPT_EVENT_LOOP", "asyncio")
+    assert _loop_factory() is None
+    monkeypatch.delenv("PHOTOGPT_EVENT_LOOP")
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed
+    assert _loop_factory() is None

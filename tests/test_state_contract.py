@@ -166,6 +166,20 @@ class TestLifecycle:
         with pytest.raises(StateError, match="at least one output"):
             await store.mark_succeeded(key(3), [])
 
+    async def test_the_last_download_closes_the_unit_in_the_same_change(self, store: StateStore) -> None:
+        """record_download(done=True) closes the unit; while an output is missing it is refused whole."""
+        await store.mark_submitting(key(4))
+        await store.mark_submitted(key(4), "job-4b")
+        await store.mark_succeeded(key(4), [("a", "https://cdn/a"), ("b", "https://cdn/b")])
+        with pytest.raises(StateError, match=r"outputs \[2\] are not downloaded"):
+            await store.record_download(key(4), 1, path="a", bytes=1, sha256="00" * 32, done=True)
+        assert [o.downloaded for o in store.get(key(4)).outputs] == [False, False]  # type: ignore[union-attr]
+        await store.record_download(key(4), 1, path="a", bytes=1, sha256="00" * 32)
+        await store.record_download(key(4), 2, path="b", bytes=1, sha256="00" * 32, done=True)
+        rec = store.get(key(4))
+        assert rec is not None and rec.phase is Phase.DONE
+        assert [o.path for o in rec.outputs] == ["a", "b"]
+
     async def test_fresh_urls_replace_expired_ones(self, store: StateStore) -> None:
         """update_urls swaps URLs for the same assets and keeps what was downloaded."""
         await store.mark_submitting(key(4))

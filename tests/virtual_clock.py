@@ -22,6 +22,8 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from pipeline.lane import Lane
+
 __all__ = ["VirtualClock"]
 
 
@@ -93,13 +95,20 @@ class VirtualClock:
     async def autojump(self) -> AsyncIterator[None]:
         """Within the block, jump to the next wake-up whenever all tasks are blocked.
 
-        Tasks may also wait on ``anyio.to_thread.run_sync`` (wrapped here to count as busy)
+        Tasks may also wait on ``anyio.to_thread.run_sync`` or a :class:`~pipeline.lane.Lane`
+        (wrapped here to count as busy)
         and on loopback sockets
         (answered within the same turn of the loop); any other pending real I/O does not
         count as "busy", so time would jump past it.
         """
         threads = _Threads(anyio.to_thread.run_sync)
         anyio.to_thread.run_sync = threads.run_sync  # every call site looks it up on the module
+        lane_wait = Lane._wait  # the lanes' hops (state commits, publications) are busy too
+
+        async def tracked_lane_wait(lane: Lane, job: Any) -> Any:
+            return await threads.track(lane_wait, lane, job)
+
+        Lane._wait = tracked_lane_wait  # type: ignore[method-assign,assignment]
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._drive, threads)
@@ -109,6 +118,7 @@ class VirtualClock:
                     tg.cancel_scope.cancel()
         finally:
             anyio.to_thread.run_sync = threads.real
+            Lane._wait = lane_wait  # type: ignore[method-assign]
 
     def _register(self, seconds: float) -> _Sleeper:
         self._seq += 1
@@ -148,11 +158,15 @@ class _Threads:
         self.idle.set()
 
     async def run_sync(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.track(self.real, *args, **kwargs)
+
+    async def track(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """``await call(*args, **kwargs)``, counted as busy while it runs."""
         if not self.busy:
             self.idle = anyio.Event()
         self.busy += 1
         try:
-            return await self.real(*args, **kwargs)
+            return await call(*args, **kwargs)
         finally:
             self.busy -= 1
             if not self.busy:

@@ -80,11 +80,15 @@ class Delivery:
         #: file's verify/publish/record steps overlap the next file's fetch.
         self.connections = connections
 
-    async def deliver(self, unit: WorkUnit, n: int) -> int:
-        """Output ``n`` of ``unit`` on disk and recorded; returns the bytes downloaded (0 if adopted)."""
+    async def deliver(self, unit: WorkUnit, n: int, *, done: bool = False) -> int:
+        """Output ``n`` of ``unit`` on disk and recorded; returns the bytes downloaded (0 if adopted).
+
+        ``done``: it is the unit's last output, closed in the same state change as its record."""
         key = unit.key
         rec = self.store.get(key)
         if rec is None:
+            if done:
+                await self.store.mark_done(key)  # refused: the unit is gone from the state
             return 0
         out = next(o for o in rec.outputs if o.n == n)
         number, model = file_number(unit, n), unit.model_id or ""
@@ -92,7 +96,13 @@ class Delivery:
         adopted = await self.output.adopt(keys, sidecar_key(keys[0]), owner=key, n=n)
         if adopted is not None:
             await self.store.record_download(
-                key, n, path=adopted.key, bytes=adopted.bytes, sha256=adopted.sha256, at=self.clock.now()
+                key,
+                n,
+                path=adopted.key,
+                bytes=adopted.bytes,
+                sha256=adopted.sha256,
+                at=self.clock.now(),
+                done=done,
             )
             _log.info("asset_adopted", item=unit.item_id, unit=key, n=n, path=adopted.key)
             return 0
@@ -111,7 +121,7 @@ class Delivery:
             )
         )
         await self.store.record_download(
-            key, n, path=rel, bytes=fetched.bytes, sha256=fetched.sha256, at=self.clock.now()
+            key, n, path=rel, bytes=fetched.bytes, sha256=fetched.sha256, at=self.clock.now(), done=done
         )
         _log.info("asset_downloaded", item=unit.item_id, unit=key, n=n, path=rel, bytes=fetched.bytes)
         return fetched.bytes

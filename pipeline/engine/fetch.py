@@ -69,10 +69,12 @@ class Fetch:
         async for key, n in self._recv:
             if key in ctx.settled:
                 continue
+            left = self.outputs_left.get(key, set())
+            closing = bool(n) and left <= {n}  # the last output: its record closes the unit too
             try:
                 if n:
-                    ctx.tally.downloaded_bytes += await self.delivery.deliver(ctx.units[key], n)
-                    self.outputs_left.get(key, set()).discard(n)
+                    ctx.tally.downloaded_bytes += await self.delivery.deliver(ctx.units[key], n, done=closing)
+                    left.discard(n)
             except AuthError:
                 raise
             except AssetGoneError as exc:
@@ -82,7 +84,8 @@ class Fetch:
                 self._unsaved(key, n, exc)
                 continue
             if not self.outputs_left.get(key) and key not in ctx.settled:
-                await ctx.store.mark_done(key)
+                if not closing:
+                    await ctx.store.mark_done(key)
                 ctx.move(key, Event.FETCHED)
                 ctx.settle(key, Ending.DONE)
 

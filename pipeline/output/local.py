@@ -2,8 +2,9 @@
 
 A part is verified before it is renamed onto its final name, so a final name only ever holds
 a whole file. The sidecar follows the asset into the same directory and one directory fsync
-makes both names durable before the index line (one worker-thread hop per publication: the
-download path was tuned for it). Create-only here means "checked before the rename": one
+makes both names durable before the index line. Publications run on a
+:class:`~pipeline.lane.Lane` of their own: those queued together share one hop, one fsync per
+directory and one index append. Create-only here means "checked before the rename": one
 run holds the state lock per output folder, so no second writer races us (an S3 bucket,
 shared by hosts, needs the conditional write of :mod:`pipeline.output.s3`).
 """
@@ -22,6 +23,7 @@ import structlog
 
 from pipeline.crashpoints import crash_point
 from pipeline.errors import DownloadError, IntegrityError, OutputConflictError, UnsafeAssetError
+from pipeline.lane import Lane
 from pipeline.output import sidecar
 from pipeline.output.layout import check_inside, fsync_dir, make_dirs_inside
 from pipeline.output.store import Adopted, Publication, PutOutcome, StoredObject, aside_key
@@ -72,6 +74,8 @@ class LocalOutputStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        #: Publications run here, one group at a time: see :meth:`_publish_group`.
+        self._lane = Lane("publish")
 
     @property
     def location(self) -> str:
@@ -93,7 +97,7 @@ class LocalOutputStore:
         await anyio.to_thread.run_sync(lambda: self.root.mkdir(parents=True, exist_ok=True))
 
     async def close(self) -> None:
-        return None
+        self._lane.close()
 
     def exists(self, key: str) -> bool:
         return os.path.lexists(self.root / key)
@@ -107,32 +111,65 @@ class LocalOutputStore:
     # -- the delivery path -------------------------------------------------------------------------
 
     async def publish(self, pub: Publication) -> PutOutcome:
-        return await anyio.to_thread.run_sync(self.publish_blocking, pub)
+        return await self._lane.run_grouped(self._publish_group, pub)
 
-    def publish_blocking(self, pub: Publication) -> PutOutcome:
-        """Older work aside, rename, sidecar, one directory fsync, index line: one thread hop.
+    def _publish_group(self, pubs: list[Publication]) -> list[PutOutcome | BaseException]:
+        """Publications queued together, on the lane: each placed (older work aside, rename,
+        sidecar), then one fsync per directory, then their index lines in one append and fsync.
 
-        Until the directory fsync nothing says the file is done; a power cut that kept the
+        Until its directory's fsync nothing says a file is done; a power cut that kept the
         asset but not its sidecar leaves a file the next run sets aside and fetches again.
+        A publication that fails fails alone; the others of its group go on.
+        """
+        results: list[PutOutcome | BaseException] = []
+        records: dict[int, dict[str, Any]] = {}
+        dirs: dict[Path, list[int]] = {}
+        for i, pub in enumerate(pubs):
+            try:
+                outcome, records[i], final = self._place(pub)
+            except Exception as exc:  # this publication's failure, raised to its own caller
+                results.append(exc)
+                continue
+            results.append(outcome)
+            for directory in {final.parent, pub.part.parent}:
+                dirs.setdefault(directory, []).append(i)
+        for directory, members in dirs.items():
+            try:
+                fsync_dir(directory)
+            except OSError as exc:
+                for i in members:
+                    results[i] = exc
+                    records.pop(i, None)
+        crash_point("after_replace_before_record")
+        if records:
+            try:
+                sidecar.append_index_records(self.index_path, list(records.values()))
+            except OSError as exc:
+                for i in records:
+                    results[i] = exc
+        return results
+
+    def _place(self, pub: Publication) -> tuple[PutOutcome, dict[str, Any], Path]:
+        """The asset under its final name and its sidecar beside it; neither fsynced in the directory.
+
+        The tree is checked once, for the final name: the sidecar's name differs in its last
+        component only (replaced, never followed), and the rename needs no second check.
         """
         final = self.path(pub.key)
-        side = self.path(_sidecar_of(pub.key))
+        side_key = _sidecar_of(pub.key)
+        same_dir = os.path.dirname(side_key) == os.path.dirname(pub.key)
+        side = final.parent / os.path.basename(side_key) if same_dir else self.path(side_key)
         outcome = PutOutcome.CREATED
         if self._set_aside_stale(final, side, pub):
             outcome = PutOutcome.ALREADY  # the very same bytes of this unit: keep them, drop the part
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(pub.part)
         else:
-            replace_part(self.root, pub.part, pub.bytes, final, sync=False)
+            replace_part(None, pub.part, pub.bytes, final, sync=False)
         record = dict(pub.sidecar)
         record["path"] = pub.key
         sidecar.write_sidecar(side, record, sync_dir=False)
-        fsync_dir(final.parent)
-        if pub.part.parent != final.parent:
-            fsync_dir(pub.part.parent)
-        crash_point("after_replace_before_record")
-        sidecar.append_index(self.index_path, record)
-        return outcome
+        return outcome, record, final
 
     def _set_aside_stale(self, final: Path, side: Path, pub: Publication) -> bool:
         """Whatever is in the way moves aside, never overwritten; ``True``: it is already this asset."""

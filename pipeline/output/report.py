@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import jinja2
+import orjson
 from markupsafe import Markup
 
 from pipeline.output.gather import Asset, Facts, Gathered, Problem, as_int, as_text, gather, scrub
@@ -145,11 +147,24 @@ def render_report(
 
 @cache
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline.output", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+    # The gallery's data block (|tojson) through orjson: the stdlib encoder was ~10 % of a
+    # 2,000-tile render. Jinja still escapes <, >, & and ' in what it returns.
+    env.policies["json.dumps_function"] = _dumps
+    env.policies["json.dumps_kwargs"] = {}
+    return env
+
+
+def _dumps(value: Any) -> str:
+    """Sorted JSON text; what orjson refuses (big integers, non-text keys) goes through the stdlib."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(value, sort_keys=True)
 
 
 @cache

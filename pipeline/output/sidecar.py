@@ -14,18 +14,22 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+import orjson
 
 from pipeline.output.layout import fsync_dir
 
 __all__ = [
     "append_index",
+    "append_index_records",
     "atomic_write",
     "file_sha256",
     "read_index",
@@ -48,14 +52,37 @@ def strip_query(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
 
 
+_PRETTY = json.JSONEncoder(sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False)
+_LINE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+#: In orjson's output, a number token with a fraction or an exponent: a float, which orjson may
+#: spell differently from ``repr`` (``0.00001`` vs ``1e-05``). Matches inside strings too (harmless).
+_FLOATISH = re.compile(rb"[:,\[]\s*-?[0-9]+[.eE]")
+
+
+def _encode(data: Mapping[str, Any], stdlib: json.JSONEncoder, option: int) -> bytes:
+    """``stdlib``'s bytes, from orjson where it writes the very same (20x faster with an indent).
+
+    Text, integers and booleans come out alike; a float, a ``null`` (orjson writes NaN as null, the
+    stdlib refuses it) or what orjson refuses (big integers, non-text keys) go through the stdlib.
+    """
+    try:
+        text = orjson.dumps(data, option=option)
+    except orjson.JSONEncodeError:
+        return stdlib.encode(data).encode()
+    if b"null" in text or _FLOATISH.search(text):
+        return stdlib.encode(data).encode()
+    return text
+
+
 def write_sidecar(path: Path, data: Mapping[str, Any], *, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` as JSON (sorted keys, indent 2), all or nothing.
 
     ``sync_dir=False`` leaves the directory fsync to the caller, who must make one before relying
     on the new name (e.g. after renaming the asset into the same directory: one fsync for both).
     """
-    text = json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    atomic_write(path, text.encode(), sync_dir=sync_dir)
+    atomic_write(
+        path, _encode(data, _PRETTY, orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n", sync_dir=sync_dir
+    )
 
 
 def write_bytes(path: Path, payload: bytes) -> None:
@@ -78,13 +105,17 @@ def read_sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def append_index(index_path: Path, record: Mapping[str, Any]) -> None:
-    """Append ``record`` as one JSON line and fsync it.
+    """Append ``record`` as one JSON line and fsync it (see :func:`append_index_records`)."""
+    append_index_records(index_path, [record])
+
+
+def append_index_records(index_path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Append ``records``, one JSON line each, in one write and one fsync.
 
     If the file does not end in a newline (a crash tore the last append), a
-    newline goes first so the torn line stays alone and the new one parses.
+    newline goes first so the torn line stays alone and the new ones parse.
     """
-    line = json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    payload = line.encode() + b"\n"
+    payload = b"".join(_encode(r, _LINE, orjson.OPT_SORT_KEYS) + b"\n" for r in records)
     fd = os.open(index_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _FLAGS, 0o666)
     try:
         size = os.fstat(fd).st_size

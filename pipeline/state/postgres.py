@@ -221,9 +221,17 @@ class PostgresStore(SimpleMarks, PgReads, PgReviewWrites, Claims):
         await self._tx(apply)
 
     async def record_download(
-        self, key: str, n: int, *, path: str, bytes: int, sha256: str, at: datetime | None = None
+        self,
+        key: str,
+        n: int,
+        *,
+        path: str,
+        bytes: int,
+        sha256: str,
+        at: datetime | None = None,
+        done: bool = False,
     ) -> None:
-        """Record that output ``n`` is published and verified."""
+        """Record that output ``n`` is published and verified; ``done``: close the unit too."""
         when = rfc3339(at or self._clock.now())
 
         async def apply(conn: Conn) -> None:
@@ -239,23 +247,24 @@ class PostgresStore(SimpleMarks, PgReads, PgReviewWrites, Claims):
                 "UPDATE units SET updated_at = %s, run_id = %s WHERE run = %s AND key = %s",
                 (self._now(), self.run_id, self.run, key),
             )
+            if done:
+                await self._close(conn, key)
 
         await self._tx(apply)
 
     async def mark_done(self, key: str) -> None:
         """Close the unit: refused while any recorded output is not downloaded."""
+        await self._tx(lambda conn: self._close(conn, key))
 
-        async def apply(conn: Conn) -> None:
-            await self._expect(conn, key, "mark done", CAN_FINISH)
-            cur = await conn.execute(
-                "SELECT n FROM outputs WHERE run = %s AND unit_key = %s AND downloaded_at IS NULL ORDER BY n",
-                (self.run, key),
-            )
-            if missing := [n for (n,) in await cur.fetchall()]:
-                raise StateError(f"unit {key}: outputs {missing} are not downloaded yet")
-            await self._transition(conn, key, Phase.DONE, "done")
-
-        await self._tx(apply)
+    async def _close(self, conn: Conn, key: str) -> None:
+        await self._expect(conn, key, "mark done", CAN_FINISH)
+        cur = await conn.execute(
+            "SELECT n FROM outputs WHERE run = %s AND unit_key = %s AND downloaded_at IS NULL ORDER BY n",
+            (self.run, key),
+        )
+        if missing := [n for (n,) in await cur.fetchall()]:
+            raise StateError(f"unit {key}: outputs {missing} are not downloaded yet")
+        await self._transition(conn, key, Phase.DONE, "done")
 
     async def put_resource(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
         """Record a shared resource of this run durably."""

@@ -126,7 +126,8 @@ class SqliteStore(SimpleMarks, Reads, ReviewWrites):
         with anyio.CancelScope(shield=True), mapped(self._path, "closing"):
             self._reader.close()  # here, on the thread that reads: never closed under a running read
             async with self._lock:
-                await anyio.to_thread.run_sync(self._writer.close, limiter=self._limiter)
+                await self._lane.run(self._writer.close)
+                self._lane.close()
 
     # ---- mutators -------------------------------------------------------------------------
 
@@ -201,9 +202,18 @@ class SqliteStore(SimpleMarks, Reads, ReviewWrites):
         await self._write(apply, urgent=False)
 
     async def record_download(
-        self, key: str, n: int, *, path: str, bytes: int, sha256: str, at: datetime | None = None
+        self,
+        key: str,
+        n: int,
+        *,
+        path: str,
+        bytes: int,
+        sha256: str,
+        at: datetime | None = None,
+        done: bool = False,
     ) -> None:
-        """Record that output ``n`` is on disk and verified (after the file's rename was fsynced).
+        """Record that output ``n`` is on disk and verified (after the file's rename was fsynced);
+        ``done``: close the unit in the same change (one commit for the last output, not two).
 
         Lingers: lost in a crash, the next run finds the published file with its sidecar and
         adopts it (``Delivery._adopt_published``) without downloading or paying again."""
@@ -219,6 +229,8 @@ class SqliteStore(SimpleMarks, Reads, ReviewWrites):
             if cur.rowcount != 1:
                 raise StateError(f"unit {key} has no output {n}")
             conn.execute("UPDATE units SET updated_at = ?, run_id = ? WHERE key = ?", (now, self.run_id, key))
+            if done:
+                self._close(conn, key, now)
 
         await self._write(apply, urgent=False)
 
@@ -229,16 +241,15 @@ class SqliteStore(SimpleMarks, Reads, ReviewWrites):
         recorded (or adopts the published files, if their records were lost too) and closes it
         without a request."""
         now = self._now()
+        await self._write(lambda conn: self._close(conn, key, now), urgent=False)
 
-        def apply(conn: sqlite3.Connection) -> None:
-            expect(conn, key, "mark done", CAN_FINISH)
-            sql = "SELECT n FROM outputs WHERE unit_key = ? AND downloaded_at IS NULL ORDER BY n"
-            missing = [n for (n,) in conn.execute(sql, (key,))]
-            if missing:
-                raise StateError(f"unit {key}: outputs {missing} are not downloaded yet")
-            self._transition(conn, key, Phase.DONE, now, "done")
-
-        await self._write(apply, urgent=False)
+    def _close(self, conn: sqlite3.Connection, key: str, now: str) -> None:
+        expect(conn, key, "mark done", CAN_FINISH)
+        sql = "SELECT n FROM outputs WHERE unit_key = ? AND downloaded_at IS NULL ORDER BY n"
+        missing = [n for (n,) in conn.execute(sql, (key,))]
+        if missing:
+            raise StateError(f"unit {key}: outputs {missing} are not downloaded yet")
+        self._transition(conn, key, Phase.DONE, now, "done")
 
     async def put_resource(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
         """Record a shared resource durably (an upload's id and URL, a model's id and training state)."""

@@ -4,8 +4,9 @@ The money rule (reliability-plan §3.2): the intent (``submitting``) is on disk 
 and the job id is on disk before we act on it, so every change returns only after the transaction
 holding it committed with a full fsync.
 
-One writer connection, used by one worker thread at a time (``anyio.to_thread`` behind a
-``CapacityLimiter(1)``), so the event loop never waits on fsync. Group commit: a mutator queues its
+One writer connection, used by one thread at a time: commits run on the store's own
+:class:`~pipeline.lane.Lane` (a cheaper hop than ``anyio.to_thread``), so the event loop never
+waits on fsync. Group commit: a mutator queues its
 change and waits for the write lock; whoever holds it commits the whole queue in one ``BEGIN
 IMMEDIATE`` transaction (200 concurrent calls cost a few fsyncs, not 200). Each change runs in a
 savepoint, so a refused change never sinks its batch.
@@ -29,10 +30,10 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import anyio
-import anyio.to_thread
 
 from pipeline.clock import Clock
 from pipeline.errors import StateError
+from pipeline.lane import Lane
 from pipeline.state.records import PHASES, Phase, rfc3339
 from pipeline.state.sqlite_schema import advice
 
@@ -75,6 +76,7 @@ class Writer:
         self._clock = clock
         self.run_id = run_id
         self._limiter = limiter
+        self._lane = Lane("state-writer")
         self._lock = anyio.Lock()
         self._queue: list[_Change] = []
         self._closed = False
@@ -130,7 +132,7 @@ class Writer:
         taken, self._taken = self._taken, None
         try:
             if batch:
-                await anyio.to_thread.run_sync(self._commit, batch, limiter=self._limiter)
+                await self._lane.run(self._commit, batch)
         finally:
             for change in batch:
                 if not change.done:  # the hand-off itself failed: say so, never report success

@@ -121,9 +121,18 @@ class StateStore(StateReader, Protocol):
         ...
 
     async def record_download(
-        self, key: str, n: int, *, path: str, bytes: int, sha256: str, at: datetime | None = None
+        self,
+        key: str,
+        n: int,
+        *,
+        path: str,
+        bytes: int,
+        sha256: str,
+        at: datetime | None = None,
+        done: bool = False,
     ) -> None:
-        """Output ``n`` is published and verified."""
+        """Output ``n`` is published and verified; with ``done``, the unit is closed in the same
+        transaction, as :meth:`mark_done` would (refused, record included, if an output is missing)."""
         ...
 
     async def mark_done(self, key: str) -> None:
