@@ -33,6 +33,7 @@ from pipeline.engine.poller import DueQueue, DurationEstimator
 from pipeline.engine.retry import retrying
 from pipeline.engine.sweep import Found, JobSweep, Window
 from pipeline.engine.sweep_plan import PagePlan, PagePlanner
+from pipeline.engine.warmup import warm_gallery
 from pipeline.errors import AuthError, NotFoundError, PipelineError, RejectedError
 from pipeline.state.lifecycle import Ending, Event
 
@@ -126,6 +127,8 @@ class Watch:
 
     def _next_sweep(self, now: float, last: float, news: bool) -> tuple[float, PagePlan | None]:
         """When to sweep next (the last one at ``last``), and the one page to read when planned."""
+        if not self.ctx.queued:
+            warm_gallery()  # only the last jobs are left to wait for: load the end's code now
         if not news and not self.statuses.shared:
             plan = self.planner.plan(now, last, tail=not self.ctx.queued)
             if plan is not None:
