@@ -84,7 +84,7 @@ class TestPlanner:
 
     def test_the_page_covers_the_jobs_likeliest_done_and_comes_when_enough_may_be(self) -> None:
         """Ten old jobs (2.5 s) and ten young ones (0.5 s), a page of ten: the old ones are read, as
-        soon as the page is expected to show ``sweep_finds`` of them finished."""
+        soon as the page is expected to show ``sweep_finds`` (3) of them finished."""
         sweep, est = JobSweep(), learned()
         old = {f"old{i}": i * 0.01 for i in range(10)}
         young = {f"young{i}": 2.0 + i * 0.01 for i in range(10)}
@@ -93,22 +93,33 @@ class TestPlanner:
         sweep.page_size = 10
         listed(sweep, old, 2.4)  # old ones seen running at 2.4 s (aged 2.4)
         listed(sweep, young, 2.4)
-        planner = PagePlanner(sweep, est, PollPolicy.fast())
+        planner = PagePlanner(sweep, est, dataclasses.replace(POLICY, sweep_finds=3.0))
         plan = planner.plan(2.4, 2.4, tail=False)
         assert plan is not None
         assert plan.window.expected == set(old) and plan.window.max_pages == 1
-        # Each old job: P(done by a | running at 2.4) = (a - 2.4) / 0.6; 3.5 of ten at a = 2.61.
-        assert plan.at == pytest.approx(2.61, abs=0.01)
+        # Job created at c: P(done at t | running at 2.4) = (t - 2.4) / (0.6 + c); 3 of ten at ~2.595.
+        assert plan.at == pytest.approx(2.595, abs=0.005)
+        later = PagePlanner(sweep, est, POLICY).plan(2.4, 2.4, tail=False)  # 3.75: at 2.61
+        assert later is not None and later.at == pytest.approx(2.6, abs=0.001)  # a sweep interval on
         assert plan.window.end == at(0.09) + timedelta(milliseconds=1)  # tight: the list is newest first
 
-    def test_the_tail_reads_at_its_own_pace(self) -> None:
-        sweep, est = JobSweep(), learned()
+    def test_the_tail_reads_the_last_jobs_at_its_own_pace(self) -> None:
+        """One job left, nothing to submit: a page once a quarter of it may be done, not 3.75 jobs'
+        worth (never), and not sooner than the tail's pace."""
+        patient = dataclasses.replace(POLICY, sweep_fraction=0.5)  # whole-window sweeps 1 s apart
+        sweep, est = JobSweep(), DurationEstimator(patient)
+        for i in range(200):
+            est.observe_between("image", 1 + (i + 0.5) / 100, 1 + (i + 0.5) / 100)
         sweep.add("last", "k", "image", sent=at(0), now=0.0, due=0.0)
         sweep.page_size = 10
         listed(sweep, {"last": 0.0}, 2.0)
-        plan = PagePlanner(sweep, est, PollPolicy.fast()).plan(2.0, 2.0, tail=True)
+        planner = PagePlanner(sweep, est, patient)
+        plan = planner.plan(2.0, 2.0, tail=True)
         assert plan is not None
-        assert plan.at == pytest.approx(2.0 + est.tail_interval({"image"}))
+        assert plan.at == pytest.approx(2.25, abs=0.01)  # P(done by a | running at 2) = (a - 2) / 1
+        plan = planner.plan(2.99, 2.99, tail=True)  # seen running at 2.0: long due, paced
+        assert plan is not None
+        assert plan.at == pytest.approx(2.99 + est.tail_interval({"image"}))
 
 
 class TestTruncatedWindows:

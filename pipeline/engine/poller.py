@@ -79,9 +79,9 @@ class PollPolicy:
     #: likely to have finished, as soon as it is expected to show this many finished (see
     #: :mod:`pipeline.engine.sweep_plan`): requests per job ~ 1/sweep_finds in list pages, and a
     #: finished job waits about sweep_finds / (2 × jobs finishing per second) to be seen.
-    sweep_finds: float = 3.5
-    #: With nothing left waiting for a slot, only the run's end waits on the last jobs: list them
-    #: this often (a share of the typical duration), since few requests are left to spend.
+    sweep_finds: float = 3.75
+    #: With nothing left waiting for a slot, only the run's end waits on the last job: list the few
+    #: left at most this often (a share of the typical duration).
     tail_sweep_fraction: float = 0.025
     #: Jobs a job-list page is asked to hold (``pageSize``; None: the server's default). The
     #: reference documents ``pageSize`` for model images only: for ``GET /jobs`` it is inferred. A

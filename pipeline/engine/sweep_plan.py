@@ -14,8 +14,9 @@ requests. Spending them better:
 - **when**: as soon as that page is expected to show ``sweep_finds`` finished jobs. Each page then
   pays for about that many jobs, whatever the number in flight or their durations, and a finished
   job waits about ``sweep_finds`` / (2 × jobs finishing per second) to be seen;
-- **the tail**: once no unit waits for a slot, the run's end waits on its last jobs: list every
-  ``tail_sweep_fraction`` of the typical duration while any may have finished.
+- **the tail**: once no unit waits for a slot, the run's end waits on its last job alone: a page
+  comes once a quarter of the jobs left may have finished, at most every ``tail_sweep_fraction``
+  of the typical duration, so the last few are read at that pace.
 
 Planning needs the page size (learned from a page that had a next one) and the durations of the
 one kind of job in flight; until then, and for mixed kinds, the sweep lists whole windows
@@ -35,8 +36,10 @@ __all__ = ["PLAN_SAMPLES", "PagePlan", "PagePlanner", "best_run"]
 #: How far after its guessed creation time a job not listed yet may have been created (our send
 #: time plus the smallest skew seen: later jobs' requests may have taken a little longer).
 _PAD_S = 0.1
-#: In the tail, a page is worth reading once this many jobs may have finished.
-_TAIL_FINDS = 0.05
+#: In the tail, a page is worth reading once this share of the jobs left may have finished (never
+#: more than ``sweep_finds``): only the last job's wait adds to the run, so while many are left a
+#: page waits for several, and the last few are read at the tail's pace.
+_TAIL_SHARE = 0.25
 #: Durations seen before a plan relies on them: the first to finish are the quickest of their
 #: round, so a handful would place every job still running past "all seen" (as good as done).
 PLAN_SAMPLES = 50
@@ -111,7 +114,9 @@ class PagePlanner:
         if not chosen:
             return None
         window = self.sweep.page_window([job_id for job_id, _, _ in chosen], pad_s=_PAD_S)
-        wanted = _TAIL_FINDS if tail else self.policy.sweep_finds
+        wanted = self.policy.sweep_finds
+        if tail:
+            wanted = min(wanted, _TAIL_SHARE * len(chosen))
         # Never later than a whole-window sweep would come, nor sooner than the tail's pace.
         at = max(self._when(kind, chosen, now, wanted, max(now, last + slowest)), last + soonest)
         return PagePlan(window, at, self._finds(kind, chosen, now))
