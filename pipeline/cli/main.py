@@ -124,7 +124,20 @@ def _default_level(args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the process exit status."""
+    """Run the command line; return the process exit status.
+
+    Called as the command (no ``argv``), the process ends here once stdout and stderr are flushed:
+    every state and output file is closed by then, and the interpreter's orderly teardown of a
+    few hundred modules added ~0.1-0.15 s to every run's wall time for nothing it keeps."""
+    code = _main(argv)
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = _build_parser().parse_args(argv)
     level = "error" if getattr(args, "quiet", False) else args.log_level or _default_level(args)
     log_file = args.log_file.open("a", encoding="utf-8") if args.log_file else None
