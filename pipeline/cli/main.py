@@ -151,7 +151,20 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the process exit status."""
+    """Run the command line; return the process exit status.
+
+    Called as the command (no ``argv``), the process ends here once stdout and stderr are flushed:
+    every state and output file is closed by then, and the interpreter's orderly teardown of a
+    few hundred modules added ~0.1-0.15 s to every run's wall time for nothing it keeps."""
+    code = _main(argv)
+    if argv is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     if argv is None:  # this process's own command line: no collection while it imports
         collector.pause()
     given = sys.argv[1:] if argv is None else list(argv)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -74,6 +75,20 @@ class PollPolicy:
     #: few jobs it covers, so for a handful (a cron run picking up a few new units) the
     #: quantile schedule is cheaper; the list pays off once many jobs share each page.
     sweep_min_jobs: int = 8
+    #: Once durations and the list's page size are known, a sweep reads one page, of the jobs most
+    #: likely to have finished, as soon as it is expected to show this many finished (see
+    #: :mod:`pipeline.engine.sweep_plan`): requests per job ~ 1/sweep_finds in list pages, and a
+    #: finished job waits about sweep_finds / (2 × jobs finishing per second) to be seen.
+    sweep_finds: float = 3.75
+    #: With nothing left waiting for a slot, only the run's end waits on the last job: list the few
+    #: left at most this often (a share of the typical duration).
+    tail_sweep_fraction: float = 0.025
+    #: Jobs a job-list page is asked to hold (``pageSize``; None: the server's default). The
+    #: reference documents ``pageSize`` for model images only: for ``GET /jobs`` it is inferred. A
+    #: server that ignores it still works (the page size is learned from the pages), one that
+    #: refuses it (400) is asked without it from then on. One page over every job likely to have
+    #: finished (64 in flight, as many finished still listed) halves what a sweep costs.
+    list_page_size: int | None = 100
 
     def __post_init__(self) -> None:
         if not 0 < self.min_interval_s <= self.max_interval_s:
@@ -87,6 +102,10 @@ class PollPolicy:
             raise ValueError("sweep_fraction must be within (0, 1]")
         if self.sweep_min_jobs < 1:
             raise ValueError("sweep_min_jobs must be at least 1")
+        if self.list_page_size is not None and self.list_page_size < 1:
+            raise ValueError("list_page_size must be at least 1")
+        if self.sweep_finds <= 0 or not 0 < self.tail_sweep_fraction <= self.sweep_fraction:
+            raise ValueError("need sweep_finds > 0 and 0 < tail_sweep_fraction <= sweep_fraction")
 
     @classmethod
     def fast(cls) -> PollPolicy:
@@ -112,6 +131,7 @@ class DurationEstimator:
         self._window = window
         self._rng = random.Random(seed)
         self._points_cache: dict[str, list[float]] = {}
+        self._sorted_cache: dict[str, list[float]] = {}
 
     def observe(self, kind: str, seconds: float) -> None:
         """Record that a job of ``kind`` was seen finished ``seconds`` after submission."""
@@ -121,6 +141,7 @@ class DurationEstimator:
         drawn = self._rng.uniform(lower, seconds) if lower < seconds else seconds
         self._seen.setdefault(kind, deque(maxlen=self._window)).append(drawn)
         self._points_cache.pop(kind, None)
+        self._sorted_cache.pop(kind, None)
 
     def observe_between(self, kind: str, low: float, high: float) -> None:
         """Record a job of ``kind`` that was running ``low`` s after submission and done at ``high``."""
@@ -128,6 +149,28 @@ class DurationEstimator:
         drawn = self._rng.uniform(low, high) if low < high else high
         self._seen.setdefault(kind, deque(maxlen=self._window)).append(drawn)
         self._points_cache.pop(kind, None)
+        self._sorted_cache.pop(kind, None)
+
+    def finished_odds(self, kind: str, running: float, now: float) -> float | None:
+        """How likely a job of ``kind`` seen running ``running`` s after submission is done ``now`` s
+        after it (by the learned durations; ``None`` until enough are seen).
+
+        A job that outlived all but a few of the durations seen says little about when it ends
+        (early in a run only the quick jobs have finished): its odds grow by a sweep interval."""
+        ordered = self._sorted_cache.get(kind)
+        if ordered is None:
+            seen = self._seen.get(kind)
+            if not seen or len(seen) < self.MIN_SAMPLES:
+                return None
+            ordered = self._sorted_cache[kind] = sorted(seen)
+        n, low = len(ordered), bisect_right(ordered, running)
+        if n - low < 3:
+            return min(1.0, max(0.0, now - running) / self.sweep_interval({kind}))
+        return max(0, bisect_right(ordered, now) - low) / (n - low)
+
+    def learned(self, kind: str) -> int:
+        """How many durations of ``kind`` the estimator holds."""
+        return len(self._seen.get(kind, ()))
 
     def typical(self, kind: str) -> float:
         """The median duration of ``kind`` (the configured guess until enough are seen)."""
@@ -156,6 +199,11 @@ class DurationEstimator:
         policy = self._policy
         typical = min((self.typical(k) for k in kinds), default=policy.max_interval_s)
         return min(policy.max_interval_s, max(policy.min_interval_s, policy.sweep_fraction * typical))
+
+    def tail_interval(self, kinds: set[str]) -> float:
+        """Seconds between two listings once no unit waits for a slot (see ``tail_sweep_fraction``)."""
+        typical = min((self.typical(k) for k in kinds), default=self._policy.max_interval_s)
+        return min(self.sweep_interval(kinds), self._policy.tail_sweep_fraction * typical)
 
     def _guess(self, kind: str) -> float:
         return self._policy.first_s.get(kind, self._policy.first_s.get("image", 10.0))

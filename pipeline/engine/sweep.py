@@ -83,6 +83,11 @@ class Window:
     found: set[str] = field(default_factory=set)
     #: The latest send time among the jobs found: the list has caught up to at least there.
     caught_up: datetime | None = None
+    #: Read at most this many pages (``None``: until every expected job was listed).
+    max_pages: int | None = None
+    #: Set when paging stopped before the window's end: the oldest creation time read. Jobs placed
+    #: before it were not reached, which is no miss.
+    floor: datetime | None = None
 
     @property
     def complete(self) -> bool:
@@ -139,6 +144,32 @@ class JobSweep:
     def next_due(self) -> float:
         """The earliest monotonic time a watched job is worth looking at (inf: none watched)."""
         return min((w.due for w in self._watched.values()), default=math.inf)
+
+    def listed(self) -> list[tuple[datetime, str]]:
+        """Every job the list shows from the oldest watched one on, oldest first: ``(creation time,
+        job id)``, finished ones included (server clock; a guess for jobs not listed yet)."""
+        if not self._watched:
+            return []
+        oldest = min(self._created[job_id] for job_id in self._watched)
+        self._forget_before(oldest)
+        return sorted((t, job_id) for job_id, t in self._created.items() if t >= oldest)
+
+    def watched(self, job_id: str) -> tuple[str, float, float] | None:
+        """``(kind, submitted, last seen running)`` of a watched job (monotonic seconds), or None."""
+        w = self._watched.get(job_id)
+        return None if w is None else (w.kind, w.since, w.running_at)
+
+    def page_window(self, job_ids: Sequence[str], *, pad_s: float) -> Window:
+        """One page over watched ``job_ids``, consecutive by creation time (see
+        :mod:`pipeline.engine.sweep_plan`). Its end is tight, since the list pages newest first: a
+        job not listed yet is placed ``pad_s`` after its guessed creation time; its start is loose,
+        since older jobs only come after the ones asked for."""
+        placed = [(self._watched[j], j) for j in job_ids]
+        start = min(self._start_of(w) for w, _ in placed)
+        newest = max(self._created[j] for _, j in placed)
+        known = all(w.created is not None for w, j in placed if self._created[j] == newest)
+        end = newest + (_ROUNDING if known else timedelta(seconds=pad_s))
+        return Window(start, end, set(job_ids), max_pages=1)
 
     def windows(self, now: float, young_s: Mapping[str, float] | None = None) -> list[Window]:
         """The listings that cover every job due at ``now``: one per cluster of creation times.
@@ -224,13 +255,18 @@ class JobSweep:
         jobs: Sequence[JobSummary],
         now: float,
         next_look: dict[str, float],
+        asked: float | None = None,
     ) -> list[Found]:
         """Read one listing page: learn creation times, and return the watched jobs that finished.
+
+        ``asked``: when the page was asked for (monotonic; default ``now``): a job it shows running
+        was running then, not necessarily when the answer is read.
 
         A job still running is next due ``next_look[kind]`` seconds from ``now``. Finished
         jobs stop being watched; the caller owns them from here.
         """
         finished: list[Found] = []
+        asked = now if asked is None else asked
         for item in jobs:
             if item.created_at is not None:
                 self._created[item.job_id] = item.created_at
@@ -251,7 +287,7 @@ class JobSweep:
                     Found(item.job_id, w.key, w.kind, item.status, w.running_at, now, item.credits)
                 )
             else:
-                w.running_at = now
+                w.running_at = asked
                 w.due = now + next_look.get(w.kind, 1.0)
         return finished
 
@@ -271,6 +307,8 @@ class JobSweep:
             if w is None:
                 continue
             w.due = mono + next_look.get(w.kind, 1.0)
+            if window.floor is not None and self._created.get(job_id, window.floor) < window.floor:
+                continue  # older than the last job the pages read: not reached, not missed
             overtaken = window.caught_up is not None and w.sent < window.caught_up
             if not overtaken and now - w.sent <= self._patience:
                 continue

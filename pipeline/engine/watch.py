@@ -32,6 +32,8 @@ from pipeline.engine.limits import RateLimiter
 from pipeline.engine.poller import DueQueue, DurationEstimator
 from pipeline.engine.retry import retrying
 from pipeline.engine.sweep import Found, JobSweep, Window
+from pipeline.engine.sweep_plan import PagePlan, PagePlanner
+from pipeline.engine.warmup import warm_gallery
 from pipeline.errors import AuthError, NotFoundError, PipelineError, RejectedError
 from pipeline.state.lifecycle import Ending, Event
 
@@ -50,6 +52,8 @@ class Watch:
         self.due: DueQueue[str] = DueQueue(ctx.clock)
         self.estimator = DurationEstimator(policy)
         self.sweep = JobSweep()
+        self.planner = PagePlanner(self.sweep, self.estimator, policy)
+        self.page_ask = self.planner.asked = policy.list_page_size  # pageSize sent with each listing
         self.sweeping = ctx.options.poll_via == "list"
         self.statuses = ctx.statuses
         self._added = anyio.Event()
@@ -100,15 +104,14 @@ class Watch:
         try:
             while not ctx.finished.is_set() and self.sweeping:
                 now, news = ctx.clock.monotonic(), self._news
-                # At most one sweep per interval of the quickest kind watched; each lists the jobs due.
-                wake = max(self.sweep.next_due(), last + self.estimator.sweep_interval(self.sweep.kinds()))
+                wake, plan = self._next_sweep(now, last, news)
                 if wake > now and not news:
                     self._added = anyio.Event()  # a new job may fall due sooner
                     await ctx.clock.wait_for(self._added, min(wake - now, 0.5))
                     continue
                 last, self._news = now, False
                 try:
-                    await self._sweep_once(tg, everything=news)
+                    await self._sweep_once(tg, everything=news, plan=plan)
                 except AuthError:
                     raise
                 except PipelineError as exc:
@@ -122,6 +125,17 @@ class Watch:
         finally:
             unsubscribe()
 
+    def _next_sweep(self, now: float, last: float, news: bool) -> tuple[float, PagePlan | None]:
+        """When to sweep next (the last one at ``last``), and the one page to read when planned."""
+        if not self.ctx.queued:
+            warm_gallery()  # only the last jobs are left to wait for: load the end's code now
+        if not news and not self.statuses.shared:
+            plan = self.planner.plan(now, last, tail=not self.ctx.queued)
+            if plan is not None:
+                return plan.at, plan  # one page, when it is worth reading (sweep_plan.py)
+        # At most one sweep per interval of the quickest kind watched; each lists the jobs due.
+        return max(self.sweep.next_due(), last + self.estimator.sweep_interval(self.sweep.kinds())), None
+
     def _on_news(self) -> None:
         self._news = True
         self._added.set()
@@ -130,13 +144,18 @@ class Watch:
         """Per kind: how long after seeing a job running to look at it again."""
         return {kind: self.estimator.sweep_interval({kind}) for kind in self.sweep.kinds()}
 
-    async def _sweep_once(self, tg: anyio.abc.TaskGroup, *, everything: bool = False) -> None:
+    async def _sweep_once(
+        self, tg: anyio.abc.TaskGroup, *, everything: bool = False, plan: PagePlan | None = None
+    ) -> None:
         ctx, next_look = self.ctx, self._next_look()
-        # Jobs due within half an interval come along now rather than a whole interval late.
-        soon = math.inf if everything else 0.5 * min(next_look.values(), default=0.0)
-        young = {kind: self.estimator.typical(kind) for kind in next_look}
-        windows = self.sweep.windows(ctx.clock.monotonic() + soon, young)
-        shared = await self._from_source(tg, windows, next_look)
+        if plan is not None:
+            windows = [plan.window]
+        else:
+            # Jobs due within half an interval come along now rather than a whole interval late.
+            soon = math.inf if everything else 0.5 * min(next_look.values(), default=0.0)
+            young = {kind: self.estimator.typical(kind) for kind in next_look}
+            windows = self.sweep.windows(ctx.clock.monotonic() + soon, young)
+        shared = plan is None and await self._from_source(tg, windows, next_look)
         if everything and not shared:
             return  # news is a hint: with no sweeper left, the jobs due are listed in their time
         for window in windows:
@@ -167,19 +186,33 @@ class Watch:
         self, tg: anyio.abc.TaskGroup, window: Window, next_look: dict[str, float]
     ) -> None:
         """Page through one window of the job list until every job expected in it was seen."""
-        ctx, token, seen_tokens = self.ctx, None, set[str]()
+        ctx, token, seen_tokens, pages = self.ctx, None, set[str](), 0
         while True:
 
             async def page_of(token: str | None = token) -> JobPage:
                 await self.limiter.acquire()
-                return await ctx.api.list_jobs(start=window.start, end=window.end, page_token=token)
+                return await ctx.api.list_jobs(
+                    start=window.start, end=window.end, page_token=token, page_size=self.page_ask
+                )
 
-            page = await retrying(page_of, policy=ctx.options.retry, clock=ctx.clock, rng=ctx.rng)
-            self._take(tg, window, page.jobs, next_look)
-            token = page.next_page_token
+            asked = ctx.clock.monotonic()
+            try:
+                page = await retrying(page_of, policy=ctx.options.retry, clock=ctx.clock, rng=ctx.rng)
+            except RejectedError as exc:
+                if self.page_ask is None or exc.status != 400:
+                    raise
+                _log.info("job_list_page_size_refused", page_size=self.page_ask)
+                self.page_ask = self.planner.asked = None  # an inferred parameter: ask without it
+                continue
+            self._take(tg, window, page.jobs, next_look, asked)
+            token, pages = page.next_page_token, pages + 1
             if token is not None and len(page.jobs) > (self.sweep.page_size or 0):
                 self.sweep.page_size = len(page.jobs)  # a full page: how many one request shows
             if window.complete or token is None or token in seen_tokens:
+                return
+            if window.max_pages is not None and pages >= window.max_pages:
+                listed = [job.created_at for job in page.jobs if job.created_at is not None]
+                window.floor = min(listed) if listed else window.end
                 return
             seen_tokens.add(token)
 
@@ -189,12 +222,13 @@ class Watch:
         window: Window,
         jobs: Sequence[JobSummary],
         next_look: dict[str, float],
+        asked: float | None = None,
     ) -> None:
         """Learn from listed jobs; read each finished one for its outputs."""
         ctx = self.ctx
         for job in jobs:
             ctx.posts.learn(job.job_id, job.created_at)  # the server's clock, for reconcile spans
-        for found in self.sweep.take(window, jobs, ctx.clock.monotonic(), next_look):
+        for found in self.sweep.take(window, jobs, ctx.clock.monotonic(), next_look, asked):
             ctx.drop_slot(found.key)  # finished on the server: its slot is free now
             self.budget.saw(found.job_id, found.credits)
             tg.start_soon(self._read, found.key, found)

@@ -40,7 +40,7 @@ from pipeline.output.sidecar import atomic_write
 from pipeline.state.opening import SharedState
 from pipeline.state.records import Phase
 
-__all__ = ["VariantLike", "build_report", "render_report", "variant_groups"]
+__all__ = ["VariantLike", "build_report", "render_report", "variant_groups", "warm"]
 
 _REPORT_NAME = "report.html"
 _IMAGE_EXT = frozenset({".jpeg", ".jpg", ".png", ".webp", ".gif", ".avif"})
@@ -143,6 +143,13 @@ def render_report(
             **view.context(),
         )
     )
+
+
+def warm() -> None:
+    """Compile the gallery's template now (a run loads it while waiting on its last jobs)."""
+    _env().get_template("gallery.html.j2")
+    _static("gallery.js")
+    _static("gallery.css")
 
 
 @cache
