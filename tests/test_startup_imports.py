@@ -114,9 +114,17 @@ def test_a_real_run_reaches_its_first_post_without_the_other_commands_modules(
         sys.argv = ["photogpt-pipeline", "run", {str(tmp_path / "m.yaml")!r},
                     "--out", {str(tmp_path / "out")!r},
                     "--base-url", {sandbox_process!r}, "--no-progress", "--log-level", "error"]
-        code = main()  # no argv: the process's own command line, as the installed command calls it
-        loaded, collecting, frozen = at_post[0] if at_post else (None, None, None)
-        print(json.dumps({{"code": code, "loaded": loaded, "collecting": collecting, "frozen": frozen}}))
+        import os
+        real_exit = os._exit
+
+        def report(code):  # main() without argv ends the process itself (os._exit)
+            loaded, collecting, frozen = at_post[0] if at_post else (None, None, None)
+            print(json.dumps({{"code": code, "loaded": loaded, "collecting": collecting, "frozen": frozen}}))
+            sys.stdout.flush()
+            real_exit(code)
+
+        os._exit = report
+        main()  # no argv: the process's own command line, as the installed command calls it
         """,
         env={"PHOTOGPT_API_KEY": "sandbox"},
     )
