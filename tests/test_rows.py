@@ -297,3 +297,35 @@ def test_the_plain_csv_split_reads_what_the_csv_module_reads(text: str, tsv: boo
     assert not problems and records
     table = rows_module._table("x.csv", records, lines)
     assert (plain[0], plain[1], plain[2], True) == (table.columns, table.records, table.lines, table.complete)
+
+
+class TestUnpairedSurrogates:
+    """``"\\ud800"`` is valid JSON and YAML escaping but not Unicode: refused at its line, not later
+    as a UnicodeEncodeError while hashing the unit's key or writing its sidecar."""
+
+    @pytest.mark.parametrize(
+        ("name", "content", "where"),
+        [
+            ("p.json", '[\n {"sku": "A", "name": "ok"},\n {"sku": "B", "name": "x\\ud800"}\n]', "p.json:3"),
+            ("p.jsonl", '{"sku": "A", "name": "ok"}\n{"sku": "B", "name": "\\udfff"}\n', "p.jsonl:2"),
+            ("p.json", '[{"sku": "A", "n\\ud83dame": "ok"}]', "p.json:1"),
+        ],
+    )
+    def test_json_rows_name_the_row_and_the_column(
+        self, tmp_path: Path, name: str, content: str, where: str
+    ) -> None:
+        (problem,) = problems_of(tmp_path, name, content)
+        assert problem.location == where
+        assert "unpaired surrogate escape" in problem.message and "column " in problem.message
+        problem.message.encode("utf-8")  # the message itself prints on any terminal
+
+    def test_a_surrogate_pair_is_one_character_and_loads(self, tmp_path: Path) -> None:
+        rows = rows_of(tmp_path, "p.json", '[{"sku": "A", "name": "rose \\ud83c\\udf39"}]')
+        assert rows.records[0]["name"] == "rose \U0001f339"
+
+    def test_yaml_manifest_text_and_keys_are_located(self, tmp_path: Path) -> None:
+        path = manifest_with(tmp_path, "p.csv", "sku\nA\n", '- {id: "{sku}", prompt: "photo \\ud800"}\n')
+        (problem,) = manifest_problems(path)
+        assert problem.location == f"{path}:5:27" and "the text contains an unpaired" in problem.message
+        path.write_text('rows:\n  - {sku: A, "k\\udc00": v}\nitems:\n  - {id: "{sku}", prompt: p}\n')
+        assert any("the key contains an unpaired" in p.message for p in manifest_problems(path))

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ManifestError, ManifestProblem
-from pipeline.manifest.yamlsource import Document, Node, decode_text, parse_yaml, read_bytes
+from pipeline.manifest.yamlsource import (
+    Document,
+    Node,
+    decode_text,
+    parse_yaml,
+    read_bytes,
+    unpaired_surrogate,
+)
 
 __all__ = ["ROWS_SUFFIXES", "Cell", "Rows", "load_rows", "rows_from_node"]
 
@@ -361,6 +368,10 @@ def _add_record(
             problems.append(
                 ManifestProblem(where, "", f"column {column!r}: a row value must be text or a number")
             )
+            continue
+        why = unpaired_surrogate(column) or (unpaired_surrogate(cell) if isinstance(cell, str) else None)
+        if why:
+            problems.append(ManifestProblem(where, "", f"column {column!a}: the value {why}"))
             continue
         record[column.strip()] = cell
     records.append(record)

@@ -50,6 +50,26 @@ _STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG_PREFIX + t for t in ("str", "int", "flo
 _MAP, _SEQ = _TAG_PREFIX + "map", _TAG_PREFIX + "seq"
 _SCALAR_TAGS = frozenset({_STR, _INT, _FLOAT, _BOOL, _NULL})
 _INT_RE = re.compile(r"[-+]?(?:[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)\Z")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unpaired_surrogate(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode, or ``None``: a ``\\uD800``-style escape with no partner.
+
+    YAML double-quoted scalars and JSON strings can spell one; it would pass every check and then
+    fail when the unit's key or a sidecar is encoded as UTF-8, far from the line that caused it.
+    """
+    if text.isascii():
+        return None
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    return (
+        f"contains an unpaired surrogate escape (\\u{ord(found.group()):04x}), which is not valid "
+        "Unicode; write the character itself, or both halves of its surrogate pair"
+    )
+
+
 _UTF16_32_BOMS = (
     (b"\x00\x00\xfe\xff", "UTF-32"),
     (b"\xff\xfe\x00\x00", "UTF-32"),
@@ -280,6 +300,9 @@ class _Builder:
                 )
                 continue
             key = str(key_node.value)
+            if key_node.style == '"' and (why := unpaired_surrogate(key)):
+                self._problem(key_node, f"the key {why}")
+                continue
             if key in seen:
                 first = seen[key].start_mark
                 self._problem(
@@ -296,6 +319,9 @@ class _Builder:
         text = str(node.value)
         tag = node.tag
         if tag == _STR:
+            if node.style == '"' and (why := unpaired_surrogate(text)):  # only escapes make one
+                self._problem(node, f"the text {why}")
+                return None
             return text
         if tag == _NULL:
             if text in ("", "~", "null", "Null", "NULL"):
