@@ -319,7 +319,11 @@ class _Builder:
         text = str(node.value)
         tag = node.tag
         if tag == _STR:
-            if node.style == '"' and (why := unpaired_surrogate(text)):  # only escapes make one
+            if (
+                isinstance(node, yaml.nodes.ScalarNode)
+                and node.style == '"'
+                and (why := unpaired_surrogate(text))
+            ):  # only escapes make one
                 self._problem(node, f"the text {why}")
                 return None
             return text
