@@ -8,6 +8,7 @@ created for each request body: the proof that nothing was paid for twice.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -501,3 +502,18 @@ class TestOutputFaults:
         assert summary.exit_code == 1
         assert "gone" in summary.failures[0].reason
         assert sim.stats()["jobs_created"] == 1
+
+
+async def test_a_run_record_leaves_a_young_temp_of_another_worker_alone(sim: Sandbox, tmp_path: Path) -> None:
+    """Workers sharing a folder write their run records at about the same moment: a temp younger
+    than a minute may be another worker's, mid-write; only an old one is a killed run's litter."""
+    runs = tmp_path / "out" / "runs"
+    runs.mkdir(parents=True)
+    young, old = runs / ".20260101T000000Z.json.aaaa.tmp", runs / ".20250101T000000Z.json.bbbb.tmp"
+    young.write_bytes(b"{")
+    old.write_bytes(b"{")
+    os.utime(old, (old.stat().st_atime - 3600, old.stat().st_mtime - 3600))
+    summary = await run(sim, write_manifest(tmp_path, catalog(1)), tmp_path / "out")
+    assert summary.exit_code == 0
+    assert young.exists() and not old.exists()
+    assert len(list(runs.glob("*.json"))) == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 
 import structlog
 
@@ -90,7 +92,13 @@ async def write_run_record(
     if worker is not None:
         record["worker"] = worker
     if isinstance(output, LocalOutputStore):
-        for leftover in (output.root / "runs").glob(".*.tmp"):  # from a run killed while writing one
-            leftover.unlink(missing_ok=True)
+        # A run killed while writing its record leaves a temp; one younger than a minute may be
+        # another worker's sharing the folder, between its create and its rename (it failed that
+        # worker's run when removed).
+        cutoff = time.time() - 60.0
+        for leftover in (output.root / "runs").glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if leftover.stat().st_mtime < cutoff:
+                    leftover.unlink(missing_ok=True)
     text = json.dumps(record, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
     await output.put_bytes(f"runs/{stamp}.json", text.encode())
