@@ -359,6 +359,7 @@ def test_uvloop_transports_take_the_same_path(tmp_path: Path, received: list[int
                     fetched = await downloader.fetch(url, tmp_path / f"{n}.part")
                     assert (fetched.sha256, fetched.part_path.read_bytes()) == (sha(data), data)
                     assert sum(received) >= len(data) - 512 * 1024  # aiohttp's reader took little
+                assert host.peers[0] == host.peers[2]  # the plain connection went back to the pool
                 cut = tmp_path / "cut.part"
                 with pytest.raises(IntegrityError):
                     await downloader.fetch(host.url(f"/cut?at={BIG // 2}"), cut)
