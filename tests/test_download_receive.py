@@ -328,3 +328,47 @@ async def test_the_simulators_truncated_download_is_resumed(tmp_path: Path, sand
     assert kept == len(whole) // 2 and fetched.resumed_from == kept
     assert (fetched.bytes, fetched.sha256) == (len(whole), sha(whole))
     assert part.read_bytes() == whole
+
+
+def test_uvloop_transports_take_the_same_path(tmp_path: Path, received: list[int]) -> None:
+    """The run's loop is uvloop, whose transports are not ``asyncio.Transport`` subclasses: bodies
+    still go through the receiver (not only the first socket read's worth), over TCP and TLS, and
+    a cut body still keeps what arrived for the resume."""
+    uvloop = pytest.importorskip("uvloop")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    data = body()
+
+    async def main() -> None:
+        host = Host()
+        host.server = plain = TestServer(_app(host), host="127.0.0.1", port=0)
+        tls = TestServer(_app(host), host="127.0.0.1", port=0)
+        await plain.start_server()
+        await tls.start_server(ssl=server_ctx)
+        try:
+            connector = aiohttp.TCPConnector(ssl=client_ctx)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                downloader = Downloader(session, root=tmp_path)
+                for n, url in enumerate(
+                    [host.url("/file"), f"https://127.0.0.1:{tls.port}/file", host.url("/drip")]
+                ):
+                    received.clear()
+                    fetched = await downloader.fetch(url, tmp_path / f"{n}.part")
+                    assert (fetched.sha256, fetched.part_path.read_bytes()) == (sha(data), data)
+                    assert sum(received) >= len(data) - 512 * 1024  # aiohttp's reader took little
+                assert host.peers[0] == host.peers[2]  # the plain connection went back to the pool
+                cut = tmp_path / "cut.part"
+                with pytest.raises(IntegrityError):
+                    await downloader.fetch(host.url(f"/cut?at={BIG // 2}"), cut)
+                assert cut.read_bytes() == data[: BIG // 2]
+                fetched = await downloader.fetch(host.url("/file"), cut)
+                assert (fetched.resumed_from, fetched.sha256) == (BIG // 2, sha(data))
+        finally:
+            await plain.close()
+            await tls.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

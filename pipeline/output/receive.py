@@ -125,7 +125,10 @@ def _take_over(response: aiohttp.ClientResponse, remaining: int) -> tuple[_Recei
     if connection is None or hdrs.TRANSFER_ENCODING in response.headers:
         return None  # already complete and released, or framed in chunks aiohttp must decode
     transport, original = connection.transport, connection.protocol
-    if not isinstance(transport, asyncio.Transport) or original is None or transport.is_closing():
+    # Not ``isinstance(transport, asyncio.Transport)``: uvloop's TCP transport (the run's loop)
+    # implements the interface without subclassing it, and was refused here, sending every
+    # body of a run through aiohttp's reader (+1 CPU s per GB).
+    if transport is None or original is None or transport.is_closing():
         return None
     if transport.get_protocol() is not original or response.content.exception() is not None:
         return None
