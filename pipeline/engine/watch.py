@@ -327,8 +327,8 @@ class Watch:
             await ctx.store.mark_succeeded(key, outputs)
             ctx.move(key, Event.JOB_SUCCEEDED)
             log.info("job_succeeded", outputs=len(outputs), polls=started.polls)
-            if (rec := ctx.store.get(key)) is not None:
-                self.fetch.queue(rec)
+            # Just recorded, none downloaded yet: no state read for what to fetch.
+            self.fetch.queue_outputs(key, set(range(1, len(outputs) + 1)))
         elif job.status is JobStatus.FAILED:
             ctx.drop_slot(key)
             await self._failed(key, job.job_id, job.error or "the job failed without a reason")
