@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from bisect import bisect_right
 from collections import deque
@@ -118,6 +119,10 @@ class PollPolicy:
         )
 
 
+#: ``(at, enough=inf)`` → the finished odds of some jobs summed at ``at`` (see ``odds_sum``).
+OddsSum = Callable[..., float]
+
+
 class DurationEstimator:
     """Learns how long jobs of each kind take, and when to poll a job so that it is seen done soon
     after it finishes at a bounded number of polls (see the module docstring)."""
@@ -165,17 +170,18 @@ class DurationEstimator:
             return min(1.0, max(0.0, now - running) / self.sweep_interval({kind}))
         return max(0, bisect_right(ordered, now) - low) / (n - low)
 
-    def odds_sum(self, kind: str, jobs: Sequence[tuple[float, float]]) -> Callable[[float], float] | None:
+    def odds_sum(self, kind: str, jobs: Sequence[tuple[float, float]]) -> OddsSum | None:
         """``at`` → Σ :meth:`finished_odds` of ``jobs`` (``(submitted, seen running)`` monotonic times)
         at ``at``, the same sum term for term; what depends on the jobs alone is worked out once,
-        because a page plan evaluates it a dozen times (``None`` until enough are seen)."""
+        because a page plan evaluates it a dozen times (``None`` until enough are seen). With
+        ``enough``, the sum stops once it reaches that (every term is ≥ 0: the same verdict)."""
         ordered = self._ordered(kind)
         if ordered is None:
             return None
         n, interval = len(ordered), self.sweep_interval({kind})
         terms = [(since, running - since, bisect_right(ordered, running - since)) for since, running in jobs]
 
-        def total(at: float) -> float:
+        def total(at: float, enough: float = math.inf) -> float:
             odds = 0.0
             for since, running, low in terms:
                 now = at - since
@@ -183,6 +189,8 @@ class DurationEstimator:
                     odds += min(1.0, max(0.0, now - running) / interval)
                 else:
                     odds += max(0, bisect_right(ordered, now) - low) / (n - low)
+                if odds >= enough:
+                    break
             return odds
 
         return total

@@ -25,10 +25,10 @@ one kind of job in flight; until then, and for mixed kinds, the sweep lists whol
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.engine.poller import DurationEstimator, PollPolicy
+from pipeline.engine.poller import DurationEstimator, OddsSum, PollPolicy
 from pipeline.engine.sweep import JobSweep, Window
 
 __all__ = ["PLAN_SAMPLES", "PagePlan", "PagePlanner", "best_run"]
@@ -125,14 +125,14 @@ class PagePlanner:
         return PagePlan(window, at, finds(now))
 
 
-def _when(finds: Callable[[float], float], now: float, wanted: float, latest: float) -> float:
+def _when(finds: OddsSum, now: float, wanted: float, latest: float) -> float:
     """The earliest time (to a few ms) the chosen jobs are expected to show ``wanted`` finished."""
-    if finds(now) >= wanted:
+    if finds(now, wanted) >= wanted:
         return now
     low, high = now, latest
     while high - low > 0.004:
         mid = (low + high) / 2
-        if finds(mid) >= wanted:
+        if finds(mid, wanted) >= wanted:
             high = mid
         else:
             low = mid
