@@ -294,3 +294,21 @@ def test_offset_timestamps_compare_equal_across_zones() -> None:
     parsed = parse_timestamp("2026-01-01T05:30:00+05:30")
     assert parsed == T0.astimezone(timezone(timedelta(hours=5, minutes=30)))
     assert parsed.utcoffset() == timedelta(0)
+
+
+def test_a_listed_item_seen_before_is_still_refused_when_a_field_turns_bad() -> None:
+    """Items are parsed once per distinct content: a later listing whose credits became ``true``
+    (equal to 1 in Python) or a field became a list is refused, not served from the cache."""
+    item: dict[str, Any] = {
+        "jobId": "j1",
+        "status": "running",
+        "createdAt": "2026-01-01T00:00:00Z",
+        "credits": 1,
+    }
+    first = JobSummary.from_wire(item)
+    assert JobSummary.from_wire(dict(item)) == first
+    assert JobSummary.from_wire({**item, "status": "success"}).status is JobStatus.SUCCESS
+    with pytest.raises(WireFormatError, match="credits"):
+        JobSummary.from_wire({**item, "credits": True})
+    with pytest.raises(WireFormatError, match="errorMessage"):
+        JobSummary.from_wire({**item, "errorMessage": ["x"]})

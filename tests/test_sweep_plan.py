@@ -167,3 +167,22 @@ class TestPageSizeAsked:
         async for sim in _sandbox(job_list_page_size=10):
             got = await _complete_run(sim, tmp_path, 80, poll=poll)
             assert got["GET /api/jobs/{id}"] == 80
+
+
+def test_the_odds_sum_a_plan_bisects_is_the_sum_of_each_jobs_odds() -> None:
+    """odds_sum (worked out once per plan) gives what summing finished_odds job by job gives, and
+    stopping at ``enough`` never changes whether the sum reaches it."""
+    rng = random.Random(4)
+    for _ in range(50):
+        est = DurationEstimator(POLICY)
+        for _ in range(rng.randint(5, 250)):
+            est.observe_between("image", rng.uniform(0, 3), rng.uniform(1, 4))
+        jobs = [(s, s + rng.uniform(0, 3)) for s in (rng.uniform(0, 100) for _ in range(rng.randint(1, 80)))]
+        total = est.odds_sum("image", jobs)
+        assert total is not None
+        for _ in range(10):
+            when, wanted = rng.uniform(0, 110), rng.uniform(0.5, 10)
+            whole = sum(est.finished_odds("image", r - s, when - s) or 0.0 for s, r in jobs)
+            assert total(when) == whole
+            assert (total(when, wanted) >= wanted) == (whole >= wanted)
+    assert DurationEstimator(POLICY).odds_sum("image", [(0.0, 1.0)]) is None  # nothing learned yet

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Self
+from functools import lru_cache
+from typing import Any, Self, cast
 
 from pipeline.catalog import JOB_STATUSES_TERMINAL
 
@@ -244,14 +245,29 @@ class JobSummary:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
-        return cls(
-            job_id=_req_str(data, "jobId"),
-            status=JobStatus.parse(_status_text(data)),
-            created_at=_opt_time(data, "createdAt"),
-            updated_at=_opt_time(data, "updatedAt"),
-            credits=_opt_number(data, "credits"),
-            error_message=_opt_str(data, "errorMessage"),
-        )
+        """Parsed once per distinct item (pages show a job many times over); the credits' type is
+        part of the key, since 1, 1.0 and True are equal. An unhashable field is parsed uncached."""
+        raw = (*(data.get(key) for key in _SUMMARY_KEYS), type(data.get("credits")).__name__)
+        try:
+            return cast(Self, _summary(raw))
+        except TypeError:
+            return cast(Self, _summary.__wrapped__(raw))
+
+
+_SUMMARY_KEYS = ("jobId", "status", "createdAt", "updatedAt", "credits", "errorMessage")
+
+
+@lru_cache(maxsize=4096)
+def _summary(raw: tuple[Any, ...]) -> JobSummary:
+    data = dict(zip(_SUMMARY_KEYS, raw[:-1], strict=True))
+    return JobSummary(
+        job_id=_req_str(data, "jobId"),
+        status=JobStatus.parse(_status_text(data)),
+        created_at=_opt_time(data, "createdAt"),
+        updated_at=_opt_time(data, "updatedAt"),
+        credits=_opt_number(data, "credits"),
+        error_message=_opt_str(data, "errorMessage"),
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -54,15 +54,18 @@ class Fetch:
 
     def queue(self, rec: UnitRecord) -> None:
         """The inbox: fetch every output of ``rec`` not downloaded yet; its chain children may go."""
+        self.queue_outputs(rec.key, {o.n for o in rec.outputs if not o.downloaded})
+
+    def queue_outputs(self, key: str, left: set[int]) -> None:
+        """The inbox, for a unit whose outputs ``left`` are known without reading its record."""
         ctx = self.ctx
-        ctx.move(rec.key, Event.FETCHING)
-        left = {o.n for o in rec.outputs if not o.downloaded}
-        self.outputs_left[rec.key] = left
-        ctx.release_children(rec.key)
+        ctx.move(key, Event.FETCHING)
+        self.outputs_left[key] = left
+        ctx.release_children(key)
         if not left:
-            self._send.send_nowait((rec.key, 0))  # 0: nothing to fetch, just finish the unit
+            self._send.send_nowait((key, 0))  # 0: nothing to fetch, just finish the unit
         for n in sorted(left):
-            self._send.send_nowait((rec.key, n))
+            self._send.send_nowait((key, n))
 
     async def worker(self) -> None:
         ctx = self.ctx

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Generic, TypeVar
@@ -118,6 +119,10 @@ class PollPolicy:
         )
 
 
+#: ``(at, enough=inf)`` → the finished odds of some jobs summed at ``at`` (see ``odds_sum``).
+OddsSum = Callable[..., float]
+
+
 class DurationEstimator:
     """Learns how long jobs of each kind take, and when to poll a job so that it is seen done soon
     after it finishes at a bounded number of polls (see the module docstring)."""
@@ -157,16 +162,48 @@ class DurationEstimator:
 
         A job that outlived all but a few of the durations seen says little about when it ends
         (early in a run only the quick jobs have finished): its odds grow by a sweep interval."""
+        ordered = self._ordered(kind)
+        if ordered is None:
+            return None
+        n, low = len(ordered), bisect_right(ordered, running)
+        if n - low < 3:
+            return min(1.0, max(0.0, now - running) / self.sweep_interval({kind}))
+        return max(0, bisect_right(ordered, now) - low) / (n - low)
+
+    def odds_sum(self, kind: str, jobs: Sequence[tuple[float, float]]) -> OddsSum | None:
+        """``at`` → Σ :meth:`finished_odds` of ``jobs`` (``(submitted, seen running)`` monotonic times)
+        at ``at``, the same sum term for term; what depends on the jobs alone is worked out once,
+        because a page plan evaluates it a dozen times (``None`` until enough are seen). With
+        ``enough``, the sum stops once it reaches that (every term is ≥ 0: the same verdict)."""
+        ordered = self._ordered(kind)
+        if ordered is None:
+            return None
+        n, interval = len(ordered), self.sweep_interval({kind})
+        terms = [(since, running - since, bisect_right(ordered, running - since)) for since, running in jobs]
+
+        def total(at: float, enough: float = math.inf) -> float:
+            odds = 0.0
+            for since, running, low in terms:
+                now = at - since
+                if n - low < 3:
+                    odds += min(1.0, max(0.0, now - running) / interval)
+                else:
+                    odds += max(0, bisect_right(ordered, now) - low) / (n - low)
+                if odds >= enough:
+                    break
+            return odds
+
+        return total
+
+    def _ordered(self, kind: str) -> list[float] | None:
+        """The durations seen, sorted (cached until the next one), or ``None`` while too few."""
         ordered = self._sorted_cache.get(kind)
         if ordered is None:
             seen = self._seen.get(kind)
             if not seen or len(seen) < self.MIN_SAMPLES:
                 return None
             ordered = self._sorted_cache[kind] = sorted(seen)
-        n, low = len(ordered), bisect_right(ordered, running)
-        if n - low < 3:
-            return min(1.0, max(0.0, now - running) / self.sweep_interval({kind}))
-        return max(0, bisect_right(ordered, now) - low) / (n - low)
+        return ordered
 
     def learned(self, kind: str) -> int:
         """How many durations of ``kind`` the estimator holds."""
@@ -174,10 +211,8 @@ class DurationEstimator:
 
     def typical(self, kind: str) -> float:
         """The median duration of ``kind`` (the configured guess until enough are seen)."""
-        seen = self._seen.get(kind)
-        if seen and len(seen) >= self.MIN_SAMPLES:
-            return sorted(seen)[len(seen) // 2]
-        return self._guess(kind)
+        ordered = self._ordered(kind)
+        return ordered[len(ordered) // 2] if ordered is not None else self._guess(kind)
 
     def earliest(self, kind: str) -> float:
         """Seconds after submission before which a job of ``kind`` is unlikely to be done."""

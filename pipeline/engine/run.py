@@ -216,6 +216,7 @@ class _Run:
     def close(self) -> None:
         self.ctx.close()
         self.fetch.close()
+        self.watch.close()
 
     def summary(self, elapsed_s: float, stale: int) -> RunSummary:
         ctx = self.ctx

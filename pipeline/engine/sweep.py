@@ -28,7 +28,7 @@ list that lags costs a few requests, never a job.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -117,6 +117,10 @@ class JobSweep:
         #: Every recent job the list showed or we sent, watched or not: its creation time (server
         #: clock; a guess until listed). Finished jobs stay listed, so they fill pages too.
         self._created: dict[str, datetime] = {}
+        #: The same, as sorted ``(creation time, job id)``: a plan reads the jobs from the oldest
+        #: watched one on many times a second (a bisection, not a sort of every time kept).
+        self._by_time: list[tuple[datetime, str]] = []
+        self._prune_at = 0  # pruning rebuilds both: only once they doubled since the last time
         #: Jobs per page, learned from the first page that had a next one (``None``: not known yet).
         self.page_size: int | None = None
 
@@ -129,7 +133,8 @@ class JobSweep:
     def add(self, job_id: str, key: str, kind: str, *, sent: datetime, now: float, due: float) -> None:
         """Watch ``job_id`` (unit ``key``), submitted at our wall time ``sent``; first look at ``due``."""
         self._watched[job_id] = _Watched(key, kind, sent, due, running_at=now, since=now)
-        self._created.setdefault(job_id, sent if self._skew is None else sent + self._skew)
+        if job_id not in self._created:
+            self._set_created(job_id, sent if self._skew is None else sent + self._skew)
 
     def discard(self, job_id: str) -> None:
         self._watched.pop(job_id, None)
@@ -152,7 +157,7 @@ class JobSweep:
             return []
         oldest = min(self._created[job_id] for job_id in self._watched)
         self._forget_before(oldest)
-        return sorted((t, job_id) for job_id, t in self._created.items() if t >= oldest)
+        return self._by_time[bisect_left(self._by_time, (oldest, "")) :]
 
     def watched(self, job_id: str) -> tuple[str, float, float] | None:
         """``(kind, submitted, last seen running)`` of a watched job (monotonic seconds), or None."""
@@ -210,7 +215,7 @@ class JobSweep:
         if self.page_size is None or not due or not young_s:
             return due
         self._forget_before(due[0][0])
-        times = sorted(self._created.values())
+        times = [t for t, _ in self._by_time]
         kept: list[tuple[datetime, datetime | None, str]] = []
         first: datetime | None = None
         for start, end, job_id in due:
@@ -231,9 +236,21 @@ class JobSweep:
 
     def _forget_before(self, oldest: datetime) -> None:
         """Creation times older than every window to come count no more."""
-        if len(self._created) > 4 * max(len(self._watched), 16):
+        if len(self._created) > max(4 * max(len(self._watched), 16), self._prune_at):
             cut = oldest - self._margin
-            self._created = {j: t for j, t in self._created.items() if t >= cut or j in self._watched}
+            self._by_time = [(t, j) for t, j in self._by_time if t >= cut or j in self._watched]
+            self._created = {j: t for t, j in self._by_time}
+            self._prune_at = 2 * len(self._created)
+
+    def _set_created(self, job_id: str, at: datetime) -> None:
+        """Learn (or correct) when ``job_id`` was created, in both records of creation times."""
+        old = self._created.get(job_id)
+        if old == at:
+            return
+        if old is not None:
+            del self._by_time[bisect_left(self._by_time, (old, job_id))]
+        self._created[job_id] = at
+        insort(self._by_time, (at, job_id))
 
     def _start_of(self, w: _Watched) -> datetime:
         if w.created is not None:
@@ -269,7 +286,7 @@ class JobSweep:
         asked = now if asked is None else asked
         for item in jobs:
             if item.created_at is not None:
-                self._created[item.job_id] = item.created_at
+                self._set_created(item.job_id, item.created_at)
             w = self._watched.get(item.job_id)
             if w is None:
                 continue

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.engine.poller import DurationEstimator, PollPolicy
+from pipeline.engine.poller import DurationEstimator, OddsSum, PollPolicy
 from pipeline.engine.sweep import JobSweep, Window
 
 __all__ = ["PLAN_SAMPLES", "PagePlan", "PagePlanner", "best_run"]
@@ -117,27 +117,23 @@ class PagePlanner:
         wanted = self.policy.sweep_finds
         if tail:
             wanted = min(wanted, _TAIL_SHARE * len(chosen))
+        finds = self.estimator.odds_sum(kind, [(since, running) for _, since, running in chosen])
+        if finds is None:
+            return None
         # Never later than a whole-window sweep would come, nor sooner than the tail's pace.
-        at = max(self._when(kind, chosen, now, wanted, max(now, last + slowest)), last + soonest)
-        return PagePlan(window, at, self._finds(kind, chosen, now))
+        at = max(_when(finds, now, wanted, max(now, last + slowest)), last + soonest)
+        return PagePlan(window, at, finds(now))
 
-    def _finds(self, kind: str, chosen: list[tuple[str, float, float]], at: float) -> float:
-        return sum(
-            self.estimator.finished_odds(kind, running - since, at - since) or 0.0
-            for _, since, running in chosen
-        )
 
-    def _when(
-        self, kind: str, chosen: list[tuple[str, float, float]], now: float, wanted: float, latest: float
-    ) -> float:
-        """The earliest time (to a few ms) the chosen jobs are expected to show ``wanted`` finished."""
-        if self._finds(kind, chosen, now) >= wanted:
-            return now
-        low, high = now, latest
-        while high - low > 0.004:
-            mid = (low + high) / 2
-            if self._finds(kind, chosen, mid) >= wanted:
-                high = mid
-            else:
-                low = mid
-        return high
+def _when(finds: OddsSum, now: float, wanted: float, latest: float) -> float:
+    """The earliest time (to a few ms) the chosen jobs are expected to show ``wanted`` finished."""
+    if finds(now, wanted) >= wanted:
+        return now
+    low, high = now, latest
+    while high - low > 0.004:
+        mid = (low + high) / 2
+        if finds(mid, wanted) >= wanted:
+            high = mid
+        else:
+            low = mid
+    return high

@@ -28,6 +28,10 @@ _UNIT_COLS = (
     " submitted_at, finished_at, last_error, error_kind, updated_at, run_id"
 )
 _OUTPUT_COLS = "unit_key, n, asset_id, url, path, bytes, sha256, downloaded_at"
+_UNIT_FIELDS = [c.strip() for c in _UNIT_COLS.split(",")]
+_JOINED = ", ".join(["u." + c for c in _UNIT_FIELDS] + ["o." + c.strip() for c in _OUTPUT_COLS.split(",")])
+_GET_SQL = f"SELECT {_JOINED} FROM units u LEFT JOIN outputs o ON o.unit_key = u.key WHERE u.key = ?"  # noqa: S608
+_GET_SQL += " ORDER BY o.n"
 
 T = TypeVar("T")
 
@@ -65,10 +69,19 @@ class Reads(ReviewReads):
         return [make(*r[:7], PHASES[r[7]], *r[8:], outputs=tuple(outs.get(r[0], ()))) for r in rows]
 
     def get(self, key: str) -> UnitRecord | None:
-        """The unit with this key, with its outputs, or ``None``."""
-        with self._snapshot("reading a unit") as conn:
-            found = self._records(conn, "WHERE key = ?", (key,))
-        return found[0] if found else None
+        """The unit with this key, with its outputs, or ``None``.
+
+        One statement (a row per output), so one commit's view without a transaction around two:
+        the run reads a unit or two per output it delivers."""
+        with mapped(self._path, "reading a unit"):
+            rows = self._reader.execute(_GET_SQL, (key,)).fetchall()
+        if not rows:
+            return None
+        first, width = rows[0], len(_UNIT_FIELDS)
+        outputs = tuple(OutputRecord(*row[width:]) for row in rows if row[width + 1] is not None)
+        make: Any = UnitRecord  # the row's columns are the record's fields, in order
+        found: UnitRecord = make(*first[:7], PHASES[first[7]], *first[8:width], outputs=outputs)
+        return found
 
     def phases(self) -> dict[str, Phase]:
         """Every unit's phase by key: what the scheduler needs to plan a resume."""
