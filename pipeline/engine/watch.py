@@ -75,7 +75,8 @@ class Watch:
         now = ctx.clock.monotonic()
         ctx.started[key] = Started(now)
         if self.sweeping and (self.statuses.shared or ctx.active.in_use >= ctx.options.poll.sweep_min_jobs):
-            self.sweep.add(job_id, key, step, sent=sent, now=now, due=now + self.estimator.earliest(step))
+            due = now + self.estimator.earliest(step)
+            self.sweep.add(job_id, key, step, sent=sent, now=now, due=due, answered=ctx.clock.now())
             self._added.set()
         else:
             self.due.push(key, now + self.estimator.first_delay(step))
