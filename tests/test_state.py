@@ -194,6 +194,19 @@ class TestLinger:
                     assert raw(path, "SELECT phase FROM units") == [("succeeded",)]
                     assert store.get(key(0)).phase is Phase.SUCCEEDED  # type: ignore[union-attr]
 
+    async def test_after_hurry_nothing_lingers(self, path: Path) -> None:
+        """hurry() (a run's last units) commits what lingers now, and later changes do not wait."""
+        async with StateStore.open(path, clock=SystemClock(), linger_s=60) as store:
+            await store.sync_units([unit(0), unit(1)])
+            await submitted(store, 0, 1)
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(store.mark_succeeded, key(0), [("asset-0", "https://cdn/0.png")])
+                    await until_queued(store, 1)
+                    store.hurry()
+                await store.mark_succeeded(key(1), [("asset-1", "https://cdn/1.png")])
+            assert raw(path, "SELECT phase FROM units") == [("succeeded",), ("succeeded",)]
+
     async def test_close_commits_lingering_changes(self, path: Path) -> None:
         """aclose() commits what lingers before it closes; the lingering callers return normally."""
         store = await StateStore.open(path, clock=SystemClock(), linger_s=60)

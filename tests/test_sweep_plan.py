@@ -123,6 +123,19 @@ class TestPlanner:
 
 
 class TestTruncatedWindows:
+    def test_a_slow_post_is_inside_its_page(self) -> None:
+        """A job whose POST took longer than the pad (a busy machine) is inside the page planned for
+        it: the window ends no sooner than the POST was answered, so a run's last job, which no
+        later job's page brings in, is not left unseen until overdue."""
+        sweep = JobSweep()
+        sweep.add("quick", "k0", "image", sent=at(0), now=0.0, due=0.0, answered=at(0.01))
+        listed(sweep, {"quick": 0.0}, 1.0)  # created as it was sent: the smallest skew is 0
+        sweep.add("slow", "k1", "image", sent=at(1), now=1.0, due=0.0, answered=at(1.5))
+        window = sweep.page_window(["slow"], pad_s=0.1)
+        created = at(1.4)  # 0.4 s after it was sent, before its answer
+        assert window.end is not None and window.start <= created <= window.end
+        assert window.end <= at(1.5) + timedelta(milliseconds=1)  # and no later than that
+
     def test_jobs_a_one_page_window_did_not_reach_are_not_missed(self) -> None:
         sweep = JobSweep(max_misses=1, patience_s=0.0)
         for i in range(3):

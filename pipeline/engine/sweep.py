@@ -54,6 +54,8 @@ class _Watched:
     misses: int = 0
     deferred: int = 0  # sweeps in a row it was left out of to save a page (at most _MAX_DEFERRALS)
     since: float = 0.0  # monotonic time it was submitted
+    #: Our wall clock once the POST was answered: the job existed by then (None: not known).
+    answered: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,9 +132,20 @@ class JobSweep:
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._watched
 
-    def add(self, job_id: str, key: str, kind: str, *, sent: datetime, now: float, due: float) -> None:
-        """Watch ``job_id`` (unit ``key``), submitted at our wall time ``sent``; first look at ``due``."""
-        self._watched[job_id] = _Watched(key, kind, sent, due, running_at=now, since=now)
+    def add(
+        self,
+        job_id: str,
+        key: str,
+        kind: str,
+        *,
+        sent: datetime,
+        now: float,
+        due: float,
+        answered: datetime | None = None,
+    ) -> None:
+        """Watch ``job_id`` (unit ``key``), submitted at our wall time ``sent`` (its POST answered at
+        ``answered``, when known); first look at ``due``."""
+        self._watched[job_id] = _Watched(key, kind, sent, due, running_at=now, since=now, answered=answered)
         if job_id not in self._created:
             self._set_created(job_id, sent if self._skew is None else sent + self._skew)
 
@@ -167,13 +180,22 @@ class JobSweep:
     def page_window(self, job_ids: Sequence[str], *, pad_s: float) -> Window:
         """One page over watched ``job_ids``, consecutive by creation time (see
         :mod:`pipeline.engine.sweep_plan`). Its end is tight, since the list pages newest first: a
-        job not listed yet is placed ``pad_s`` after its guessed creation time; its start is loose,
-        since older jobs only come after the ones asked for."""
+        job not listed yet is placed ``pad_s`` after its guessed creation time, and never before
+        the latest it can have been created (its POST's answer, on the server's clock as far as the
+        skew says); its start is loose, since older jobs only come after the ones asked for.
+
+        The guess alone (send time plus the smallest delay seen) can fall short of a POST that took
+        longer than ``pad_s`` (a busy machine): every page would then end just before the job, and
+        with no later job to bring it into a page (a run's last ones), it would be seen only when
+        overdue, seconds late."""
         placed = [(self._watched[j], j) for j in job_ids]
         start = min(self._start_of(w) for w, _ in placed)
         newest = max(self._created[j] for _, j in placed)
         known = all(w.created is not None for w, j in placed if self._created[j] == newest)
         end = newest + (_ROUNDING if known else timedelta(seconds=pad_s))
+        for w, _ in placed:
+            if w.created is None and w.answered is not None and self._skew is not None:
+                end = max(end, w.answered + self._skew + _ROUNDING)
         return Window(start, end, set(job_ids), max_pages=1)
 
     def windows(self, now: float, young_s: Mapping[str, float] | None = None) -> list[Window]:

@@ -41,6 +41,10 @@ __all__ = ["Watch"]
 
 _log = structlog.get_logger("pipeline.engine.watch")
 
+#: Units left (this one included) from which state changes are committed at once rather than
+#: lingering for a commit to share (pipeline/state/sqlite_writer.py): none is coming any more.
+_FEW_LEFT = 4
+
 
 class Watch:
     """Owns the due-time queue, the sweep and every job read; hands finished jobs to :class:`Fetch`."""
@@ -73,7 +77,8 @@ class Watch:
         now = ctx.clock.monotonic()
         ctx.started[key] = Started(now)
         if self.sweeping and (self.statuses.shared or ctx.active.in_use >= ctx.options.poll.sweep_min_jobs):
-            self.sweep.add(job_id, key, step, sent=sent, now=now, due=now + self.estimator.earliest(step))
+            due = now + self.estimator.earliest(step)
+            self.sweep.add(job_id, key, step, sent=sent, now=now, due=due, answered=ctx.clock.now())
             self._added.set()
         else:
             self.due.push(key, now + self.estimator.first_delay(step))
@@ -329,6 +334,8 @@ class Watch:
                     unit.step, seen.running_at - started.at, seen.seen_at - started.at
                 )
             outputs = [(o.id, o.url) for o in (*job.images, *job.videos)]
+            if ctx.remaining <= _FEW_LEFT and (hurry := getattr(ctx.store, "hurry", None)) is not None:
+                hurry()  # the run's end waits on these last units: their commits linger no more
             if not outputs:
                 await self._failed(key, job.job_id, "the job succeeded without outputs")
                 return

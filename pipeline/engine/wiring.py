@@ -168,7 +168,6 @@ async def _execute(
                 where = (layout, output)
                 summary = await run_session(manifest, config, store, where, options, clock, fast=fast,
                                             progress=request.progress)  # fmt: skip
-                await store.record_prints(manifest.prints)  # after the diff recorded every unit
                 if skipping is None or not manifest.skipped_units:
                     return summary
                 reopened = await skipping.reopen_missing(store)  # the skipped rows' files, checked now
