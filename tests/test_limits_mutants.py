@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+import anyio
+import anyio.lowlevel
 import pytest
 
 from pipeline.clock import FakeClock
@@ -383,3 +385,27 @@ class TestRequestPacerEdges:
         for _ in range(8):  # t=31.5 … 35, held back all along
             await pacer.acquire()
         assert clock.monotonic() >= 32.0 and pacer.rate == 2.0
+
+
+async def test_a_newcomer_does_not_overtake_a_waiter_whose_pause_just_ended() -> None:
+    """Unlimited but paused: the waiter that queued in the pause goes first, even when a newcomer
+    arrives at the instant the pause ends (no pause left, but the queue is not empty yet)."""
+    clock = FakeClock()
+    limiter = RateLimiter(None, clock=clock)
+    limiter.defer(1.0)
+    order: list[str] = []
+
+    async def waiter() -> None:
+        await limiter.acquire()
+        order.append("waiter")
+
+    async def newcomer() -> None:
+        while clock.monotonic() < 1.0:  # arrives once the waiter's sleep has ended the pause
+            await anyio.lowlevel.checkpoint()
+        await limiter.acquire()
+        order.append("newcomer")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        tg.start_soon(newcomer)
+    assert order == ["waiter", "newcomer"]
