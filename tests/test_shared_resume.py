@@ -84,12 +84,20 @@ class _Out:
 
 
 def _finish(*procs: subprocess.Popen[bytes]) -> list[str]:
-    """Wait for every worker; each must exit 0. Returns their stderr."""
+    """Wait for every worker; each must exit 0. Returns their stderr. On a failure the others are
+    killed, so no worker outlives its test (a live one failed the next test with a ResourceWarning)."""
     errs = []
-    for proc in procs:
-        _, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err.decode()[-3000:]
-        errs.append(err.decode())
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=180)
+            text = err.decode()
+            assert proc.returncode == 0, text if len(text) < 6000 else f"{text[:3000]}\n...\n{text[-3000:]}"
+            errs.append(text)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     return errs
 
 

@@ -225,10 +225,13 @@ class _Worker:
                 given_up = {k for k, n in self.totals.tries.items() if n >= _GIVE_UP}
                 if await self._run(await self.store.claim(self.batch), first):
                     continue
-                if not _open_keys(self.units, self.store.phases(), given_up) and await self.settled():
-                    break
+                if not self._open(given_up) and await self.settled() and not self._open(given_up):
+                    break  # read again after the check: a check that ended meanwhile may have reopened units
                 await self.clock.sleep(min(1.0, self.lease_s / 4))  # others hold the rest: wait, or take over
             self.done.set()
+
+    def _open(self, given_up: set[str]) -> list[str]:
+        return _open_keys(self.units, self.store.phases(), given_up)
 
     async def _takeovers(self) -> None:
         """Take over a dead worker's units as soon as their leases run out, even mid-batch."""
