@@ -91,3 +91,31 @@ async def test_a_job_created_during_the_listing_is_not_adopted_by_the_uncertain_
         assert summary.exit_code == 0, summary.failures
         assert sim.stats()["jobs_created"] == 2
         assert max(jobs_per_body(sim).values()) == 1
+
+
+@pytest.mark.slow
+async def test_resends_wait_for_the_other_uncertain_posts_before_the_clock_is_known(tmp_path: Path) -> None:
+    """Three POSTs meet a 503 (nothing created), one after the other; the first resend loses its
+    reply (its job created). No job of ours has shown the server's clock yet, so every span is
+    ``±slack`` wide: had the first unit been resent as soon as it was decided, its lost job would
+    sit in the spans of the two POSTs not decided yet, and all three would end ``unknown`` (seen in
+    CI when the first reconcile batch held two of ten units). Resent together once all three are
+    decided, the two resends that are answered show the clock, and the lost one's job is adopted."""
+    config = SimConfig.profile("fast", keys=(TEST_KEY,), seed=3, fault_routes=(POST,))
+    async with Sandbox(config) as sim:
+        sim.control(next_n_5xx=3, next_n_lost=1)
+        items = [{"id": name, "prompt": f"product {name}"} for name in ("a", "b", "c")]
+        manifest = write_manifest(tmp_path, items)
+        # 2 POSTs a second: "a" is decided (0.5 s settle) while "b" and "c" are in flight or not sent.
+        opts = options(submit_workers=1, submit_rate=2.0, reconcile_slack_s=5.0)
+        logs.configure(fmt="json", level="info")
+        with structlog.testing.capture_logs() as events:
+            summary = await run(sim, manifest, tmp_path / "out", options=opts)
+        assert summary.exit_code == 0, summary.failures
+        kinds = [e["event"] for e in events]
+        assert kinds.count("submission_resent") == 3
+        assert kinds.count("job_adopted") == 1
+        first_resend = kinds.index("submission_resent")
+        assert kinds[:first_resend].count("submission_uncertain") == 3, "a resend before all were decided"
+        assert sim.stats()["jobs_created"] == 3
+        assert max(jobs_per_body(sim).values()) == 1

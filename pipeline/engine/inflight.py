@@ -59,6 +59,7 @@ class PostLog:
         #: Uncertain POSTs left ``unknown``: their jobs may exist, unclaimed, for the rest of the run.
         self.unknown: list[Uncertain] = []
         self._not_before: dict[str, datetime] = {}
+        self._ambiguous: set[str] = set()  # waiting after an ambiguity, for the server's clock
 
     @property
     def in_flight(self) -> int:
@@ -151,9 +152,18 @@ class PostLog:
         self.waiting = [u for u in self.waiting if u not in ready]
         for u in ready:
             self._not_before.pop(u.key, None)
+            self._ambiguous.discard(u.key)
         return ready
 
-    def again(self, u: Uncertain, at: datetime) -> None:
-        """Decide ``u`` again from ``at`` on (an ambiguity while the server's clock was unknown)."""
+    def undecided(self) -> bool:
+        """Whether a POST may still turn out uncertain (one in flight) or waits to be decided (one
+        asked again after an ambiguity does not count: it waits for the server's clock)."""
+        return self.in_flight > 0 or any(u.key not in self._ambiguous for u in self.waiting)
+
+    def again(self, u: Uncertain, at: datetime, *, ambiguous: bool = True) -> None:
+        """Decide ``u`` again from ``at`` on: an ambiguity while the server's clock was unknown, or
+        (``ambiguous=False``) a resend held back until the other uncertain POSTs are decided."""
         self._not_before[u.key] = at
+        if ambiguous:
+            self._ambiguous.add(u.key)
         self.waiting.append(u)

@@ -95,7 +95,14 @@ class Reconciler:
             wide = decide(uncertain, listed, ctx.known_jobs, slack=slack, skew=None, rivals=rivals)
             decisions = [_resend_if_both(d, w) for d, w in zip(decisions, wide, strict=True)]
         now = ctx.clock.now()
+        # Before our jobs show the server's clock, a resend's job lands in the ±slack span of every
+        # POST not decided yet and may leave them all ambiguous (unknown) if its reply is lost too:
+        # resend once they are decided, together (a job of ours among the resends shows the clock).
+        hold = not final and not ctx.posts.server.from_jobs and ctx.posts.undecided()
         for u, decision in zip(uncertain, decisions, strict=True):
+            if decision.verdict is Verdict.RESUBMIT and hold:
+                ctx.posts.again(u, now + timedelta(seconds=0.25), ambiguous=False)
+                continue
             if decision.verdict is Verdict.UNKNOWN:
                 if self._ask_again(u, final=final, now=now, skew_known=ctx.posts.server.from_jobs):
                     continue
