@@ -13,10 +13,10 @@ from aiohttp import BodyPartReader, web
 from pipeline.catalog import MAX_UPLOAD_BYTES, MAX_UPLOADS_PER_TYPE, UPLOAD_FORMATS, UPLOAD_TYPES
 from pipeline.simulator.envelope import ApiFailure, ok
 from pipeline.simulator.inputs import find_asset, find_model, json_body, origin_of, owner_of
+from pipeline.simulator.records import Asset
 from pipeline.simulator.routes_jobs import start_job
 from pipeline.simulator.rules import PRESETS, Trigger, check_image, check_upscale
 from pipeline.simulator.runtime import simulator
-from pipeline.simulator.store import Asset
 
 __all__ = [
     "MIME_FORMATS",
