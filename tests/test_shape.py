@@ -1,8 +1,8 @@
 """The house keeps its shape: small modules, classes and functions (the architecture's promise).
 
-Limits: a module of about 400 lines, a class of about 300, a function of about 60 ("about": 10 %
-slack, so a docstring does not force a split). The parsers that are tables of rules may run longer:
-they are listed here with the reason.
+Limits: a class of 300 lines, a function of 60, a module of about 400 ("about": 10 % slack, so a
+docstring does not force a split). The parsers that are tables of rules may run longer: they are
+listed here with the reason.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "pipeline"
-MODULE_MAX, CLASS_MAX, FUNCTION_MAX = 440, 330, 66
+MODULE_MAX, CLASS_MAX, FUNCTION_MAX = 440, 300, 60
 
 #: (path relative to pipeline/, qualified name) -> why it may be longer.
 EXCEPTIONS: dict[tuple[str, str], str] = {}

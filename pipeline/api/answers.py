@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from pipeline import logs
-from pipeline.api.records import WireFormatError
+from pipeline.api.fields import WireFormatError
 from pipeline.errors import (
     ApiError,
     AuthError,

@@ -4,7 +4,8 @@ Each record's ``from_wire`` ignores fields it does not know and tolerates missin
 optional ones (absent, ``null`` and ``""`` all become ``None``; a ``null`` list is
 empty, as a Go backend sends it). A required field that is missing, or any field
 of the wrong JSON type, raises :class:`WireFormatError`, which the client turns
-into a :class:`~pipeline.errors.ProtocolError` naming the endpoint.
+into a :class:`~pipeline.errors.ProtocolError` naming the endpoint. The field readers
+are in :mod:`pipeline.api.fields`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,22 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
 from typing import Any, Self, cast
 
+from pipeline.api.fields import (
+    WireFormatError,
+    objects,
+    opt_number,
+    opt_str,
+    opt_time,
+    parse_timestamp,
+    req_int,
+    req_str,
+    status_text,
+)
 from pipeline.catalog import JOB_STATUSES_TERMINAL
 
 __all__ = [
@@ -36,10 +48,6 @@ __all__ = [
     "WireFormatError",
     "parse_timestamp",
 ]
-
-
-class WireFormatError(ValueError):
-    """A response field is missing or has the wrong type (internal; the client maps it)."""
 
 
 class JobStatus(StrEnum):
@@ -74,91 +82,6 @@ class JobStatus(StrEnum):
         return not self.is_terminal
 
 
-# ---- field readers -------------------------------------------------------------------------
-
-
-def _need(data: Mapping[str, Any], key: str) -> Any:
-    value = data.get(key)
-    if value is None:
-        raise WireFormatError(f"missing required field {key!r}")
-    return value
-
-
-def _req_str(data: Mapping[str, Any], key: str) -> str:
-    value = _need(data, key)
-    if not isinstance(value, str) or not value:
-        raise WireFormatError(f"field {key!r} must be a non-empty string, got {type(value).__name__}")
-    return value
-
-
-def _opt_str(data: Mapping[str, Any], *keys: str) -> str | None:
-    """The first of ``keys`` present; several keys cover the API's ``modelID``/``modelId`` spellings."""
-    for key in keys:
-        value = data.get(key)
-        if value is None or value == "":
-            continue
-        if not isinstance(value, str):
-            raise WireFormatError(f"field {key!r} must be a string, got {type(value).__name__}")
-        return value
-    return None
-
-
-def _opt_number(data: Mapping[str, Any], key: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise WireFormatError(f"field {key!r} must be a number, got {type(value).__name__}")
-    return float(value)
-
-
-def _req_int(data: Mapping[str, Any], key: str) -> int:
-    value = _need(data, key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise WireFormatError(f"field {key!r} must be an integer, got {type(value).__name__}")
-    return value
-
-
-def _opt_time(data: Mapping[str, Any], key: str) -> datetime | None:
-    value = _opt_str(data, key)
-    if value is None:
-        return None
-    try:
-        return parse_timestamp(value)
-    except ValueError as exc:
-        raise WireFormatError(f"field {key!r} is not an RFC 3339 timestamp") from exc
-
-
-def _list(data: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
-    value = data.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
-        raise WireFormatError(f"field {key!r} must be a list of objects")
-    return value
-
-
-def _status_text(data: Mapping[str, Any]) -> str:
-    value = _need(data, "status")
-    if not isinstance(value, str):
-        raise WireFormatError(f"field 'status' must be a string, got {type(value).__name__}")
-    return value
-
-
-def parse_timestamp(text: str) -> datetime:
-    """RFC 3339 (``Z`` or an offset, any number of fraction digits) to an aware UTC datetime.
-
-    A timestamp without an offset is taken as UTC. Raises ``ValueError`` on garbage.
-    """
-    parsed = datetime.fromisoformat(text.strip())
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-# ---- records ------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Output:
     """One file a job produced: an asset id (for ``/images/{id}``, upscaling) and its URL."""
@@ -168,7 +91,7 @@ class Output:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
-        return cls(id=_req_str(data, "id"), url=_req_str(data, "url"))
+        return cls(id=req_str(data, "id"), url=req_str(data, "url"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,8 +103,8 @@ class JobTicket:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
-        raw = _opt_str(data, "status")
-        return cls(job_id=_req_str(data, "jobId"), status=JobStatus.parse(raw or "queued"))
+        raw = opt_str(data, "status")
+        return cls(job_id=req_str(data, "jobId"), status=JobStatus.parse(raw or "queued"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,16 +131,16 @@ class Job:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
-        raw = _status_text(data)
+        raw = status_text(data)
         return cls(
-            job_id=_req_str(data, "jobId"),
+            job_id=req_str(data, "jobId"),
             status=JobStatus.parse(raw),
             status_raw=raw,
-            created_at=_opt_time(data, "createdAt"),
-            images=tuple(Output.from_wire(o) for o in _list(data, "images")),
-            videos=tuple(Output.from_wire(o) for o in _list(data, "videos")),
+            created_at=opt_time(data, "createdAt"),
+            images=tuple(Output.from_wire(o) for o in objects(data, "images")),
+            videos=tuple(Output.from_wire(o) for o in objects(data, "videos")),
             error=_error_text(data.get("error")),
-            model_id=_opt_str(data, "modelId", "modelID"),
+            model_id=opt_str(data, "modelId", "modelID"),
         )
 
 
@@ -261,12 +184,12 @@ _SUMMARY_KEYS = ("jobId", "status", "createdAt", "updatedAt", "credits", "errorM
 def _summary(raw: tuple[Any, ...]) -> JobSummary:
     data = dict(zip(_SUMMARY_KEYS, raw[:-1], strict=True))
     return JobSummary(
-        job_id=_req_str(data, "jobId"),
-        status=JobStatus.parse(_status_text(data)),
-        created_at=_opt_time(data, "createdAt"),
-        updated_at=_opt_time(data, "updatedAt"),
-        credits=_opt_number(data, "credits"),
-        error_message=_opt_str(data, "errorMessage"),
+        job_id=req_str(data, "jobId"),
+        status=JobStatus.parse(status_text(data)),
+        created_at=opt_time(data, "createdAt"),
+        updated_at=opt_time(data, "updatedAt"),
+        credits=opt_number(data, "credits"),
+        error_message=opt_str(data, "errorMessage"),
     )
 
 
@@ -280,8 +203,8 @@ class JobPage:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
         return cls(
-            jobs=tuple(JobSummary.from_wire(j) for j in _list(data, "jobs")),
-            next_page_token=_opt_str(data, "nextPageToken"),
+            jobs=tuple(JobSummary.from_wire(j) for j in objects(data, "jobs")),
+            next_page_token=opt_str(data, "nextPageToken"),
         )
 
 
@@ -298,14 +221,14 @@ class Model:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
-        status = _opt_str(data, "status")
+        status = opt_str(data, "status")
         return cls(
-            id=_req_str(data, "id"),
+            id=req_str(data, "id"),
             status=(status or "unknown").strip().lower(),
-            model_type=_opt_str(data, "modelType"),
-            name=_opt_str(data, "name"),
-            created_at=_opt_time(data, "createdAt"),
-            updated_at=_opt_time(data, "updatedAt"),
+            model_type=opt_str(data, "modelType"),
+            name=opt_str(data, "name"),
+            created_at=opt_time(data, "createdAt"),
+            updated_at=opt_time(data, "updatedAt"),
         )
 
 
@@ -326,15 +249,15 @@ class Image:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
         return cls(
-            id=_req_str(data, "id"),
-            url=_opt_str(data, "url"),
-            model_id=_opt_str(data, "modelID", "modelId"),
-            type=_opt_str(data, "type"),
-            created_at=_opt_time(data, "createdAt"),
-            updated_at=_opt_time(data, "updatedAt"),
-            upscaled_image_id=_opt_str(data, "upscaledImageID", "upscaledImageId"),
-            upscaled_image_url=_opt_str(data, "upscaledImageURL", "upscaledImageUrl"),
-            public_media_id=_opt_str(data, "publicMediaID", "publicMediaId"),
+            id=req_str(data, "id"),
+            url=opt_str(data, "url"),
+            model_id=opt_str(data, "modelID", "modelId"),
+            type=opt_str(data, "type"),
+            created_at=opt_time(data, "createdAt"),
+            updated_at=opt_time(data, "updatedAt"),
+            upscaled_image_id=opt_str(data, "upscaledImageID", "upscaledImageId"),
+            upscaled_image_url=opt_str(data, "upscaledImageURL", "upscaledImageUrl"),
+            public_media_id=opt_str(data, "publicMediaID", "publicMediaId"),
         )
 
 
@@ -350,9 +273,9 @@ class ImagePage:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
         return cls(
-            page=_req_int(data, "page"),
-            page_size=_req_int(data, "pageSize"),
-            images=tuple(Image.from_wire(i) for i in _list(data, "result")),
+            page=req_int(data, "page"),
+            page_size=req_int(data, "pageSize"),
+            images=tuple(Image.from_wire(i) for i in objects(data, "result")),
         )
 
 
@@ -372,14 +295,14 @@ class Video:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
         return cls(
-            id=_req_str(data, "id"),
-            url=_opt_str(data, "url"),
-            job_id=_opt_str(data, "jobId", "jobID"),
-            model_id=_opt_str(data, "modelID", "modelId"),
-            type=_opt_str(data, "type"),
-            created_at=_opt_time(data, "createdAt"),
-            updated_at=_opt_time(data, "updatedAt"),
-            public_media_id=_opt_str(data, "publicMediaID", "publicMediaId"),
+            id=req_str(data, "id"),
+            url=opt_str(data, "url"),
+            job_id=opt_str(data, "jobId", "jobID"),
+            model_id=opt_str(data, "modelID", "modelId"),
+            type=opt_str(data, "type"),
+            created_at=opt_time(data, "createdAt"),
+            updated_at=opt_time(data, "updatedAt"),
+            public_media_id=opt_str(data, "publicMediaID", "publicMediaId"),
         )
 
 
@@ -394,9 +317,9 @@ class VideoPage:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
         return cls(
-            page=_req_int(data, "page"),
-            page_size=_req_int(data, "pageSize"),
-            videos=tuple(Video.from_wire(v) for v in _list(data, "result")),
+            page=req_int(data, "page"),
+            page_size=req_int(data, "pageSize"),
+            videos=tuple(Video.from_wire(v) for v in objects(data, "result")),
         )
 
 
@@ -416,9 +339,9 @@ class VideoDownload:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
         return cls(
-            percent_complete=_opt_number(data, "percentComplete") or 0.0,
-            status=_status_text(data).strip().lower(),
-            url=_opt_str(data, "url"),
+            percent_complete=opt_number(data, "percentComplete") or 0.0,
+            status=status_text(data).strip().lower(),
+            url=opt_str(data, "url"),
         )
 
 
@@ -433,7 +356,7 @@ class Preset:
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> Self:
         return cls(
-            tag=_req_str(data, "tag"),
-            name=_opt_str(data, "name"),
-            description=_opt_str(data, "description"),
+            tag=req_str(data, "tag"),
+            name=opt_str(data, "name"),
+            description=opt_str(data, "description"),
         )

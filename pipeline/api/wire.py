@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
-from pipeline.api.records import WireFormatError
+from pipeline.api.fields import WireFormatError
 
 __all__ = ["guess_type", "ignore", "items", "mapped", "paged", "quote_id", "record", "rfc3339", "text"]
 

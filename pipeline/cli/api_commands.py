@@ -5,26 +5,22 @@
 so ``cli.main`` dispatches them like any other command. Handlers are coroutine
 functions returning an exit code; API failures leave as :mod:`pipeline.errors`.
 
-Output: an aligned plain-text table (lists) or ``field  value`` lines (one record)
-on stdout; ``--json`` prints the same records as JSON with the records' own
-**snake_case** field names (``job_id``, ``created_at`` as RFC 3339 UTC, ``Z``).
-Progress notes go to stderr, so stdout stays parseable. The key is never printed.
+Output (:mod:`pipeline.cli.display`): a table, ``field  value`` lines or ``--json`` on stdout;
+progress notes on stderr. The key is never printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import json
 import os
 import re
-import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
+from pipeline.cli.display import emit, note
 from pipeline.cli.flags import add_logging_flags
 from pipeline.errors import ApiError, ConfigError, DownloadError, UnsafeAssetError
 
@@ -64,80 +60,13 @@ def _client(args: argparse.Namespace) -> ApiClient:
     return ApiClient(ApiConfig.from_env(env, key_file=args.key_file))
 
 
-def _plain(value: Any) -> Any:
-    """Records (dataclasses) as dicts, recursively; tuples as lists."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def _cell(value: Any) -> str:
-    if value is None or value == "":
-        return "-"
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list | tuple):
-        return ", ".join(_cell(v) for v in value) or "-"
-    return str(value)
-
-
-def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
-    """Left-aligned columns under a header; ``(none)`` for no rows."""
-    if not rows:
-        return "(none)"
-    grid = [[title for title, _ in columns]] + [[_cell(r.get(key)) for _, key in columns] for r in rows]
-    widths = [max(len(line[i]) for line in grid) for i in range(len(columns))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in grid
-    )
-
-
-def _pairs(data: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, str]]:
-    """``field, value`` lines of one record; lists of objects (job outputs) get one line per field."""
-    for key, value in data.items():
-        if isinstance(value, list | tuple) and value and all(isinstance(v, Mapping) for v in value):
-            for i, item in enumerate(value):
-                yield from _pairs(item, f"{prefix}{key}[{i}].")
-        else:
-            yield prefix + key, _cell(value)
-
-
-def _emit(args: argparse.Namespace, value: Any, columns: Sequence[tuple[str, str]] | None = None) -> None:
-    """Print ``value`` as JSON, a table (``columns``) or one record's fields."""
-    data = _plain(value)
-    if args.json:
-        print(json.dumps(data, indent=2, default=_json_default))
-    elif columns is not None:
-        print(_table(data, columns))
-    else:
-        pairs = list(_pairs(data))
-        width = max((len(k) for k, _ in pairs), default=0)
-        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in pairs))
-
-
-def _note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
 def _shower(get: str) -> Handler:
     """A ``show ID`` handler printing what the client's method named ``get`` returns."""
 
     async def show(args: argparse.Namespace) -> int:
         async with _client(args) as api:
             method: Callable[[str], Awaitable[Any]] = getattr(api, get)
-            _emit(args, await method(args.id))
+            emit(args, await method(args.id))
         return 0
 
     return show
@@ -151,7 +80,7 @@ def _deleter(delete: str, kind: str) -> Handler:
             method: Callable[[str], Awaitable[Any]] = getattr(api, delete)
             await method(args.id)
         if args.json:
-            _emit(args, {"id": args.id, "deleted": True})
+            emit(args, {"id": args.id, "deleted": True})
         else:
             print(f"deleted {kind} {args.id}")
         return 0
@@ -164,7 +93,7 @@ def _deleter(delete: str, kind: str) -> Handler:
 
 async def _models_list(args: argparse.Namespace) -> int:
     async with _client(args) as api:
-        _emit(args, await api.list_models(), _MODEL_COLUMNS)
+        emit(args, await api.list_models(), _MODEL_COLUMNS)
     return 0
 
 
@@ -172,7 +101,7 @@ async def _models_create(args: argparse.Namespace) -> int:
     async with _client(args) as api:
         fields = {k: getattr(args, k) for k in ("name", "age", "gender", "ethnicity", "eye_color")}
         model = await api.save_model(**fields)
-    _emit(args, model)
+    emit(args, model)
     return 0
 
 
@@ -181,15 +110,15 @@ async def _models_train(args: argparse.Namespace) -> int:
         raise ConfigError("--poll-interval must be positive and --timeout not negative")
     loop = asyncio.get_running_loop()
     async with _client(args) as api:
-        _note(f"model {args.id}: {await api.train_model(args.id)}")
+        note(f"model {args.id}: {await api.train_model(args.id)}")
         deadline = loop.time() + args.timeout
         model = await api.get_model(args.id)
         seen = model.status
         while not args.no_wait and model.status not in _TRAIN_DONE:
             left = deadline - loop.time()
             if left <= 0:
-                _emit(args, model)
-                _note(
+                emit(args, model)
+                note(
                     f"model {args.id}: still {model.status} after {args.timeout:g}s; training continues "
                     f"server-side (check later: models show {args.id})"
                 )
@@ -200,13 +129,13 @@ async def _models_train(args: argparse.Namespace) -> int:
             except ApiError as exc:
                 if not exc.retryable:
                     raise
-                _note(f"model {args.id}: poll failed ({exc}); trying again")
+                note(f"model {args.id}: poll failed ({exc}); trying again")
             if model.status != seen:
                 seen = model.status
-                _note(f"model {args.id}: {seen}")
-    _emit(args, model)
+                note(f"model {args.id}: {seen}")
+    emit(args, model)
     if model.status in ("failed", "deleted"):
-        _note(f"model {args.id}: training did not finish: the model is {model.status}")
+        note(f"model {args.id}: training did not finish: the model is {model.status}")
         return 1
     return 0
 
@@ -224,7 +153,7 @@ async def _images_upload(args: argparse.Namespace) -> int:
         image = await api.upload_image(
             model_id=args.model, image_type=args.type, data=data, filename=path.name
         )
-    _emit(args, image)
+    emit(args, image)
     return 0
 
 
@@ -237,9 +166,9 @@ async def _videos_list(args: argparse.Namespace) -> int:
     async with _client(args) as api:
         page = await api.list_videos(page=args.page, page_size=args.page_size)
     if args.json:
-        _emit(args, page)
+        emit(args, page)
     else:
-        _emit(args, page.videos, _VIDEO_COLUMNS)
+        emit(args, page.videos, _VIDEO_COLUMNS)
     return 0
 
 
@@ -289,7 +218,7 @@ async def _videos_download(args: argparse.Namespace) -> int:
         await downloader.publish(fetched, out)
     result = {"id": args.id, "path": str(out), "bytes": fetched.bytes, "sha256": fetched.sha256}
     if args.json:
-        _emit(args, result)
+        emit(args, result)
     else:
         print(f"{out} ({fetched.bytes} bytes)")
     return 0
@@ -321,11 +250,11 @@ async def _jobs_list(args: argparse.Namespace) -> int:
             page = await api.list_jobs(start=start, end=stop)
             jobs, token = list(page.jobs), page.next_page_token
     if args.json:
-        _emit(args, {"jobs": jobs, "next_page_token": token})
+        emit(args, {"jobs": jobs, "next_page_token": token})
     else:
-        _emit(args, jobs, _JOB_COLUMNS)
+        emit(args, jobs, _JOB_COLUMNS)
         if token:
-            _note("more jobs on later pages: add --all-pages")
+            note("more jobs on later pages: add --all-pages")
     return 0
 
 
@@ -342,31 +271,40 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
-    """Add the models/images/videos/jobs groups to ``sub``; return ``{"models list": handler, ...}``.
+class _Tree:
+    """The command groups as they are built: the flags every leaf shares and the handler table."""
 
-    Each leaf sets ``command`` to its key, so a dispatcher that looks up ``args.command`` finds it.
-    """
-    common = _common()
-    table: dict[str, Handler] = {}
+    def __init__(self, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self.sub, self.common = sub, _common()
+        self.table: dict[str, Handler] = {}
 
-    def group(name: str, help_: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
-        parser = sub.add_parser(name, help=help_)
+    def group(self, name: str, help_: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        parser = self.sub.add_parser(name, help=help_)
         return parser.add_subparsers(dest=f"{name}_action", required=True, metavar="ACTION")
 
     def leaf(
+        self,
         actions: argparse._SubParsersAction[argparse.ArgumentParser],
         key: str,
         handler: Handler,
         help_: str,
         *positional: str,
     ) -> argparse.ArgumentParser:
-        parser = actions.add_parser(key.split()[1], help=help_, parents=[common])
+        parser = actions.add_parser(key.split()[1], help=help_, parents=[self.common])
         parser.set_defaults(command=key)
         for name in positional:
             parser.add_argument(name)
-        table[key] = handler
+        self.table[key] = handler
         return parser
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[str, Handler]:
+    """Add the models/images/videos/jobs groups to ``sub``; return ``{"models list": handler, ...}``.
+
+    Each leaf sets ``command`` to its key, so a dispatcher that looks up ``args.command`` finds it.
+    """
+    tree = _Tree(sub)
+    group, leaf = tree.group, tree.leaf
 
     models = group("models", "trained models: list, show, create, train, delete")
     leaf(models, "models list", _models_list, "your models")
@@ -404,4 +342,4 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> dict[s
     jlist.add_argument("--since", type=_duration, default=None, metavar="DURATION", help="e.g. 90m, 24h, 7d")
     jlist.add_argument("--all-pages", action="store_true", help="follow nextPageToken to the end")
     leaf(jobs, "jobs show", _shower("get_job"), "one job: status, outputs or error", "id")
-    return table
+    return tree.table

@@ -89,6 +89,23 @@ def _files_session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession()
 
 
+def _preflight(
+    api: ApiClient, config: ApiConfig, options: RunOptions, clock: Clock
+) -> Callable[[], Awaitable[None]]:
+    """The run's preflight: a ping (retried as any read); a refused key stays an AuthError, any
+    other failure is a PreflightError naming the base URL."""
+
+    async def preflight() -> None:
+        try:
+            await retrying(api.ping, policy=options.retry, clock=clock, rng=random.Random(options.seed))
+        except AuthError:
+            raise
+        except ApiError as exc:
+            raise PreflightError(f"preflight ping to {config.base_url} failed: {exc}") from exc
+
+    return preflight
+
+
 async def run_session(
     manifest: Manifest,
     config: ApiConfig,
@@ -105,15 +122,7 @@ async def run_session(
     interrupted: list[int] = []
     summary: RunSummary | None = None
     async with ApiClient(config, clock=clock) as api, _files_session() as files:
-
-        async def preflight() -> None:
-            try:
-                await retrying(api.ping, policy=options.retry, clock=clock, rng=random.Random(options.seed))
-            except AuthError:
-                raise
-            except ApiError as exc:
-                raise PreflightError(f"preflight ping to {config.base_url} failed: {exc}") from exc
-
+        preflight = _preflight(api, config, options, clock)
         downloader = Downloader(files, root=layout.root)
         provisioner = Provisioner(
             api,

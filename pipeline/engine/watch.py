@@ -24,30 +24,26 @@ import anyio
 import anyio.abc
 import structlog
 
-from pipeline.api.records import Job, JobPage, JobStatus, JobSummary
+from pipeline.api.records import Job, JobPage, JobSummary
 from pipeline.engine.budget import Budget
 from pipeline.engine.context import RunContext, Started
 from pipeline.engine.fetch import Fetch
 from pipeline.engine.limits import RateLimiter
 from pipeline.engine.poller import DueQueue, DurationEstimator
+from pipeline.engine.reader import Reader
 from pipeline.engine.retry import retrying
-from pipeline.engine.sweep import Found, JobSweep, Window
+from pipeline.engine.sweep import JobSweep, Window
 from pipeline.engine.sweep_plan import PagePlan, PagePlanner
 from pipeline.engine.warmup import warm_gallery
-from pipeline.errors import AuthError, NotFoundError, PipelineError, RejectedError
-from pipeline.state.lifecycle import Ending, Event
+from pipeline.errors import AuthError, PipelineError, RejectedError
 
 __all__ = ["Watch"]
 
 _log = structlog.get_logger("pipeline.engine.watch")
 
-#: Units left (this one included) from which state changes are committed at once rather than
-#: lingering for a commit to share (pipeline/state/sqlite_writer.py): none is coming any more.
-_FEW_LEFT = 4
-
 
 class Watch:
-    """Owns the due-time queue, the sweep and every job read; hands finished jobs to :class:`Fetch`."""
+    """Owns the due-time queue and the sweep; its :class:`Reader` reads jobs, hands finished ones on."""
 
     def __init__(self, ctx: RunContext, fetch: Fetch, budget: Budget) -> None:
         self.ctx, self.fetch, self.budget = ctx, fetch, budget
@@ -64,10 +60,14 @@ class Watch:
         self._verifying: set[str] = set()  # overdue in the sweep: asked about directly once
         self._stale_seen = 0  # jobs the list showed running that had finished
         self._news = False  # a shared sweep stored statuses since the last read
-        # Job reads, whether a due time or a sweep asked for them, queue for ``poll_concurrency``
-        # reader tasks (the cap on reads in flight): cheaper than a task and a limiter per read.
-        reads = anyio.create_memory_object_stream[tuple[str, Found | None]](max_buffer_size=math.inf)
-        self._to_read, self._reads = reads
+        self.reader = Reader(
+            ctx,
+            fetch,
+            limiter=self.limiter,
+            due=self.due,
+            estimator=self.estimator,
+            checked=self._check_list_freshness,
+        )
 
     # -- the inbox -------------------------------------------------------------------------------
 
@@ -93,18 +93,13 @@ class Watch:
 
     async def poll_loop(self, tg: anyio.abc.TaskGroup) -> None:
         for _ in range(max(1, self.ctx.options.poll_concurrency)):
-            tg.start_soon(self._reader)
+            tg.start_soon(self.reader.run)
         while not self.ctx.finished.is_set():
             for key in await self.due.pop_due(idle_s=0.5):
-                self._to_read.send_nowait((key, None))
-
-    async def _reader(self) -> None:
-        async for key, seen in self._reads:
-            await self.poll_one(key, seen)
+                self.reader.send(key)
 
     def close(self) -> None:
-        self._to_read.close()
-        self._reads.close()
+        self.reader.close()
 
     async def sweep_loop(self, tg: anyio.abc.TaskGroup) -> None:
         """List the jobs in flight as they fall due; read each one the list shows finished.
@@ -244,12 +239,13 @@ class Watch:
         for found in self.sweep.take(window, jobs, ctx.clock.monotonic(), next_look, asked):
             ctx.drop_slot(found.key)  # finished on the server: its slot is free now
             self.budget.saw(found.job_id, found.credits)
-            self._to_read.send_nowait((found.key, found))
+            self.reader.send(found.key, found)
 
     def _sweep_deadlines(self) -> None:
         """Jobs past their deadline leave the sweep for one last poll, which settles them; jobs
         running far longer than their kind's typical duration are asked about directly (the
-        list could be stale: :meth:`poll_one` counts it) and are polled alone from then on."""
+        list could be stale: :meth:`_check_list_freshness` counts it) and are polled alone from
+        then on."""
         now = self.ctx.clock.monotonic()
         for job_id, key, kind in self.sweep.jobs():
             started = self.ctx.started.get(key)
@@ -282,80 +278,3 @@ class Watch:
         now = self.ctx.clock.monotonic()
         for _, key in self.sweep.drain():
             self.due.push(key, now)
-
-    # -- one job ----------------------------------------------------------------------------------
-
-    async def poll_one(self, key: str, seen: Found | None = None) -> None:
-        """Read one job and act on what it says (or look again later)."""
-        ctx = self.ctx
-        if seen is not None:
-            job_id = seen.job_id  # the list just showed it: no state read for the id
-        else:
-            rec = ctx.store.get(key)
-            if rec is None or not rec.job_id:
-                return
-            job_id = rec.job_id
-
-        async def get() -> Job:
-            await self.limiter.acquire()
-            return await ctx.api.get_job(job_id)
-
-        try:
-            job = await retrying(get, policy=ctx.options.retry, clock=ctx.clock, rng=ctx.rng)
-        except AuthError:
-            raise
-        except NotFoundError:
-            ctx.drop_slot(key)
-            await ctx.store.mark_unknown(key, f"job {job_id} is not found on the server")
-            ctx.move(key, Event.VANISHED)
-            ctx.settle(key, Ending.UNKNOWN)
-            return
-        except PipelineError as exc:
-            _log.warning("poll_failed", unit=key, job_id=job_id, error=str(exc))
-            self.due.push(key, ctx.clock.monotonic() + ctx.options.poll.max_interval_s)
-            return
-        ctx.posts.learn(job_id, job.created_at)  # the server's clock, for narrow reconcile spans
-        started = ctx.started.setdefault(key, Started(ctx.clock.monotonic()))
-        started.polls += 1
-        self._check_list_freshness(key, job)
-        await self._on_job(key, job, started, seen)
-
-    async def _on_job(self, key: str, job: Job, started: Started, seen: Found | None) -> None:
-        ctx, unit = self.ctx, self.ctx.units[key]
-        now = ctx.clock.monotonic()
-        elapsed = now - started.at
-        log = _log.bind(item=unit.item_id, unit=key, job_id=job.job_id)
-        if job.status is JobStatus.SUCCESS:
-            ctx.drop_slot(key)
-            if seen is None:
-                self.estimator.observe(unit.step, elapsed)
-            else:
-                self.estimator.observe_between(
-                    unit.step, seen.running_at - started.at, seen.seen_at - started.at
-                )
-            outputs = [(o.id, o.url) for o in (*job.images, *job.videos)]
-            if ctx.remaining <= _FEW_LEFT and (hurry := getattr(ctx.store, "hurry", None)) is not None:
-                hurry()  # the run's end waits on these last units: their commits linger no more
-            if not outputs:
-                await self._failed(key, job.job_id, "the job succeeded without outputs")
-                return
-            await ctx.store.mark_succeeded(key, outputs)
-            ctx.move(key, Event.JOB_SUCCEEDED)
-            log.info("job_succeeded", outputs=len(outputs), polls=started.polls)
-            # Just recorded, none downloaded yet: no state read for what to fetch.
-            self.fetch.queue_outputs(key, set(range(1, len(outputs) + 1)))
-        elif job.status is JobStatus.FAILED:
-            ctx.drop_slot(key)
-            await self._failed(key, job.job_id, job.error or "the job failed without a reason")
-        elif elapsed > ctx.options.poll.deadline_s.get(unit.step, 900.0):
-            ctx.drop_slot(key)
-            ctx.settle(key, Ending.DEADLINE)
-            log.warning("job_deadline", elapsed_s=round(elapsed, 1), status=job.status_raw)
-        else:
-            self.due.push(key, now + self.estimator.next_delay(unit.step, elapsed, started.polls))
-
-    async def _failed(self, key: str, job_id: str, reason: str) -> None:
-        await self.ctx.store.mark_failed(key, reason, "job_failed")
-        self.ctx.move(key, Event.JOB_FAILED)
-        self.ctx.settle(key, Ending.FAILED)
-        _log.warning("job_failed", unit=key, item=self.ctx.units[key].item_id, job_id=job_id, reason=reason)

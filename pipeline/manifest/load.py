@@ -29,8 +29,9 @@ from pipeline.catalog import IMAGE_MODELS, VIDEO_MODELS
 from pipeline.errors import ConfigError, ManifestError, ManifestProblem
 from pipeline.manifest.assets import Assets
 from pipeline.manifest.chain import Defaults
+from pipeline.manifest.collisions import collisions
 from pipeline.manifest.expansion import Expander
-from pipeline.manifest.ids import RESERVED_IDS, unsafe_segment
+from pipeline.manifest.ids import unsafe_segment
 from pipeline.manifest.prints import Settle, context_digest
 from pipeline.manifest.problems import ProblemLog, format_path
 from pipeline.manifest.rows import Rows, load_rows, rows_from_node
@@ -47,7 +48,7 @@ from pipeline.manifest.spec import Item, LocalRef, Manifest, ModelSpec, Step, Un
 from pipeline.manifest.tally import Tally
 from pipeline.manifest.training import read_models
 from pipeline.manifest.yamlsource import Document, Node, descend, load_yaml, plain
-from pipeline.output.layout import OutputLayout, slug
+from pipeline.output.layout import OutputLayout
 from pipeline.output.template import (
     DEFAULT_OUTPUT_TEMPLATE,
     OUTPUT_FIELDS,
@@ -337,46 +338,10 @@ class _Build:
 
     def _collisions(self, template: str, node: Node | None, name: str, units: list[Unit]) -> None:
         """Two outputs written to one path (ignoring case) or onto a name the layout reserves: refused now."""
-        compiled = compile_template(template)
-        assert isinstance(compiled, Template)
         where = node if node is not None else self.root
         path: FieldPath = ("output", "path") if node is not None else ()
-        seen: dict[str, str] = {}
-        clashes = 0
-        for unit in units:
-            fields = {
-                "item": unit.item_id,
-                "step": unit.step.value,
-                "index": str(unit.index),
-                "key": unit.key,
-                "ext": "mp4" if unit.step == Step.VIDEO else "jpeg",
-                "name": slug(name),
-                "model": slug(unit.model_id or ""),
-                "n": "",
-            }
-            for n in unit.output_numbers():
-                fields["n"] = str(n)
-                target = compiled.render(fields.__getitem__).casefold()
-                label = f"{unit.item_id} {unit.step.value} {n}"
-                if target.split("/")[0] in RESERVED_IDS:
-                    self.problem(
-                        where,
-                        path,
-                        f"{label} would be written to {target!r}, a name the output "
-                        "folder reserves; rename the item",
-                    )
-                    return
-                first = seen.setdefault(target, label)
-                if first != label:
-                    clashes += 1
-                    if clashes == 1:
-                        self.problem(
-                            where,
-                            path,
-                            f"outputs collide: {first} and {label} would both be written to {target!r}",
-                        )
-        if clashes > 1:
-            self.problem(where, path, f"{clashes} outputs collide in all; use {{item}}, {{step}} and {{n}}")
+        for message in collisions(template, name, units):
+            self.problem(where, path, message)
 
     def _prices(self, trained: Mapping[str, str]) -> dict[str, float]:
         section = self._mapping("prices") or {}

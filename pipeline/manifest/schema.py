@@ -1,4 +1,4 @@
-"""The request fields of each API call, and the per-model rules checked before any request is sent.
+"""The per-model rules checked before any request is sent, over the field tables of :mod:`.fields`.
 
 Field names are the API's own (``photogpt-api.md`` sections 6–8) so a user can
 copy them from the reference. Checks return :class:`Finding` values (a path
@@ -9,35 +9,26 @@ say so in their message.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from pipeline.catalog import (
-    IMAGE_MODELS,
-    OUTPUT_FORMATS,
-    VEO_DURATIONS,
-    VIDEO_MODELS,
-    VIDEO_ROLES,
-    PublicModel,
-    find_model,
+from pipeline.catalog import IMAGE_MODELS, VIDEO_MODELS, PublicModel, find_model
+from pipeline.manifest.fields import (
+    EXTRA,
+    FIELD_TYPES,
+    FREE_TEXT_FIELDS,
+    IMAGE_FIELDS,
+    MAX_COUNT,
+    OPTION_GROUPS,
+    TRAINED_IMAGE_FIELDS,
+    TRAINED_SIGIL,
+    UPSCALE_FIELDS,
+    VIDEO_FIELDS,
+    check_fields,
+    image_fields_for,
+    is_trained_id,
 )
-from pipeline.manifest.values import (
-    Check,
-    FieldPath,
-    Finding,
-    check_aspect,
-    check_bool,
-    check_number,
-    check_text,
-    check_text_list,
-    check_url,
-    check_url_list,
-    choice,
-    describe_value,
-    integer,
-    suggest,
-)
+from pipeline.manifest.values import FieldPath, Finding, describe_value, suggest
 
 __all__ = [
     "EXTRA",
@@ -62,121 +53,6 @@ __all__ = [
     "suggest",
 ]
 
-#: The escape hatch: an ``extra:`` mapping in a request block or options group goes to the API unchecked.
-EXTRA = "extra"
-#: ``modelID: "@ava"`` names the trained model declared as ``models: {ava: ...}``.
-TRAINED_SIGIL = "@"
-#: numImages / numVideos upper bound: a client says 1–4 for images [C]; we apply it to videos too.
-MAX_COUNT = 4
-#: Fields whose value only has to be non-empty text: a new value never needs new checks.
-FREE_TEXT_FIELDS = frozenset({"prompt", "preset", "negativePrompt"})
-
-#: Fields that take a number or boolean: a whole ``"{column}"`` placeholder there is converted from text.
-FIELD_TYPES: Mapping[str, type] = {
-    **dict.fromkeys(("numImages", "numVideos", "width", "height", "steps", "seed", "duration"), int),
-    "styleStrength": float,
-    **dict.fromkeys(("enhanceFace", "enhancePrompt", "generateAudio"), bool),
-}
-
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
-
-
-def is_trained_id(model_id: str) -> bool:
-    """A trained model: ``@name`` of a ``models:`` entry, or an existing model's UUID."""
-    return model_id.startswith(TRAINED_SIGIL) or bool(_UUID.match(model_id))
-
-
-def _role_list(roles: frozenset[str]) -> Check:
-    fields: dict[str, Check] = {"url": check_url, "role": choice(roles)}
-
-    def check(value: object, path: FieldPath, out: list[Finding]) -> None:
-        if not isinstance(value, list | tuple):
-            out.append(
-                Finding(path, f"expected a list of {{url, role}} mappings, got {describe_value(value)}")
-            )
-            return
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                out.append(
-                    Finding((*path, i), f"expected a {{url, role}} mapping, got {describe_value(item)}")
-                )
-                continue
-            _fields(item, fields, (*path, i), out, {})
-            out.extend(
-                Finding((*path, i), f"missing required field {f!r}") for f in ("url", "role") if f not in item
-            )
-
-    return check
-
-
-# -- field tables ---------------------------------------------------------------------------------
-
-_COUNT = integer(1, MAX_COUNT, " (our limit; the reference gives none)")
-
-#: POST /images/generation with a public model (reference 6.2); ``options`` is checked per family.
-IMAGE_FIELDS: Mapping[str, Check] = {
-    "modelID": check_text,
-    "prompt": check_text,
-    "aspectRatio": check_aspect,
-    "numImages": _COUNT,
-    "preset": check_text,
-    "referenceImageURLs": check_url_list,
-    "options": lambda value, path, out: None,
-}
-
-#: POST /images/generation with a trained model (reference 6.3).
-TRAINED_IMAGE_FIELDS: Mapping[str, Check] = {
-    "modelID": check_text,
-    "prompt": check_text,
-    "preset": check_text,
-    "inputImageId": check_text,
-    "width": integer(64, 8192, " pixels (our limit)"),
-    "height": integer(64, 8192, " pixels (our limit)"),
-    "numImages": _COUNT,
-    "steps": integer(1, 500, " (our limit)"),
-    "seed": integer(0, None),
-    "runType": check_text,
-    "enhanceFace": check_bool,
-    "styleStrength": check_number,
-}
-
-#: POST /videos/generation (reference 8.1).
-VIDEO_FIELDS: Mapping[str, Check] = {
-    "modelID": check_text,
-    "prompt": check_text,
-    "numVideos": _COUNT,
-    "referenceImages": _role_list(VIDEO_ROLES),
-    "referenceVideos": _role_list(frozenset({"reference_video"})),
-    "elementIDs": check_text_list,
-    "options": lambda value, path, out: None,
-}
-
-#: POST /images/upscaling (reference 7).
-UPSCALE_FIELDS: Mapping[str, Check] = {"imageID": check_text}
-
-#: ``options.<group>`` keys per family (reference 6.2, 8.4); ``None`` = keys not documented, not checked.
-OPTION_GROUPS: Mapping[str, Mapping[str, Check] | None] = {
-    "openai": {"imageSize": check_text, "outputFormat": choice(OUTPUT_FORMATS), "quality": check_text},
-    "gemini": {"imageSize": check_text, "safetyFilterLevel": check_text, "sequentialMode": check_text},
-    "veo": {
-        "aspectRatio": choice(frozenset({"16:9", "9:16"})),
-        "duration": choice(VEO_DURATIONS, " seconds"),
-        "resolution": choice(frozenset({"720p", "1080p"})),
-        "enhancePrompt": check_bool,
-        "generateAudio": check_bool,
-        "negativePrompt": check_text,
-        "seed": integer(0, None),
-    },
-    "seedance": {
-        "duration": integer(1, 60),
-        "ratio": check_text,
-        "resolution": check_text,
-        "generateAudio": check_bool,
-    },
-    "grok": {"aspectRatio": check_text, "duration": integer(1, 60), "resolution": check_text},
-    "kling": None,
-}
-
 _HINTS: Mapping[str, str] = {
     "aspectRatio@video": "video aspect ratios go in the options group "
     "(options.veo.aspectRatio, options.seedance.ratio)",
@@ -184,44 +60,6 @@ _HINTS: Mapping[str, str] = {
     "numImages@video": "videos are counted by numVideos",
     "imageID@image": "imageID belongs to upscale: {imageID: ...}",
 }
-
-
-def _fields(
-    block: Mapping[str, Any],
-    fields: Mapping[str, Check],
-    path: FieldPath,
-    out: list[Finding],
-    hints: Mapping[str, str],
-) -> None:
-    """Check every key of ``block`` against ``fields``; ``extra`` is the unchecked escape hatch."""
-    for key, value in block.items():
-        check = fields.get(key)
-        if check is not None:
-            check(value, (*path, key), out)
-        elif key == EXTRA:
-            _extra(block, fields, path, out)
-        else:
-            hint = hints.get(key)
-            detail = f"; {hint}" if hint else suggest(key, fields) + " (unlisted API fields go under extra:)"
-            out.append(Finding((*path, key), f"unknown field {key!r}{detail}", at_key=True))
-
-
-def _extra(block: Mapping[str, Any], fields: Collection[str], path: FieldPath, out: list[Finding]) -> None:
-    extra = block[EXTRA]
-    if not isinstance(extra, dict):
-        out.append(
-            Finding((*path, EXTRA), f"expected a mapping of unlisted fields, got {describe_value(extra)}")
-        )
-        return
-    for key in extra:
-        if key in fields or key in block:
-            out.append(
-                Finding(
-                    (*path, EXTRA, key),
-                    f"{key!r} is a known field: set it directly, not under extra",
-                    at_key=True,
-                )
-            )
 
 
 def _hints(step: str) -> dict[str, str]:
@@ -261,7 +99,7 @@ def _model(
                 f"no trained model {name!r} under models: (declared: {declared}){suggest(name, trained)}",
             )
         )
-    elif step == "image" and _UUID.match(model_id):
+    elif step == "image" and is_trained_id(model_id):  # a UUID: the sigil was the branch above
         return "trained", None
     else:
         trained_note = ", a trained model's UUID or @name of a models: entry" if step == "image" else ""
@@ -273,13 +111,6 @@ def _model(
             )
         )
     return "unknown", None
-
-
-def image_fields_for(model_id: object) -> Mapping[str, Check]:
-    """The field table that applies to an image request with this ``modelID``."""
-    if isinstance(model_id, str) and is_trained_id(model_id):
-        return TRAINED_IMAGE_FIELDS
-    return IMAGE_FIELDS
 
 
 def _options(options: object, model: PublicModel | None, out: list[Finding], *, single: bool) -> None:
@@ -315,7 +146,7 @@ def _options(options: object, model: PublicModel | None, out: list[Finding], *, 
         if not isinstance(content, dict):
             out.append(Finding((*path, group), f"expected a mapping, got {describe_value(content)}"))
         elif keys is not None:
-            _fields(content, keys, (*path, group), out, {})
+            check_fields(content, keys, (*path, group), out, {})
     if single and len(options) > 1:
         out.append(Finding(path, f"holds {len(options)} groups; send only the one for the model's family"))
 
@@ -342,7 +173,7 @@ def check_image(request: Mapping[str, Any], *, trained: Collection[str]) -> list
                 if f not in fields
             }
         )
-    _fields(request, fields, (), out, hints)
+    check_fields(request, fields, (), out, hints)
     if kind != "trained" and "prompt" not in request:
         out.append(Finding((), "missing required field 'prompt'"))
     if model is not None:
@@ -364,7 +195,7 @@ def check_video(request: Mapping[str, Any], *, chained: bool) -> list[Finding]:
     """Check a fully merged video request; ``chained`` means the engine adds the first frame."""
     out: list[Finding] = []
     _, model = _model(request, "video", (), out)
-    _fields(request, VIDEO_FIELDS, (), out, _hints("video"))
+    check_fields(request, VIDEO_FIELDS, (), out, _hints("video"))
     if "prompt" not in request:
         out.append(Finding((), "missing required field 'prompt'"))
     refs = request.get("referenceImages")
@@ -397,7 +228,7 @@ def check_video(request: Mapping[str, Any], *, chained: bool) -> list[Finding]:
 def check_upscale(request: Mapping[str, Any], *, chained: bool) -> list[Finding]:
     """Check an upscale request: ``imageID`` is required alone and filled by the engine in a chain."""
     out: list[Finding] = []
-    _fields(request, UPSCALE_FIELDS, (), out, {})
+    check_fields(request, UPSCALE_FIELDS, (), out, {})
     if chained and "imageID" in request:
         out.append(
             Finding(("imageID",), "imageID comes from the image step in a chain; remove it", at_key=True)
@@ -417,7 +248,7 @@ def check_defaults(step: str, block: Mapping[str, Any], *, trained: Collection[s
     """
     out: list[Finding] = []
     fields = dict(VIDEO_FIELDS) if step == "video" else {**IMAGE_FIELDS, **TRAINED_IMAGE_FIELDS}
-    _fields(block, fields, (), out, _hints(step))
+    check_fields(block, fields, (), out, _hints(step))
     model_id = block.get("modelID")
     if isinstance(model_id, str):
         _model(block, step, trained, out)

@@ -68,7 +68,6 @@ async def multipart_upload(
     Every part carries its sha256; the whole must hash to ``sha256`` before the upload completes.
     Any failure, cancellation included, aborts it. Returns the size; :class:`Precondition` on 412.
     """
-    first, second, rest = blocks
     where = f"s3://{bucket}/{full}"
     with mapped(where, "CreateMultipartUpload"):
         created = await client.create_multipart_upload(
@@ -79,27 +78,8 @@ async def multipart_upload(
             ContentType=content_type(full),
         )
     upload_id = created["UploadId"]
-    parts: list[dict[str, Any]] = []
-    size = 0
     try:
-        block: bytes | None = first
-        while block is not None:
-            if parts:
-                await anyio.to_thread.run_sync(hasher.update, block)
-            part_sum = await anyio.to_thread.run_sync(checksum, block)
-            with mapped(where, "UploadPart"):
-                answer = await client.upload_part(
-                    Bucket=bucket,
-                    Key=full,
-                    UploadId=upload_id,
-                    PartNumber=len(parts) + 1,
-                    Body=block,
-                    ChecksumSHA256=part_sum,
-                )
-            parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"], "ChecksumSHA256": part_sum})
-            size += len(block)
-            crash_point("mid_upload")  # a part stored, the upload not complete
-            block = second if len(parts) == 1 else await anext(rest, None)
+        parts, size = await _upload_parts(client, bucket, full, upload_id, blocks, hasher)
         if hasher.hexdigest() != sha256:
             raise IntegrityError(f"{full}: the bytes do not match sha256 {sha256[:12]}…; upload aborted")
         with mapped(where, "CompleteMultipartUpload"):
@@ -115,6 +95,41 @@ async def multipart_upload(
             await client.abort_multipart_upload(Bucket=bucket, Key=full, UploadId=upload_id)
         raise
     return size
+
+
+async def _upload_parts(
+    client: S3Client,
+    bucket: str,
+    full: str,
+    upload_id: str,
+    blocks: tuple[bytes, bytes, AsyncIterator[bytes]],
+    hasher: Any,
+) -> tuple[list[dict[str, Any]], int]:
+    """Upload every block as a part with its sha256 (hashing all but the first into ``hasher``);
+    returns the parts to complete with and the size."""
+    first, second, rest = blocks
+    where = f"s3://{bucket}/{full}"
+    parts: list[dict[str, Any]] = []
+    size = 0
+    block: bytes | None = first
+    while block is not None:
+        if parts:
+            await anyio.to_thread.run_sync(hasher.update, block)
+        part_sum = await anyio.to_thread.run_sync(checksum, block)
+        with mapped(where, "UploadPart"):
+            answer = await client.upload_part(
+                Bucket=bucket,
+                Key=full,
+                UploadId=upload_id,
+                PartNumber=len(parts) + 1,
+                Body=block,
+                ChecksumSHA256=part_sum,
+            )
+        parts.append({"PartNumber": len(parts) + 1, "ETag": answer["ETag"], "ChecksumSHA256": part_sum})
+        size += len(block)
+        crash_point("mid_upload")  # a part stored, the upload not complete
+        block = second if len(parts) == 1 else await anext(rest, None)
+    return parts, size
 
 
 _LOADER: list[Any] = []

@@ -13,8 +13,9 @@ from aiohttp import web
 
 from pipeline.simulator.envelope import ApiFailure, ok
 from pipeline.simulator.faults import retry_after_headers
+from pipeline.simulator.records import Asset, Model
 from pipeline.simulator.runtime import OWNER, Simulator
-from pipeline.simulator.store import Asset, Model, Store
+from pipeline.simulator.store import Store
 
 __all__ = [
     "find_asset",

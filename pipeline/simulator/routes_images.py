@@ -13,10 +13,10 @@ from aiohttp import BodyPartReader, web
 from pipeline.catalog import MAX_UPLOAD_BYTES, MAX_UPLOADS_PER_TYPE, UPLOAD_FORMATS, UPLOAD_TYPES
 from pipeline.simulator.envelope import ApiFailure, ok
 from pipeline.simulator.inputs import find_asset, find_model, json_body, origin_of, owner_of
+from pipeline.simulator.records import Asset
 from pipeline.simulator.routes_jobs import start_job
 from pipeline.simulator.rules import PRESETS, Trigger, check_image, check_upscale
 from pipeline.simulator.runtime import simulator
-from pipeline.simulator.store import Asset
 
 __all__ = [
     "MIME_FORMATS",
@@ -28,6 +28,27 @@ __all__ = [
 ]
 
 MIME_FORMATS = {f"image/{fmt}": fmt for fmt in ("jpeg", "jpg", "png", "webp", "heic")}
+
+
+async def _file(part: BodyPartReader) -> tuple[bytes, bool]:
+    """The file part's bytes (read to the end, kept up to the limit), and whether it was over."""
+    chunks, size = [], 0
+    while chunk := await part.read_chunk(1 << 16):
+        size += len(chunk)
+        if size <= MAX_UPLOAD_BYTES:
+            chunks.append(chunk)
+    return b"".join(chunks), size > MAX_UPLOAD_BYTES
+
+
+def _format(filename: str, mime: str) -> str:
+    """The image format from the file name's extension, else from its Content-Type."""
+    ext = filename.rpartition(".")[2].lower() if "." in filename else ""
+    fmt = ext if ext in UPLOAD_FORMATS else MIME_FORMATS.get(mime.split(";")[0].strip())
+    if fmt is None:
+        raise ApiFailure(
+            400, f"unsupported image format; use {', '.join(sorted(UPLOAD_FORMATS))}", "unsupported_format"
+        )
+    return fmt
 
 
 async def upload_image(request: web.Request) -> web.Response:
@@ -42,12 +63,7 @@ async def upload_image(request: web.Request) -> web.Response:
             continue
         if part.name == "file":
             filename, mime = part.filename or "", part.headers.get("Content-Type", "").lower()
-            chunks, size = [], 0
-            while chunk := await part.read_chunk(1 << 16):
-                size += len(chunk)
-                if size <= MAX_UPLOAD_BYTES:
-                    chunks.append(chunk)
-            too_big, content = size > MAX_UPLOAD_BYTES, b"".join(chunks)
+            content, too_big = await _file(part)
         elif part.name == "data":
             try:
                 data = json.loads(await part.text())
@@ -62,12 +78,7 @@ async def upload_image(request: web.Request) -> web.Response:
     image_type = data.get("type")
     if image_type not in UPLOAD_TYPES:
         raise ApiFailure(400, f"type must be one of {', '.join(sorted(UPLOAD_TYPES))}", "validation_error")
-    ext = filename.rpartition(".")[2].lower() if "." in filename else ""
-    fmt = ext if ext in UPLOAD_FORMATS else MIME_FORMATS.get(mime.split(";")[0].strip())
-    if fmt is None:
-        raise ApiFailure(
-            400, f"unsupported image format; use {', '.join(sorted(UPLOAD_FORMATS))}", "unsupported_format"
-        )
+    fmt = _format(filename, mime)
     model_id = data.get("modelID")
     if model_id is None and image_type == "modelInput":
         raise ApiFailure(400, "modelID is required for modelInput images", "validation_error")

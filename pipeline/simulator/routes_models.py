@@ -9,8 +9,8 @@ from aiohttp import web
 from pipeline.catalog import MIN_TRAINING_IMAGES
 from pipeline.simulator.envelope import ApiFailure, ok
 from pipeline.simulator.inputs import find_model, json_body, origin_of, owner_of, paged, retry_headers
+from pipeline.simulator.records import Model
 from pipeline.simulator.runtime import simulator
-from pipeline.simulator.store import Model
 
 __all__ = [
     "IMAGE_TYPES",

@@ -6,10 +6,10 @@ from aiohttp import web
 
 from pipeline.simulator.envelope import ApiFailure, ok
 from pipeline.simulator.inputs import find_asset, json_body, origin_of, owner_of, paged
+from pipeline.simulator.records import Download
 from pipeline.simulator.routes_jobs import start_job
 from pipeline.simulator.rules import check_video
 from pipeline.simulator.runtime import simulator
-from pipeline.simulator.store import Download
 
 __all__ = [
     "create_download",

@@ -10,14 +10,15 @@ lease; every write's UPDATE names the holder and checks the lease on the databas
 that lost its lease cannot overwrite (:class:`~pipeline.errors.LeaseLostError`). A store opened
 without a lease is exclusive: it writes units nobody holds under a live lease.
 Claiming, heartbeats and takeovers are in pgclaims.py; the shared API limits in pglimits.py; how
-every write is made (one transaction, the row locked and checked, the guarded transition) in pgwrites.py.
+every write is made (one transaction, the row locked and checked, the guarded transition) in pgwrites.py;
+the writes about a unit's outputs (success, downloads, done, reopen, fresh URLs) in pgoutputs.py.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Set
 from datetime import datetime
 from typing import Any, Self
 
@@ -32,15 +33,13 @@ from pipeline.state.pgchecks import OutputChecks
 from pipeline.state.pgclaims import Claims
 from pipeline.state.pgconn import connect_kwargs, holder_id, map_error, migrate
 from pipeline.state.pglimits import SharedLimits
+from pipeline.state.pgoutputs import PgOutputWrites
 from pipeline.state.pgreads import PgReads, connect_reader
 from pipeline.state.pgreview import PgReviewWrites
 from pipeline.state.pgwrites import FORGET, FREE, MINE, Conn
 from pipeline.state.records import (
-    CAN_FINISH,
     CAN_RECORD_JOB,
-    CAN_REOPEN,
     CAN_SUBMIT,
-    CAN_SUCCEED,
     Phase,
     UnitLike,
     rfc3339,
@@ -49,7 +48,7 @@ from pipeline.state.records import (
 __all__ = ["PostgresStore"]
 
 
-class PostgresStore(SimpleMarks, PgReads, PgReviewWrites, Claims):
+class PostgresStore(SimpleMarks, PgReads, PgOutputWrites, PgReviewWrites, Claims):
     """One worker's handle on one run (``run``) of a shared state database.
 
     Open with ``async with await PostgresStore.open(url, clock=clock, run="catalog") as store``.
@@ -200,72 +199,6 @@ class PostgresStore(SimpleMarks, PgReads, PgReviewWrites, Claims):
 
         await self._tx(apply)
 
-    async def mark_succeeded(self, key: str, outputs: Sequence[tuple[str, str]]) -> None:
-        """The job finished: record its outputs as (asset_id, url), numbered from 1."""
-        outs = [(str(a), str(u)) for a, u in outputs]
-        if not outs:
-            raise StateError(f"unit {key}: a success needs at least one output (mark it failed instead)")
-
-        async def apply(conn: Conn) -> None:
-            await self._expect(conn, key, "mark succeeded", CAN_SUCCEED)
-            await conn.execute("DELETE FROM outputs WHERE run = %s AND unit_key = %s", (self.run, key))
-            async with conn.cursor() as cur:
-                await cur.executemany(
-                    "INSERT INTO outputs (run, unit_key, n, asset_id, url) VALUES (%s, %s, %s, %s, %s)",
-                    [(self.run, key, n, a, u) for n, (a, u) in enumerate(outs, 1)],
-                )
-            await self._transition(
-                conn, key, Phase.SUCCEEDED, f"{len(outs)} outputs", ", finished_at = %(now)s"
-            )
-
-        await self._tx(apply)
-
-    async def record_download(
-        self,
-        key: str,
-        n: int,
-        *,
-        path: str,
-        bytes: int,
-        sha256: str,
-        at: datetime | None = None,
-        done: bool = False,
-    ) -> None:
-        """Record that output ``n`` is published and verified; ``done``: close the unit too."""
-        when = rfc3339(at or self._clock.now())
-
-        async def apply(conn: Conn) -> None:
-            await self._expect(conn, key, "record a download", {Phase.SUCCEEDED})
-            cur = await conn.execute(
-                "UPDATE outputs SET path = %s, bytes = %s, sha256 = %s, downloaded_at = %s"
-                " WHERE run = %s AND unit_key = %s AND n = %s",
-                (path, int(bytes), sha256, when, self.run, key, int(n)),
-            )
-            if cur.rowcount != 1:
-                raise StateError(f"unit {key} has no output {n}")
-            await conn.execute(
-                "UPDATE units SET updated_at = %s, run_id = %s WHERE run = %s AND key = %s",
-                (self._now(), self.run_id, self.run, key),
-            )
-            if done:
-                await self._close(conn, key)
-
-        await self._tx(apply)
-
-    async def mark_done(self, key: str) -> None:
-        """Close the unit: refused while any recorded output is not downloaded."""
-        await self._tx(lambda conn: self._close(conn, key))
-
-    async def _close(self, conn: Conn, key: str) -> None:
-        await self._expect(conn, key, "mark done", CAN_FINISH)
-        cur = await conn.execute(
-            "SELECT n FROM outputs WHERE run = %s AND unit_key = %s AND downloaded_at IS NULL ORDER BY n",
-            (self.run, key),
-        )
-        if missing := [n for (n,) in await cur.fetchall()]:
-            raise StateError(f"unit {key}: outputs {missing} are not downloaded yet")
-        await self._transition(conn, key, Phase.DONE, "done")
-
     async def put_resource(self, kind: str, key: str, value: Mapping[str, Any]) -> None:
         """Record a shared resource of this run durably."""
         text = json.dumps(dict(value), sort_keys=True)
@@ -280,23 +213,6 @@ class PostgresStore(SimpleMarks, PgReads, PgReviewWrites, Claims):
 
         await self._tx(apply)
 
-    async def reopen(self, key: str, missing: Iterable[int]) -> None:
-        """A done unit whose files are gone: back to succeeded with those outputs to fetch again."""
-        numbers = sorted(set(missing))
-
-        async def apply(conn: Conn) -> None:
-            await self._expect(conn, key, "reopen", CAN_REOPEN, FREE)
-            await conn.execute(
-                "UPDATE outputs SET path = NULL, bytes = NULL, sha256 = NULL, downloaded_at = NULL"
-                " WHERE run = %s AND unit_key = %s AND n = ANY(%s)",
-                (self.run, key, numbers),
-            )
-            await self._transition(
-                conn, key, Phase.SUCCEEDED, f"outputs {numbers} missing on disk", guard=FREE
-            )
-
-        await self._tx(apply)
-
     async def _simple(self, key: str, to: Phase, allowed: Set[Phase], reason: str, kind: str | None) -> None:
         tail = ", last_error = %(reason)s, error_kind = %(kind)s"
         tail += ", finished_at = %(now)s" if to is Phase.FAILED else ""
@@ -304,30 +220,6 @@ class PostgresStore(SimpleMarks, PgReads, PgReviewWrites, Claims):
         async def apply(conn: Conn) -> None:
             await self._expect(conn, key, f"mark {to}", allowed)
             await self._transition(conn, key, to, reason, tail, reason=reason, kind=kind)
-
-        await self._tx(apply)
-
-    async def update_urls(self, key: str, outputs: Sequence[tuple[str, str]]) -> None:
-        """Replace expired URLs with fresh ones; asset ids must match."""
-        outs = [(str(a), str(u)) for a, u in outputs]
-
-        async def apply(conn: Conn) -> None:
-            await self._expect(conn, key, "update URLs", {Phase.SUCCEEDED})
-            cur = await conn.execute(
-                "SELECT asset_id FROM outputs WHERE run = %s AND unit_key = %s ORDER BY n", (self.run, key)
-            )
-            have, fresh = [a for (a,) in await cur.fetchall()], [a for a, _ in outs]
-            if have != fresh:
-                raise StateError(f"unit {key}: fresh outputs {fresh} do not match the recorded {have}")
-            async with conn.cursor() as c:
-                await c.executemany(
-                    "UPDATE outputs SET url = %s WHERE run = %s AND unit_key = %s AND n = %s",
-                    [(u, self.run, key, n) for n, (_, u) in enumerate(outs, 1)],
-                )
-            await conn.execute(
-                "UPDATE units SET updated_at = %s, run_id = %s WHERE run = %s AND key = %s",
-                (self._now(), self.run_id, self.run, key),
-            )
 
         await self._tx(apply)
 
