@@ -11,7 +11,7 @@ import heapq
 import json
 import os
 import platform
-import socket
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,12 +42,6 @@ SIM_DEFAULTS: dict[str, Any] = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a child: no PHOTOGPT_* from the caller, the benchmark key, ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PHOTOGPT_")}
@@ -69,28 +63,25 @@ class Simulator:
     """``photogpt-pipeline sandbox`` in a process of its own, controlled over ``/_sim``."""
 
     def __init__(self, workdir: Path, *, seed: int = 6) -> None:
-        self.port = free_port()
         self.seed = seed
-        self.origin = f"http://127.0.0.1:{self.port}"
-        self.base_url = f"{self.origin}/api"
+        self.origin = self.base_url = ""  # known once started: the sandbox picks its port
         self._log_path = workdir / "sandbox.log"
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 30.0) -> None:
-        argv = [PYTHON, "-m", "pipeline", "sandbox", "--port", str(self.port), "--key", KEY]
-        argv += ["--seed", str(self.seed)]
+        # Port 0: the sandbox binds a free port itself and prints it. A port picked free here could
+        # be taken by another process before the sandbox binds it.
+        argv = [PYTHON, "-m", "pipeline", "sandbox", "--port", "0", "--key", KEY, "--seed", str(self.seed)]
         with self._log_path.open("wb") as log:
             self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=clean_env())  # noqa: S603
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.call("GET", "/_sim/stats")
-                return
-            except OSError:
-                if self._proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the simulator did not start: {self._log_path.read_text()}") from None
-                time.sleep(0.05)
+        while not (found := re.search(r" on (http://127\.0\.0\.1:\d+)/api\n", self._log_path.read_text())):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the simulator did not start: {self._log_path.read_text()}")
+            time.sleep(0.05)
+        self.origin = found[1]
+        self.base_url = f"{self.origin}/api"
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

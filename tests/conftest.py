@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from pipeline import logs
 from pipeline.clock import FakeClock
@@ -22,6 +25,12 @@ from pipeline.simulator import Sandbox, SimConfig
 TEST_KEY = "sk-test-7f3a9c-very-secret-key"
 OTHER_KEY = "sk-other-0b1d2e-another-secret"
 CRASH_KEY = "sk-crash-test-5d1e9b"
+
+# No property test has a wall-clock deadline (Hypothesis's default is 200 ms per example): on a
+# loaded 2-core machine a descheduled worker makes a microsecond example "take" 300 ms, and
+# Hypothesis fails it as unreliable timings (seen with the process stopped 0.3 s in 0.5 s).
+settings.register_profile("photogpt", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("photogpt")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -80,75 +89,75 @@ def _pg_server() -> Iterator[Any]:
         yield server
 
 
-def free_port() -> int:
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A loopback port where a connection is refused: held bound (never listening) for the block,
+    so no other process can start listening there meanwhile (a port merely found free could be)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
+
+
+def start_sandbox(
+    args: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``photogpt-pipeline sandbox --port 0 ARGS`` as a process; returns it and its origin.
+
+    The process binds the port itself and prints it once listening: a port picked free here and
+    handed over could be taken by another test worker's server in between, and a readiness probe
+    would then talk to that server."""
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "pipeline", "sandbox", "--port", "0", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    deadline = time.monotonic() + 60
+    while not (found := _ANNOUNCED.search(log_path.read_text(errors="replace"))):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"sandbox did not start: {log_path.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return proc, found[1]
+
+
+_ANNOUNCED = re.compile(r" on (http://127\.0\.0\.1:\d+)/api\n")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s; always reaped."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(name="sandbox_process", scope="session")
 def _sandbox_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``photogpt-pipeline sandbox`` as a real process; yields its base URL (key: ``sandbox``)."""
-    port = free_port()
     log = tmp_path_factory.mktemp("sandbox") / "sandbox.log"
     env = {k: v for k, v in os.environ.items() if k != "PHOTOGPT_API_KEY"}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "pipeline", "sandbox", "--port", str(port), "--seed", "1"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    origin = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{origin}/_sim/stats", timeout=1):  # noqa: S310 - loopback
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"sandbox did not start: {Path(log).read_text()}") from None
-            time.sleep(0.05)
+    proc, origin = start_sandbox(["--seed", "1"], log, env)
     try:
         yield f"{origin}/api"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 @pytest.fixture(name="sim_process", scope="session")
 def _sim_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Any]]]:
     """One sandbox process for the session (key ``CRASH_KEY``): fast jobs, 64 KiB files so downloads
     take a moment. Yields its origin and its starting settings, which :func:`_sim_url` restores."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("sim_process") / "sandbox.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "pipeline", "sandbox", "--port", str(port), "--key", CRASH_KEY, "--seed", "5"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    origin = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            settings = sim_request(origin, "POST", "/_sim/control", {"file_size": 65536})["config"]
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"sandbox did not start: {log_path.read_text()}") from None
-            time.sleep(0.05)
+    log = tmp_path_factory.mktemp("sim_process") / "sandbox.log"
+    proc, origin = start_sandbox(["--key", CRASH_KEY, "--seed", "5"], log)
     try:
+        settings = sim_request(origin, "POST", "/_sim/control", {"file_size": 65536})["config"]
         yield origin, settings
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
+        stop_process(proc)
 
 
 @pytest.fixture(name="sim_url")

@@ -95,35 +95,15 @@ def throwaway_postgres() -> Iterator[PgServer]:
     """Start a server in a temp directory, create the test user, stop and remove it afterwards."""
     bindir = require_bin()
     root = Path(tempfile.mkdtemp(prefix="photogpt-pg-"))
-    data, pwfile, log = root / "data", root / "pw", root / "server.log"
+    data, pwfile = root / "data", root / "pw"
     pwfile.write_text(ADMIN_PASSWORD + "\n")
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         shutil.chown(pwfile, "postgres")
-    port = free_port()
     _run([str(bindir / "initdb"), "-D", str(data), "-U", ADMIN, f"--pwfile={pwfile}",
           "--auth=scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C"])  # fmt: skip
-    options = (
-        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
-        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-    )
     try:
-        _run(
-            [
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-l",
-                str(log),
-                "-o",
-                options,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        )
-        server = PgServer("127.0.0.1", port)
+        server = PgServer("127.0.0.1", _start(bindir, data, root))
         _create_user(server)
         yield server
     finally:
@@ -133,6 +113,43 @@ def throwaway_postgres() -> Iterator[PgServer]:
             check=False,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _start(bindir: Path, data: Path, root: Path) -> int:
+    """Start the server on a free port; returns the port.
+
+    The port is found free here and bound by the server a moment later: another test worker's
+    server (or any client's outgoing connection) may take it in between. The server then fails
+    with "Address already in use" (never joins someone else's port), so try a fresh port."""
+    log = root / "server.log"
+    for _attempt in range(5):
+        port = free_port()
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        argv = [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ]
+        try:
+            _run(argv)
+        except RuntimeError:
+            if "Address already in use" not in log.read_text(errors="replace"):
+                raise
+            log.unlink()
+            continue
+        return port
+    raise RuntimeError(f"PostgreSQL found no free port in 5 tries: {log.read_text(errors='replace')}")
 
 
 def _create_user(server: PgServer) -> None:

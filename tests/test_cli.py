@@ -54,6 +54,14 @@ def test_ping_against_the_sandbox_process(sandbox_process: str) -> None:
     assert "wrong-key-0000" not in bad.stderr + bad.stdout
 
 
+def test_sandbox_on_port_0_prints_the_port_it_listens_on(sandbox_process: str) -> None:
+    """``sandbox --port 0`` (how the fixture starts it): the printed URL names the port the system
+    chose, and the sandbox answers there."""
+    assert not sandbox_process.endswith(":0/api")
+    with urllib.request.urlopen(sandbox_process.removesuffix("/api") + "/_sim/stats", timeout=10) as resp:  # noqa: S310
+        assert json.load(resp)["jobs_created"] == 0
+
+
 def test_seed_request_works_unchanged_against_the_sandbox(sandbox_process: str) -> None:
     """The issue's curl request, sent with the stdlib: job id, success, JPEG bytes; 401 without a key."""
     body = {

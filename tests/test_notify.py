@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +25,7 @@ from pipeline.cli.notify import Outcome, check_urls, compose, notify, service
 from pipeline.engine.run import Failure, RunSummary
 from pipeline.errors import ConfigError
 from tests.conftest import CRASH_KEY as KEY
-from tests.conftest import free_port, sim_request
+from tests.conftest import refused_port, start_sandbox, stop_process
 
 TOKEN = "tok-3e8f1c-webhook-secret"
 
@@ -83,27 +80,12 @@ def _manifest(tmp: Path, n: int, fail: int | None = None) -> Path:
 @pytest.fixture(name="sandbox_url", scope="module")
 def _sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One sandbox process for this file's runs (each run has its own output folder), accepting ``KEY``."""
-    port = free_port()
-    with (tmp_path_factory.mktemp("notify") / "sandbox.log").open("wb") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "pipeline", "sandbox", "--port", str(port), "--key", KEY, "--seed", "3"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    origin = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            sim_request(origin, "GET", "/_sim/stats")
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "sandbox did not start"
-            time.sleep(0.05)
+    log = tmp_path_factory.mktemp("notify") / "sandbox.log"
+    proc, origin = start_sandbox(["--key", KEY, "--seed", "3"], log)
     try:
         yield f"{origin}/api"
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc)
 
 
 @pytest.fixture(name="env")
@@ -167,7 +149,6 @@ def test_a_run_stopped_by_an_error_is_announced(
 def test_a_failing_endpoint_is_logged_by_service_and_keeps_the_exit_code(
     env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dead = f"json://127.0.0.1:{free_port()}/hook/{TOKEN}"
     argv = [
         "run",
         str(_manifest(tmp_path, 2, fail=0)),
@@ -176,7 +157,8 @@ def test_a_failing_endpoint_is_logged_by_service_and_keeps_the_exit_code(
         "--log-format",
         "json",
     ]
-    assert main([*argv, "--notify", dead]) == 1
+    with refused_port() as port:
+        assert main([*argv, "--notify", f"json://127.0.0.1:{port}/hook/{TOKEN}"]) == 1
     stderr = capsys.readouterr().err
     failed = [e for e in _events(stderr) if e["event"] == "notify_failed"]
     assert len(failed) == 1 and failed[0]["service"] == "json" and failed[0]["reason"]

@@ -81,13 +81,6 @@ async def _sim() -> AsyncIterator[Sandbox]:
         yield sb
 
 
-@pytest.fixture(name="real_time_sim")
-async def _real_time_sim() -> AsyncIterator[Sandbox]:
-    """The same simulator on the system clock, for a test whose outcome needs requests to take time."""
-    async with Sandbox(SimConfig.profile("fast", keys=(TEST_KEY,), seed=3)) as sb:
-        yield sb
-
-
 @pytest.fixture(autouse=True)
 def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PHOTOGPT_API_KEY", TEST_KEY)
@@ -276,21 +269,21 @@ class TestFaults:
         assert max(jobs_per_body(sim).values()) == 1
 
     async def test_5xx_burst_on_submissions_is_reconciled_not_resent(
-        self, real_time_sim: Sandbox, tmp_path: Path
+        self, sim: Sandbox, tmp_path: Path
     ) -> None:
         """Ten 503s (nothing created) and three lost replies (job created, then 502), on
         POST /images/generation only: each 503 is sent again only after the job list showed nothing
         was created; each lost reply's job is adopted, never paid twice.
 
-        On the system clock: on virtual time every request takes no time at all, and a lost reply
-        resent before any job of ours was read leaves the other 503s ambiguous (the server's clock
-        is not learned: their ±slack spans all hold its job) until they end ``unknown``."""
-        sim = real_time_sim
+        On virtual time, POSTs 50 ms apart, each uncertain one decided 2 s after its answer: the
+        resend of the first 503 is lost and its job adopted (the only job in its span) before the
+        other 503s are decided, so their spans hold no unclaimed job. (On the system clock the
+        outcome hung on the machine's speed: a stalled loop let two lost replies' spans overlap,
+        and both ended ``unknown``, rightly: nothing tells their jobs apart.)"""
         sim.control(fault_routes=[SUBMIT], next_n_5xx=10, next_n_lost=3)
         logs.configure(fmt="json", level="info")
-        # 50 ms between POSTs: two lost replies sent in the same millisecond could not be told apart.
         with structlog.testing.capture_logs() as events:
-            opts = options(submit_rate=20.0)
+            opts = options(submit_rate=20.0, reconcile_settle_s=2.0)
             items = catalog(10, upscale_every=99, video_every=99)
             summary = await run(sim, write_manifest(tmp_path, items), tmp_path / "out", options=opts)
         assert summary.exit_code == 0, summary.failures

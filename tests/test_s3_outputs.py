@@ -254,14 +254,14 @@ async def test_no_server_at_the_endpoint_is_a_clear_exit_2(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A wrong AWS_ENDPOINT_URL_S3: the bucket is named, no traceback of botocore's."""
-    from tests.conftest import free_port
+    from tests.conftest import refused_port
 
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     store = S3OutputStore("some-bucket", "p", staging=tmp_path)
-    with pytest.raises(OutputUnavailableError, match="some-bucket") as caught:
+    with refused_port() as port, pytest.raises(OutputUnavailableError, match="some-bucket") as caught:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{port}")
         await store.open()
     await store.close()
     assert caught.value.exit_code == 2 and SECRET_KEY not in str(caught.value)

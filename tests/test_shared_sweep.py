@@ -59,6 +59,7 @@ def _sweeper(url: str) -> str | None:
     return str(row[0]) if row else None
 
 
+@pytest.mark.serial  # the takeover is bounded in seconds (lease + a tick): not beside other tests' load
 def test_a_dead_sweeper_is_replaced_and_the_run_finishes(
     pg_server: PgServer, sim_url: str, tmp_path: Path
 ) -> None:

@@ -73,11 +73,13 @@ class TestRefusals:
         assert wrong not in shown and f"photogpt:{logs.MASK}@" in str(caught.value)
 
     async def test_unreachable_database(self, clock: FakeClock) -> None:
-        from tests.pg import free_port
+        from tests.conftest import refused_port
 
-        url = f"postgresql://u:{PASSWORD}@127.0.0.1:{free_port()}/db"
-        with pytest.raises(StateUnavailableError, match="cannot be reached") as caught:
-            await PostgresStore.open(url, clock=clock, run="r")
+        with (
+            refused_port() as port,
+            pytest.raises(StateUnavailableError, match="cannot be reached") as caught,
+        ):
+            await PostgresStore.open(f"postgresql://u:{PASSWORD}@127.0.0.1:{port}/db", clock=clock, run="r")
         assert caught.value.exit_code == 2 and PASSWORD not in str(caught.value)
 
     async def test_schema_newer_than_this_version(self, pg_server: PgServer, clock: FakeClock) -> None:

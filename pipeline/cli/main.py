@@ -55,7 +55,7 @@ def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     sb = sub.add_parser("sandbox", help="serve the embedded PhotoGPT API simulator")
     sb.add_argument("--host", default="127.0.0.1")
-    sb.add_argument("--port", type=int, default=8787)
+    sb.add_argument("--port", type=int, default=8787, help="0 picks a free port (printed)")
     sb.add_argument("--key", action="append", default=[], help="an API key to accept (repeatable)")
     sb.add_argument("--profile", choices=("fast", "realistic", "chaos"), default="fast")
     sb.add_argument("--seed", type=int, default=None, help="seed for timings and faults")
@@ -96,14 +96,17 @@ async def _cmd_sandbox(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides["seed"] = args.seed
     config = SimConfig.profile(args.profile, **overrides)
-    print(
-        f"PhotoGPT sandbox ({args.profile}) on http://{args.host}:{args.port}/api\n"
-        f"  accepts {described}\n"
-        f"  export PHOTOGPT_BASE_URL=http://{args.host}:{args.port}/api\n"
-        f"  ledger: http://{args.host}:{args.port}/_sim/stats   (Ctrl-C stops)",
-        flush=True,
-    )
-    await serve(config, args.host, args.port)
+
+    def announce(origin: str) -> None:
+        print(
+            f"PhotoGPT sandbox ({args.profile}) on {origin}/api\n"
+            f"  accepts {described}\n"
+            f"  export PHOTOGPT_BASE_URL={origin}/api\n"
+            f"  ledger: {origin}/_sim/stats   (Ctrl-C stops)",
+            flush=True,
+        )
+
+    await serve(config, args.host, args.port, announce)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -86,8 +87,16 @@ class Sandbox:
             await runner.cleanup()
 
 
-async def serve(config: SimConfig, host: str, port: int) -> None:
-    """Serve the simulator on ``host:port`` with the system clock until cancelled."""
+async def serve(
+    config: SimConfig, host: str, port: int, listening: Callable[[str], None] | None = None
+) -> None:
+    """Serve the simulator on ``host:port`` with the system clock until cancelled.
+
+    ``listening`` gets the origin once the socket is bound: with port 0 that is the only place
+    the chosen port shows (a caller that picked a "free" port itself could lose it to another
+    process before the bind)."""
     async with Sandbox(config, host=host, port=port) as sandbox:
         log.info("PhotoGPT simulator listening on %s", sandbox.base_url)
+        if listening is not None:
+            listening(sandbox.origin)
         await asyncio.Event().wait()
