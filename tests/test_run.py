@@ -7,13 +7,9 @@ created for each request body: the proof that nothing was paid for twice.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import closing
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -521,41 +517,3 @@ async def test_a_run_record_leaves_a_young_temp_of_another_worker_alone(sim: San
     assert summary.exit_code == 0
     assert young.exists() and not old.exists()
     assert len(list(runs.glob("*.json"))) == 1
-
-
-async def test_a_waiting_unit_has_its_intent_on_disk_before_a_slot_frees(
-    sim: Sandbox, tmp_path: Path
-) -> None:
-    """With every active-job slot taken, the next unit's intent is already durable before a running
-    job ends: the slot it frees is refilled by a POST, with no state commit in between."""
-    manifest = write_manifest(tmp_path, [{"id": f"p{i}", "prompt": f"product photo {i}"} for i in range(3)])
-    out = tmp_path / "out"
-    summary = await run(sim, manifest, out, options=options(max_active=1))
-    assert summary.exit_code == 0, summary.failures
-    jobs = sorted(sim.ledger(), key=lambda j: j["created"])
-    assert len(jobs) == 3 and max(jobs_per_body(sim).values()) == 1
-    epoch = datetime(2026, 1, 1, tzinfo=UTC)  # the virtual clock's start: wall = epoch + monotonic
-    with closing(sqlite3.connect(f"file:{out / '.state' / 'state.db'}?mode=ro", uri=True)) as db:
-        for before, job in itertools.pairwise(jobs):
-            [(key,)] = db.execute("SELECT key FROM units WHERE job_id = ?", (job["jobId"],)).fetchall()
-            [(intent,)] = db.execute(
-                "SELECT min(at) FROM events WHERE unit_key = ? AND phase = 'submitting'", (key,)
-            ).fetchall()
-            freed = epoch + timedelta(seconds=before["finished"])
-            assert datetime.fromisoformat(intent.replace("Z", "+00:00")) < freed
-
-
-async def test_units_waiting_for_a_slot_at_a_stop_go_back_to_pending(sim: Sandbox, tmp_path: Path) -> None:
-    """Units whose intent was written while they waited for a slot, caught by ``--max-runtime``: never
-    sent, they are ``pending`` again (not ``submitting``, which a rerun would have to reconcile) and
-    the rerun sends each once."""
-    manifest = write_manifest(tmp_path, [{"id": f"p{i}", "prompt": f"product photo {i}"} for i in range(4)])
-    out = tmp_path / "out"
-    summary = await run(sim, manifest, out, options=options(max_active=1, max_runtime_s=0.05))
-    assert summary.stopped == "max_runtime" and summary.left == 3, summary
-    with open_readonly(out / ".state" / "state.db") as view:
-        counts = {str(k): v for k, v in view.counts().items() if v}
-    assert counts == {"done": 1, "pending": 3}
-    again = await run(sim, manifest, out, options=options(max_active=1))
-    assert again.exit_code == 0 and again.submitted == 3
-    assert sim.stats()["jobs_created"] == 4 and max(jobs_per_body(sim).values()) == 1

@@ -58,8 +58,6 @@ class Submit:
         self.limiter = shared or RateLimiter(ctx.options.submit_rate, clock=ctx.clock)
         self.posts_in_flight = 0
         self._requeued: set[str] = set()
-        #: Units whose intent is durable and whose POST has not left yet: when each was written.
-        self._intents: dict[str, datetime] = {}
         #: Set when the preflight passed; ``None``: no check to wait for. No intent is written before.
         self.checked: anyio.Event | None = None
 
@@ -95,15 +93,14 @@ class Submit:
             ctx.move(key, Event.CHAIN_BROKEN)
             ctx.settle(key, Ending.FAILED)
             return
-        if not await self._intent_first(key, body):
-            return
+        await ctx.take_slot(key)
         job_id: str | None = None
         ticket: int | None = None
-        intent_at = self._intents[key]
+        intent_at = ctx.clock.now()
         try:
-            if not await self._slot_then_cleared(key):
+            if not await self._cleared(key):
                 return
-            del self._intents[key]  # from here on the POST may leave: reconcile owns any doubt
+            intent_at = await self._intent(key, body)
             if ctx.stop.is_set():  # a signal came while the intent was written: nothing sent yet
                 await self.back_to_pending(key, "the run stopped before sending it")
                 ctx.settle(key, Ending.NOT_STARTED)
@@ -127,57 +124,22 @@ class Submit:
                     ctx.posts.close(ticket, ctx.clock.monotonic())
         await self._accepted(key, job_id, intent_at, ticket)
 
-    async def _intent_first(self, key: str, body: dict[str, Any]) -> bool:
-        """The intent, durable, before the wait for an active-job slot: its commit overlaps that
-        wait instead of following it, so a slot a finished job frees is refilled by a POST at once
-        (the commit was ~20 ms of the ~120 ms from a job's end on the server to the next POST).
-        Up to ``submit_workers`` units are ``submitting`` while they wait; one a stop catches there
-        goes back to ``pending``, one a crash catches is reconciled (nothing found: sent again), as
-        one caught between its intent and its POST always was. False: the run is stopping."""
-        ctx = self.ctx
-        if self.checked is not None:
-            await self.checked.wait()  # no intent before the preflight passed
-        if ctx.stop_reason is not None:
-            ctx.settle(key, Ending.NOT_STARTED)
-            return False
-        self._intents[key] = await self._intent(key, body)
-        return True
-
-    async def _slot_then_cleared(self, key: str) -> bool:
-        """A slot, then :meth:`_cleared`; a written intent whose POST will not leave goes back to
-        ``pending``, also when the run ends (cancelled) while it waits."""
-        ctx = self.ctx
-        try:
-            await ctx.take_slot(key)
-            return await self._cleared(key)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self._unsent(key, "the run stopped before sending it")
-            ctx.settle(key, Ending.NOT_STARTED)
-            raise
-
-    async def _unsent(self, key: str, reason: str) -> None:
-        """``key``'s intent is written but its POST will not leave now: back to ``pending``."""
-        if self._intents.pop(key, None) is not None:
-            await self.back_to_pending(key, reason)
-
     async def _cleared(self, key: str) -> bool:
         """Past the rate limiter: may ``key`` still go? (Not when stopping, over target or budget.)"""
         ctx = self.ctx
+        if self.checked is not None:
+            await self.checked.wait()
         await self.limiter.acquire()
         if ctx.stop_reason is not None:
-            await self._unsent(key, "the run stopped before sending it")
             ctx.settle(key, Ending.NOT_STARTED)
             return False
         if ctx.active.release_if_over_target():
             # The target shrank while we waited: hand the slot back instead of earning a 429.
             ctx.holding.discard(key)
-            await self._unsent(key, "the active-job target shrank")
             self._requeue(key)
             return False
         if not self.budget.allows(key):
             ctx.stop_submitting("budget")
-            await self._unsent(key, "the budget is reached")
             ctx.settle(key, Ending.NOT_STARTED)
             return False
         self.budget.reserve(key)
