@@ -199,3 +199,21 @@ def test_the_odds_sum_a_plan_bisects_is_the_sum_of_each_jobs_odds() -> None:
             assert total(when) == whole
             assert (total(when, wanted) >= wanted) == (whole >= wanted)
     assert DurationEstimator(POLICY).odds_sum("image", [(0.0, 1.0)]) is None  # nothing learned yet
+
+
+def test_a_full_page_keeps_room_for_jobs_the_plan_cannot_count() -> None:
+    """A window of exactly a page's worth of known jobs loses its oldest one, the likeliest to be
+    waiting, when a job the plan cannot count (a POST in flight) is created inside it: the list pages
+    newest first. The plan leaves room, and the oldest job stays on the page."""
+    sweep, est = JobSweep(), learned()
+    jobs = {f"j{i:03d}": i * 0.02 for i in range(120)}  # 2.4 s of submissions, oldest first
+    for job_id, created in jobs.items():
+        sweep.add(job_id, f"k-{job_id}", "image", sent=at(created), now=created, due=0.0)
+    sweep.page_size = 100
+    for chunk in (dict(list(jobs.items())[:60]), dict(list(jobs.items())[60:])):
+        listed(sweep, chunk, 2.4)
+    plan = PagePlanner(sweep, est, POLICY).plan(3.0, 2.4, tail=False)
+    assert plan is not None and "j000" in plan.window.expected
+    assert plan.window.end is not None
+    inside = [j for j, c in jobs.items() if plan.window.start <= at(c) <= plan.window.end]
+    assert len(inside) <= 100 - 4  # room for a few POSTs in flight: j000 stays on the page

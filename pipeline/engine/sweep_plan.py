@@ -40,6 +40,11 @@ _PAD_S = 0.1
 #: more than ``sweep_finds``): only the last job's wait adds to the run, so while many are left a
 #: page waits for several, and the last few are read at the tail's pace.
 _TAIL_SHARE = 0.25
+#: The share of a page a plan leaves to jobs it cannot count: POSTs still in flight, and jobs
+#: created within the pad after the newest one chosen. The list pages newest first, so a plan that
+#: filled the page would lose its oldest job, the likeliest to be waiting, off the page's end to
+#: them: measured, a job unseen for 10.7 s, every full page of the window one job short of it.
+_ROOM_SHARE = 1 / 12
 #: Durations seen before a plan relies on them: the first to finish are the quickest of their
 #: round, so a handful would place every job still running past "all seen" (as good as done).
 PLAN_SAMPLES = 50
@@ -106,10 +111,11 @@ class PagePlanner:
                 return None
             jobs.append((job_id, watched[1], watched[2]))
             weights.append(odds * (ahead - watched[2]))
-        i, j = best_run(weights, size)
+        room = size - int(size * _ROOM_SHARE)
+        i, j = best_run(weights, room)
         if j > i:
             # Younger jobs fill the rest of the page: seen running, their ends are learned right.
-            j = min(len(weights), i + size)
+            j = min(len(weights), i + room)
         chosen = [job for job in jobs[i:j] if job is not None]
         if not chosen:
             return None
