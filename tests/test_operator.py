@@ -114,8 +114,8 @@ def test_max_runtime_leaves_a_resumable_state(sim_url: str, tmp_path: Path) -> N
     out = tmp_path / "out"
     manifest = _manifest(tmp_path, 12)
     code, _, stderr = _run(
-        sim_url, "run", str(manifest), "--out", str(out), "--max-active", "2", "--max-runtime", "0.3"
-    )
+        sim_url, "run", str(manifest), "--out", str(out), "--max-active", "2", "--max-runtime", "1.0"
+    )  # 1 s: room for a slow machine's first POST; 2 slots of 0.5 s jobs submit at most 6 of 12 in it
     assert code == 1, stderr[-2000:]
     finished = json.loads(stderr.strip().splitlines()[-1])
     assert finished["event"] == "run_finished" and finished["stopped"] == "max_runtime"
